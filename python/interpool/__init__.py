@@ -1,0 +1,50 @@
+"""interpool: run Python callables in parallel on subinterpreters with their own GIL, from trio.
+
+The API is a superset of trio-parallel 1.3's: ``import interpool as trio_parallel`` works.
+"""
+
+import sys
+
+from ._types import (
+    BrokenWorkerError,
+    WorkerContextStatistics,
+    WorkerType,
+    WorkerTypeInfo,
+    WorkerTypeUnavailableError,
+)
+
+if "_interpool_worker" in sys.modules:
+    # Inside a worker, a user script that does ``import interpool`` at the top is being loaded as
+    # ``__mp_main__``. The extension module refuses to load in a subinterpreter, and trio is not
+    # needed there: offer the same names, usable only in the parent.
+    from ._in_worker import (
+        WorkerContext,
+        available_worker_types,
+        current_default_worker_limiter,
+        default_context_statistics,
+        open_worker_context,
+        run_sync,
+    )
+else:
+    from ._impl import (
+        WorkerContext,
+        available_worker_types,
+        current_default_worker_limiter,
+        default_context_statistics,
+        open_worker_context,
+        run_sync,
+    )
+
+__all__ = [
+    "BrokenWorkerError",
+    "WorkerContext",
+    "WorkerContextStatistics",
+    "WorkerType",
+    "WorkerTypeInfo",
+    "WorkerTypeUnavailableError",
+    "available_worker_types",
+    "current_default_worker_limiter",
+    "default_context_statistics",
+    "open_worker_context",
+    "run_sync",
+]

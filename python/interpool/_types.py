@@ -1,0 +1,50 @@
+"""Public types that need neither trio nor the extension module, so workers can import them."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class WorkerType(str, enum.Enum):
+    """Where a job runs.
+
+    ``SUBINTERPRETER``: a CPython subinterpreter with its own GIL (PEP 684) on its own thread, in
+    this process. Fast to call (microseconds) and truly parallel, but it cannot stop code blocked
+    in C, cannot survive a crash, and many compiled extension modules refuse to load in it.
+    """
+
+    SUBINTERPRETER = "subinterpreter"
+
+
+class BrokenWorkerError(RuntimeError):
+    """A worker failed around a job: it could not start, its ``init`` raised, it was lost, or it
+    did not shut down cleanly. The job itself may not have run."""
+
+
+class WorkerTypeUnavailableError(RuntimeError):
+    """The requested worker type cannot run on this interpreter or platform; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerContextStatistics:
+    """Counts of a worker context's workers."""
+
+    idle_workers: int
+    """Workers started and waiting for a job."""
+    running_workers: int
+    """Calls in progress, each holding one worker."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerTypeInfo:
+    """What :func:`interpool.available_worker_types` says about one worker type."""
+
+    worker_type: WorkerType
+    available: bool
+    reason: str | None
+    """Why it is unavailable; ``None`` if it is available."""
+    hard_kill: bool
+    """A running job can be stopped whatever it does (processes can be killed)."""
+    crash_isolation: bool
+    """A crash in a job leaves the caller's process alive."""

@@ -1,0 +1,515 @@
+//! The worker cache: idle workers reused hottest-first, started on demand, ended on close.
+//!
+//! Reuse is LIFO: the worker that finished last is the one most likely still spinning for its next
+//! job (no wake-up to pay) and with warm caches, and the least recently used ones are the ones
+//! that reach their idle timeout and end. There is no size cap here: the caller's limiter decides
+//! how many jobs run at once, and so how many workers exist (trio-parallel's model).
+//!
+//! Each submitted job holds its worker in a [`Lease`] until its outcome is taken; then the worker
+//! goes back to the idle stack, or is let go if it is ending (retired, broken, interrupted). A
+//! worker that has closed itself (idle timeout) hands the job back, and the cache gives it to the
+//! next worker: no job is lost to that race.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
+
+use interpool_worker_types::{
+    Completion, Finished, Job, Rejected, Retire, Worker, WorkerConfig, WorkerType,
+};
+
+use crate::{Error, Result};
+
+/// Counts of a cache's workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Statistics {
+    /// Workers started and waiting for a job.
+    pub idle_workers: usize,
+    /// Jobs in progress (each holds one worker).
+    pub running_workers: usize,
+}
+
+/// What closing a cache found.
+#[derive(Debug, Default)]
+pub struct ShutdownReport {
+    /// Pickled exception records of every `retire` hook that raised (the worker was discarded).
+    pub retire_failures: Vec<Vec<u8>>,
+    /// Workers that had not ended when the grace period ran out.
+    pub not_ended: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    /// LIFO: the hottest worker is last.
+    idle: Vec<Box<dyn Worker>>,
+    running: usize,
+    /// Workers told to end, kept so that closing can wait for them.
+    ending: Vec<Box<dyn Worker>>,
+    retire_failures: Vec<Vec<u8>>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    worker_type: Arc<dyn WorkerType>,
+    idle_timeout: Option<Duration>,
+    state: Mutex<State>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a worker's job slot back: the worker returns to the idle stack or is let go.
+    fn release(&self, worker: Box<dyn Worker>, finished: Option<&Finished>) {
+        let ending = finished.is_none_or(Finished::worker_ends) || !worker.is_accepting();
+        let mut state = self.state();
+        state.running -= 1;
+        if let Some(Finished {
+            retire: Retire::Failed(records),
+            ..
+        }) = finished
+        {
+            state.retire_failures.push(records.clone());
+        }
+        if ending || state.closed {
+            worker.close();
+            state.ending.retain(|w| !w.wait_ended(Some(Duration::ZERO)));
+            state.ending.push(worker);
+        } else {
+            state.idle.push(worker);
+        }
+    }
+}
+
+/// A cache of workers of one type, shared by every call of a worker context.
+#[derive(Debug, Clone)]
+pub struct WorkerCache {
+    inner: Arc<Inner>,
+}
+
+impl WorkerCache {
+    /// A cache of `worker_type` workers that end after `idle_timeout` without a job (`None`:
+    /// never). Fails if the type is unavailable here.
+    pub fn new(worker_type: Arc<dyn WorkerType>, idle_timeout: Option<Duration>) -> Result<Self> {
+        if let interpool_worker_types::Availability::Unavailable(reason) =
+            worker_type.availability()
+        {
+            return Err(Error::Unavailable {
+                worker_type: worker_type.name(),
+                reason,
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                worker_type,
+                idle_timeout,
+                state: Mutex::new(State {
+                    idle: Vec::new(),
+                    running: 0,
+                    ending: Vec::new(),
+                    retire_failures: Vec::new(),
+                    closed: false,
+                }),
+            }),
+        })
+    }
+
+    /// The worker type of this cache.
+    pub fn worker_type(&self) -> &Arc<dyn WorkerType> {
+        &self.inner.worker_type
+    }
+
+    /// Runs `job` on the hottest idle worker, or on a new one. `setup` makes the new worker's
+    /// setup payload (see [`WorkerConfig::setup`]); it is called only when a worker starts, and
+    /// never while a lock of the cache is held.
+    pub fn submit(&self, job: Job, setup: &dyn Fn() -> Result<Vec<u8>, String>) -> Result<Lease> {
+        let mut job = job;
+        loop {
+            let cached = {
+                let mut state = self.inner.state();
+                if state.closed {
+                    return Err(Error::Closed);
+                }
+                state.running += 1;
+                state.idle.pop()
+            };
+            let worker = match cached {
+                Some(worker) => worker,
+                None => match self.start_worker(setup) {
+                    Ok(worker) => worker,
+                    Err(e) => {
+                        self.inner.state().running -= 1;
+                        return Err(e);
+                    }
+                },
+            };
+            match worker.submit(job) {
+                Ok(completion) => {
+                    return Ok(Lease {
+                        cache: self.inner.clone(),
+                        worker: Some(worker),
+                        completion,
+                    })
+                }
+                // It ended itself meanwhile (idle timeout): the job never started; next worker.
+                Err(Rejected(returned)) => {
+                    job = returned;
+                    self.inner.release(worker, None);
+                }
+            }
+        }
+    }
+
+    fn start_worker(&self, setup: &dyn Fn() -> Result<Vec<u8>, String>) -> Result<Box<dyn Worker>> {
+        let config = WorkerConfig {
+            setup: setup().map_err(Error::Setup)?,
+            idle_timeout: self.inner.idle_timeout,
+        };
+        Ok(self.inner.worker_type.start(Arc::new(config))?)
+    }
+
+    /// Current counts. Workers that ended themselves are pruned first.
+    pub fn statistics(&self) -> Statistics {
+        let mut state = self.inner.state();
+        prune_idle(&mut state);
+        Statistics {
+            idle_workers: state.idle.len(),
+            running_workers: state.running,
+        }
+    }
+
+    /// Stops accepting jobs and tells idle workers to end. Jobs in progress finish; their workers
+    /// end after them.
+    pub fn close(&self) {
+        let mut state = self.inner.state();
+        state.closed = true;
+        let idle = std::mem::take(&mut state.idle);
+        for worker in &idle {
+            worker.close();
+        }
+        state.ending.extend(idle);
+    }
+
+    /// Whether [`WorkerCache::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.state().closed
+    }
+
+    /// Waits up to `grace` (`None`: forever) for every closed worker to end. Call
+    /// [`WorkerCache::close`] first, and wait for running jobs before, or they count as not ended.
+    pub fn wait_closed(&self, grace: Option<Duration>) -> ShutdownReport {
+        let deadline = grace.map(|g| Instant::now() + g);
+        let (ending, retire_failures) = {
+            let mut state = self.inner.state();
+            (
+                std::mem::take(&mut state.ending),
+                std::mem::take(&mut state.retire_failures),
+            )
+        };
+        let not_ended = ending
+            .iter()
+            .filter(|w| {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                !w.wait_ended(left)
+            })
+            .count();
+        ShutdownReport {
+            retire_failures,
+            not_ended,
+        }
+    }
+}
+
+/// Drops idle workers that closed themselves (idle timeout), oldest first.
+fn prune_idle(state: &mut State) {
+    state.idle.retain(|w| w.is_accepting());
+}
+
+/// One job in progress and the worker it holds.
+///
+/// Dropping a lease whose job is still running abandons the worker: it is never reused.
+#[derive(Debug)]
+pub struct Lease {
+    cache: Arc<Inner>,
+    worker: Option<Box<dyn Worker>>,
+    completion: Arc<Completion>,
+}
+
+impl Lease {
+    /// The job's outcome slot: spin on it, park on its fd, or block on it.
+    pub fn completion(&self) -> &Completion {
+        &self.completion
+    }
+
+    /// The id of the worker running the job.
+    pub fn worker_id(&self) -> Option<u64> {
+        self.worker.as_ref().map(|w| w.id())
+    }
+
+    /// Takes the outcome if it is in, and hands the worker back to the cache (or lets it go if
+    /// it ends). `None` while the job runs, or once taken.
+    pub fn finish(&mut self) -> Option<Finished> {
+        let finished = self.completion.take()?;
+        if let Some(worker) = self.worker.take() {
+            self.cache.release(worker, Some(&finished));
+        }
+        Some(finished)
+    }
+
+    /// Asks the job to stop (asynchronously); its worker is not reused afterwards.
+    pub fn interrupt(&self) {
+        if let Some(worker) = &self.worker {
+            worker.interrupt();
+        }
+    }
+
+    /// Gives up on the job and its worker: never reused, not counted any more, ends by itself.
+    pub fn abandon(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.abandon();
+            self.cache.state().running -= 1;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.finish().is_none() {
+            self.abandon();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+    use interpool_worker_types::{Availability, Capabilities, Outcome};
+
+    use super::*;
+
+    /// A worker type whose workers complete each job at once, echoing the payload. Payloads
+    /// `retire` and `retire-fails` drive the retire hook; `hold` leaves the job running.
+    #[derive(Debug, Default)]
+    struct Echo {
+        started: AtomicUsize,
+        unavailable: bool,
+    }
+
+    #[derive(Debug)]
+    struct EchoWorker {
+        id: u64,
+        accepting: Arc<AtomicBool>,
+        abandoned: AtomicBool,
+    }
+
+    impl WorkerType for Echo {
+        fn name(&self) -> &'static str {
+            "echo"
+        }
+        fn availability(&self) -> Availability {
+            if self.unavailable {
+                Availability::Unavailable("not here".into())
+            } else {
+                Availability::Available
+            }
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                hard_kill: true,
+                crash_isolation: true,
+            }
+        }
+        fn start(&self, _config: Arc<WorkerConfig>) -> interpool_worker_types::Result<Box<dyn Worker>> {
+            static IDS: AtomicU64 = AtomicU64::new(1);
+            self.started.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(EchoWorker {
+                id: IDS.fetch_add(1, Ordering::SeqCst),
+                accepting: Arc::new(AtomicBool::new(true)),
+                abandoned: AtomicBool::new(false),
+            }))
+        }
+    }
+
+    impl Worker for EchoWorker {
+        fn id(&self) -> u64 {
+            self.id
+        }
+        fn submit(&self, job: Job) -> std::result::Result<Arc<Completion>, Rejected> {
+            if !self.accepting.load(Ordering::SeqCst) {
+                return Err(Rejected(job));
+            }
+            let completion = Arc::new(Completion::new());
+            let retire = match job.payload.as_slice() {
+                b"hold" => return Ok(completion),
+                b"retire" => Retire::Retire,
+                b"retire-fails" => Retire::Failed(b"records".to_vec()),
+                _ => Retire::Keep,
+            };
+            completion.complete(Finished {
+                outcome: Outcome::Value(job.payload),
+                retire,
+            });
+            Ok(completion)
+        }
+        fn interrupt(&self) {}
+        fn abandon(&self) {
+            self.abandoned.store(true, Ordering::SeqCst);
+        }
+        fn close(&self) {
+            self.accepting.store(false, Ordering::SeqCst);
+        }
+        fn is_accepting(&self) -> bool {
+            self.accepting.load(Ordering::SeqCst)
+        }
+        fn wait_ended(&self, _timeout: Option<Duration>) -> bool {
+            !self.accepting.load(Ordering::SeqCst)
+        }
+    }
+
+    fn no_setup() -> Result<Vec<u8>, String> {
+        Ok(Vec::new())
+    }
+
+    fn cache() -> (Arc<Echo>, WorkerCache) {
+        let kind = Arc::new(Echo::default());
+        let cache = WorkerCache::new(kind.clone(), None).unwrap();
+        (kind, cache)
+    }
+
+    fn run(cache: &WorkerCache, payload: &[u8]) -> (u64, Finished) {
+        let mut lease = cache
+            .submit(
+                Job {
+                    payload: payload.to_vec(),
+                },
+                &no_setup,
+            )
+            .unwrap();
+        let id = lease.worker_id().unwrap();
+        (id, lease.finish().expect("echo completes at once"))
+    }
+
+    #[test]
+    fn an_unavailable_type_is_refused_with_its_reason() {
+        let kind = Arc::new(Echo {
+            unavailable: true,
+            ..Echo::default()
+        });
+        let err = WorkerCache::new(kind, None).unwrap_err();
+        assert_eq!(err.to_string(), "worker type \"echo\" is unavailable: not here");
+    }
+
+    #[test]
+    fn sequential_jobs_reuse_one_worker() {
+        let (kind, cache) = cache();
+        let (a, fa) = run(&cache, b"1");
+        let (b, _) = run(&cache, b"2");
+        assert_eq!(a, b);
+        assert_eq!(fa.outcome, Outcome::Value(b"1".to_vec()));
+        assert_eq!(kind.started.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            cache.statistics(),
+            Statistics {
+                idle_workers: 1,
+                running_workers: 0
+            }
+        );
+    }
+
+    #[test]
+    fn reuse_is_last_in_first_out() {
+        let (_, cache) = cache();
+        let job = |p: &[u8]| Job {
+            payload: p.to_vec(),
+        };
+        let mut first = cache.submit(job(b"a"), &no_setup).unwrap();
+        let mut second = cache.submit(job(b"b"), &no_setup).unwrap();
+        let (id1, id2) = (first.worker_id().unwrap(), second.worker_id().unwrap());
+        assert_ne!(id1, id2);
+        first.finish().unwrap();
+        second.finish().unwrap(); // second is now the hottest
+        let (next, _) = run(&cache, b"c");
+        assert_eq!(next, id2);
+    }
+
+    #[test]
+    fn a_retiring_worker_is_not_reused() {
+        let (kind, cache) = cache();
+        let (a, _) = run(&cache, b"retire");
+        let (b, _) = run(&cache, b"x");
+        assert_ne!(a, b);
+        assert_eq!(kind.started.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_worker_that_closed_itself_gets_no_job_and_the_job_is_not_lost() {
+        let (kind, cache) = cache();
+        let (a, _) = run(&cache, b"x");
+        // Simulate the idle timeout racing with the next submit: the worker refuses.
+        {
+            let state = cache.inner.state();
+            state.idle[0].close();
+        }
+        let (b, finished) = run(&cache, b"y");
+        assert_ne!(a, b);
+        assert_eq!(finished.outcome, Outcome::Value(b"y".to_vec()));
+        assert_eq!(kind.started.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn statistics_count_running_jobs_and_prune_ended_idle_workers() {
+        let (_, cache) = cache();
+        let lease = cache
+            .submit(
+                Job {
+                    payload: b"hold".to_vec(),
+                },
+                &no_setup,
+            )
+            .unwrap();
+        assert_eq!(cache.statistics().running_workers, 1);
+        drop(lease); // abandons the held worker
+        assert_eq!(cache.statistics(), Statistics::default());
+        run(&cache, b"x");
+        cache.inner.state().idle[0].close();
+        assert_eq!(cache.statistics().idle_workers, 0);
+    }
+
+    #[test]
+    fn a_failing_retire_is_reported_at_shutdown() {
+        let (_, cache) = cache();
+        let (_, finished) = run(&cache, b"retire-fails");
+        assert_eq!(finished.outcome, Outcome::Value(b"retire-fails".to_vec()));
+        cache.close();
+        let report = cache.wait_closed(Some(Duration::ZERO));
+        assert_eq!(report.retire_failures, vec![b"records".to_vec()]);
+        assert_eq!(report.not_ended, 0);
+    }
+
+    #[test]
+    fn a_closed_cache_refuses_jobs_and_closes_idle_workers() {
+        let (_, cache) = cache();
+        run(&cache, b"x");
+        cache.close();
+        assert!(matches!(
+            cache.submit(Job { payload: vec![] }, &no_setup),
+            Err(Error::Closed)
+        ));
+        assert_eq!(cache.statistics().idle_workers, 0);
+        assert_eq!(cache.wait_closed(None).not_ended, 0);
+    }
+
+    #[test]
+    fn a_setup_failure_is_reported_and_not_counted_as_running() {
+        let (_, cache) = cache();
+        let err = cache
+            .submit(Job { payload: vec![] }, &|| Err("boom".to_owned()))
+            .unwrap_err();
+        assert_eq!(err.to_string(), "preparing the worker setup failed: boom");
+        assert_eq!(cache.statistics(), Statistics::default());
+    }
+}

@@ -1,0 +1,251 @@
+//! `interpool._interpool`: the extension module under the Python package.
+//!
+//! Everything here runs in the **main** interpreter (the package never imports this module inside
+//! a worker), so PyO3's safe API is fine here and nowhere else. The surface is small and
+//! low-level: the Python front end (`interpool/_impl.py`) owns argument handling, pickling and
+//! the event-loop integration; this module owns the workers.
+//!
+//! All mapping of Rust errors to Python exceptions sits in [`to_py_err`].
+
+use std::time::Duration;
+
+use pyo3::{
+    exceptions::{PyRuntimeError, PyValueError},
+    prelude::*,
+    types::PyBytes,
+};
+
+use crate::{
+    cache::{Lease, WorkerCache},
+    worker_types::{self, Availability, Finished, Job, Outcome},
+    Error,
+};
+
+/// Outcome kinds, as returned by [`Call::result`].
+const VALUE: u8 = 0;
+const RAISED: u8 = 1;
+const LOAD_ERROR: u8 = 2;
+const BROKEN: u8 = 3;
+
+fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
+    let class = match &err {
+        Error::Unavailable { .. } => "WorkerTypeUnavailableError",
+        Error::Closed | Error::Setup(_) | Error::Worker(_) => "BrokenWorkerError",
+    };
+    match py
+        .import("interpool._types")
+        .and_then(|m| m.getattr(class))
+        .and_then(|c| c.call1((err.to_string(),)))
+    {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(import_error) => import_error,
+    }
+}
+
+/// Seconds from Python (`None` or `math.inf`: forever) to a `Duration`.
+fn timeout(seconds: Option<f64>) -> PyResult<Option<Duration>> {
+    match seconds {
+        None => Ok(None),
+        Some(s) if s.is_infinite() && s > 0.0 => Ok(None),
+        Some(s) if s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(PyValueError::new_err(format!(
+            "a timeout must be >= 0, not {s}"
+        ))),
+    }
+}
+
+/// `(name, available, reason, hard_kill, crash_isolation)` for every worker type of this build.
+#[pyfunction]
+fn worker_type_info() -> Vec<(&'static str, bool, Option<String>, bool, bool)> {
+    worker_types::worker_types()
+        .iter()
+        .map(|t| {
+            let caps = t.capabilities();
+            let (available, reason) = match t.availability() {
+                Availability::Available => (true, None),
+                Availability::Unavailable(reason) => (false, Some(reason)),
+            };
+            (t.name(), available, reason, caps.hard_kill, caps.crash_isolation)
+        })
+        .collect()
+}
+
+/// Closes every subinterpreter worker of the process and waits up to `grace` seconds for them
+/// to end, then interrupts the rest and waits `interrupt_grace` more. Returns how many are still
+/// alive (stuck in C code). For the atexit hook: none may be running at finalization.
+#[pyfunction]
+#[pyo3(signature = (grace, interrupt_grace))]
+fn end_all_subinterpreters(py: Python<'_>, grace: Option<f64>, interrupt_grace: f64) -> PyResult<usize> {
+    let grace = timeout(grace)?;
+    let interrupt_grace = timeout(Some(interrupt_grace))?;
+    Ok(py.detach(|| {
+        worker_types::subinterpreter::close_all();
+        if worker_types::subinterpreter::wait_all_ended(grace) == 0 {
+            return 0;
+        }
+        worker_types::subinterpreter::interrupt_all();
+        worker_types::subinterpreter::wait_all_ended(interrupt_grace)
+    }))
+}
+
+/// How many subinterpreter worker threads are alive (abandoned ones included).
+#[pyfunction]
+fn live_subinterpreters() -> usize {
+    worker_types::subinterpreter::live_workers()
+}
+
+/// The workers of one worker context.
+#[pyclass(module = "interpool._interpool", frozen)]
+struct Cache {
+    cache: WorkerCache,
+    /// Called with the GIL when a worker starts; returns its setup payload (bytes).
+    setup: Py<PyAny>,
+}
+
+#[pymethods]
+impl Cache {
+    #[new]
+    #[pyo3(signature = (worker_type, idle_timeout, setup))]
+    fn new(py: Python<'_>, worker_type: &str, idle_timeout: Option<f64>, setup: Py<PyAny>) -> PyResult<Self> {
+        let kind = worker_types::worker_type(worker_type)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown worker type {worker_type:?}")))?;
+        let cache = WorkerCache::new(kind, timeout(idle_timeout)?).map_err(|e| to_py_err(py, e))?;
+        Ok(Self { cache, setup })
+    }
+
+    /// Runs the pickled job on the hottest idle worker or a new one; never blocks on a worker.
+    fn submit(&self, py: Python<'_>, payload: &[u8]) -> PyResult<Call> {
+        let job = Job {
+            payload: payload.to_vec(),
+        };
+        let setup = || -> Result<Vec<u8>, String> {
+            let payload = self.setup.call0(py).map_err(|e| e.to_string())?;
+            let bytes = payload.bind(py).cast::<PyBytes>().map_err(|e| e.to_string())?;
+            Ok(bytes.as_bytes().to_vec())
+        };
+        let lease = self.cache.submit(job, &setup).map_err(|e| to_py_err(py, e))?;
+        Ok(Call { lease: Some(lease) })
+    }
+
+    /// `(idle_workers, running_workers)`.
+    fn statistics(&self) -> (usize, usize) {
+        let stats = self.cache.statistics();
+        (stats.idle_workers, stats.running_workers)
+    }
+
+    /// Stops accepting jobs; idle workers end now, busy ones after their job.
+    fn close(&self) {
+        self.cache.close();
+    }
+
+    /// Waits (GIL released) up to `grace` seconds for the closed workers to end. Returns
+    /// `(retire_failures: list[bytes], not_ended: int)`.
+    #[pyo3(signature = (grace))]
+    fn wait_closed<'py>(&self, py: Python<'py>, grace: Option<f64>) -> PyResult<(Vec<Bound<'py, PyBytes>>, usize)> {
+        let grace = timeout(grace)?;
+        let report = py.detach(|| self.cache.wait_closed(grace));
+        let failures = report
+            .retire_failures
+            .iter()
+            .map(|records| PyBytes::new(py, records))
+            .collect();
+        Ok((failures, report.not_ended))
+    }
+}
+
+/// One job in flight. The front end waits for it by spinning ([`Call::spin`]) and then by
+/// watching [`Call::arm`]'s fd in its event loop.
+#[pyclass(module = "interpool._interpool")]
+struct Call {
+    /// `None` once the outcome was taken or the worker abandoned.
+    lease: Option<Lease>,
+}
+
+impl Call {
+    fn lease(&self) -> PyResult<&Lease> {
+        self.lease
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("this call is over"))
+    }
+}
+
+#[pymethods]
+impl Call {
+    /// Whether the outcome is in.
+    fn done(&self) -> bool {
+        self.lease
+            .as_ref()
+            .is_none_or(|l| l.completion().is_done())
+    }
+
+    /// Spins up to `microseconds` with the GIL released; True if the outcome is in.
+    fn spin(&self, py: Python<'_>, microseconds: u64) -> PyResult<bool> {
+        let completion = self.lease()?.completion();
+        if completion.is_done() {
+            return Ok(true);
+        }
+        Ok(py.detach(|| completion.spin(Duration::from_micros(microseconds))))
+    }
+
+    /// An fd that turns readable when the outcome is in, or None if it already is.
+    fn arm(&self) -> PyResult<Option<i32>> {
+        Ok(self.lease()?.completion().arm_fd()?)
+    }
+
+    /// Takes the outcome: `(kind, data, reason)`; kinds are VALUE, RAISED, LOAD_ERROR (data:
+    /// pickled value or exception records) and BROKEN (reason: str; data: exception records of
+    /// the cause, possibly empty). The worker goes back to the cache.
+    fn result<'py>(&mut self, py: Python<'py>) -> PyResult<(u8, Bound<'py, PyBytes>, Option<String>)> {
+        let lease = self
+            .lease
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("this call is over"))?;
+        let Finished { outcome, .. } = lease
+            .finish()
+            .ok_or_else(|| PyRuntimeError::new_err("the job is still running"))?;
+        self.lease = None;
+        Ok(match outcome {
+            Outcome::Value(data) => (VALUE, PyBytes::new(py, &data), None),
+            Outcome::Raised(data) => (RAISED, PyBytes::new(py, &data), None),
+            Outcome::LoadError(data) => (LOAD_ERROR, PyBytes::new(py, &data), None),
+            Outcome::Broken(broken) => (
+                BROKEN,
+                PyBytes::new(py, broken.exception.as_deref().unwrap_or_default()),
+                Some(broken.reason),
+            ),
+        })
+    }
+
+    /// Asks the running job to stop; returns at once. The worker is not reused.
+    fn interrupt(&self) -> PyResult<()> {
+        self.lease()?.interrupt();
+        Ok(())
+    }
+
+    /// Gives up on the job and its worker (never reused; it ends itself when it can).
+    fn abandon(&mut self) {
+        if let Some(mut lease) = self.lease.take() {
+            lease.abandon();
+        }
+    }
+
+    /// The id of the worker running the job.
+    #[getter]
+    fn worker_id(&self) -> Option<u64> {
+        self.lease.as_ref().and_then(Lease::worker_id)
+    }
+}
+
+#[pymodule]
+fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Cache>()?;
+    m.add_class::<Call>()?;
+    m.add_function(wrap_pyfunction!(worker_type_info, m)?)?;
+    m.add_function(wrap_pyfunction!(end_all_subinterpreters, m)?)?;
+    m.add_function(wrap_pyfunction!(live_subinterpreters, m)?)?;
+    m.add("VALUE", VALUE)?;
+    m.add("RAISED", RAISED)?;
+    m.add("LOAD_ERROR", LOAD_ERROR)?;
+    m.add("BROKEN", BROKEN)?;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The worker types of interpool, behind one trait.
+//!
+//! A *worker type* ([`WorkerType`]) knows whether it can run here ([`Availability`]), what it can
+//! promise ([`Capabilities`]) and how to start a [`Worker`]. A worker runs one [`Job`] at a time:
+//! bytes in, a [`Finished`] outcome out, delivered through a [`Completion`] that the caller can spin
+//! on, block on, or wait for through a file descriptor from an event loop.
+//!
+//! Jobs and results are **bytes** made and read inside interpreters (pickle payloads); no Python
+//! object ever crosses between interpreters. This crate knows nothing of the scheduler, the worker
+//! cache or any Python front end: adding a worker type is one new module plus one entry in
+//! [`worker_types`].
+//!
+//! Implementations:
+//! - [`subinterpreter`]: CPython subinterpreters with their own GIL (PEP 684), one OS thread each,
+//!   driven through raw `pyo3-ffi`. It needs CPython ≥ 3.13.
+
+#![deny(unsafe_code)]
+
+use std::{fmt, sync::Arc, time::Duration};
+
+mod completion;
+mod mailbox;
+pub mod subinterpreter;
+
+pub use completion::Completion;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of the worker layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The worker type cannot run on this interpreter or platform.
+    #[error("worker type {name:?} is unavailable: {reason}")]
+    Unavailable {
+        /// The worker type's name.
+        name: &'static str,
+        /// Why, in words a user can act on.
+        reason: String,
+    },
+    /// The operating system refused to start a worker (no thread, no process).
+    #[error("could not start a {name} worker: {reason}")]
+    Start {
+        /// The worker type's name.
+        name: &'static str,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// One unit of work: a pickled `(callable, args)` tuple, made in the caller's interpreter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// The pickle payload.
+    pub payload: Vec<u8>,
+}
+
+/// A job handed back by a worker that will not run it (it closed itself, e.g. on idle timeout).
+/// The job never started: the caller may give it to another worker.
+#[derive(Debug)]
+pub struct Rejected(pub Job);
+
+/// What became of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The callable returned; the pickled value.
+    Value(Vec<u8>),
+    /// The callable raised (or its value could not be pickled); the pickled exception records.
+    Raised(Vec<u8>),
+    /// The job could not even be loaded in the worker (unpickling the callable or its arguments
+    /// failed, e.g. a module that refuses to import there). The callable never started, so the job
+    /// may be retried on another worker type. Pickled exception records.
+    LoadError(Vec<u8>),
+    /// The worker failed around the job: it could not start, its `init` raised, it was interrupted
+    /// or it died. The worker is gone.
+    Broken(Broken),
+}
+
+/// Why a worker broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// A one-line description, lowercase, e.g. `init raised an exception`.
+    pub reason: String,
+    /// Pickled exception records of the underlying Python exception, if there is one.
+    pub exception: Option<Vec<u8>>,
+}
+
+/// What the worker's `retire` hook decided after a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retire {
+    /// The worker stays and may run more jobs.
+    Keep,
+    /// The worker ends after this job.
+    Retire,
+    /// `retire` raised: the job's outcome stands, the worker ends, and the pickled exception
+    /// records are kept for the report at shutdown.
+    Failed(Vec<u8>),
+}
+
+/// A job's outcome together with the worker's fate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// What became of the job.
+    pub outcome: Outcome,
+    /// Whether the worker ends after this job.
+    pub retire: Retire,
+}
+
+impl Finished {
+    /// Whether the worker that produced this is ending (so must not be reused).
+    pub fn worker_ends(&self) -> bool {
+        !matches!(self.retire, Retire::Keep) || matches!(self.outcome, Outcome::Broken(_))
+    }
+}
+
+/// Whether a worker type can run here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// It can.
+    Available,
+    /// It cannot, for this reason (e.g. "subinterpreters with their own GIL need CPython >= 3.13;
+    /// this is 3.11.7").
+    Unavailable(String),
+}
+
+/// What a worker type can promise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// A running job can be stopped whatever it is doing (a process can be SIGKILLed; a
+    /// subinterpreter stuck in C code cannot).
+    pub hard_kill: bool,
+    /// A crash in a job (segfault, abort) leaves the host alive.
+    pub crash_isolation: bool,
+}
+
+/// Everything a new worker needs before its first job.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Pickled `(sys_path, argv, main_kind, main_ref, init, retire)`, made by the front end: see
+    /// the worker loop's `setup`. Opaque to Rust.
+    pub setup: Vec<u8>,
+    /// How long an idle worker waits for a job before it ends itself; `None`: forever.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("setup", &format_args!("<{} bytes>", self.setup.len()))
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+/// A kind of worker: subinterpreter, spawned process, forkserver child.
+pub trait WorkerType: Send + Sync + fmt::Debug {
+    /// The stable lowercase name, as in `WorkerType.SUBINTERPRETER == "subinterpreter"`.
+    fn name(&self) -> &'static str;
+    /// Whether workers of this type can run in this process.
+    fn availability(&self) -> Availability;
+    /// What this type can promise.
+    fn capabilities(&self) -> Capabilities;
+    /// Starts a worker. It returns as soon as the worker exists; the worker finishes starting in
+    /// the background and runs the first submitted job once it is ready.
+    fn start(&self, config: Arc<WorkerConfig>) -> Result<Box<dyn Worker>>;
+}
+
+/// One worker: runs one job at a time.
+///
+/// Dropping a `Worker` closes it: it ends once its current job (if any) returns.
+pub trait Worker: Send + Sync + fmt::Debug {
+    /// A process-unique id, for statistics and messages.
+    fn id(&self) -> u64;
+    /// Hands the worker a job. The worker must be idle: a worker that has closed itself (idle
+    /// timeout, retire) or is busy returns the job untouched.
+    fn submit(&self, job: Job) -> std::result::Result<Arc<Completion>, Rejected>;
+    /// Asks the running job to stop. Asynchronous: it returns at once and the job's completion
+    /// reports what happened. Types without `hard_kill` may fail to stop code blocked in C.
+    fn interrupt(&self);
+    /// Gives up on the worker: it is never reused and ends by itself as soon as it can.
+    fn abandon(&self);
+    /// Accepts no more jobs; ends once idle.
+    fn close(&self);
+    /// Whether the worker still accepts jobs (false once it has closed itself or been closed).
+    fn is_accepting(&self) -> bool;
+    /// Waits until the worker has fully ended, up to `timeout` (`None`: forever). True if it has.
+    fn wait_ended(&self, timeout: Option<Duration>) -> bool;
+}
+
+/// Every worker type this build knows, in the default order of preference.
+pub fn worker_types() -> Vec<Arc<dyn WorkerType>> {
+    vec![Arc::new(subinterpreter::Subinterpreters)]
+}
+
+/// Looks a worker type up by its name.
+pub fn worker_type(name: &str) -> Option<Arc<dyn WorkerType>> {
+    worker_types().into_iter().find(|t| t.name() == name)
+}

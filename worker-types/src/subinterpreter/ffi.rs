@@ -1,0 +1,512 @@
+//! Every call into the CPython C API that interpool makes for subinterpreter workers.
+//!
+//! # Lifetime / threading requirements
+//!
+//! These are the rules the code below keeps; each `unsafe` block names the one it relies on.
+//!
+//! 1. **One OS thread per interpreter, for its whole life.** The worker thread creates the
+//!    interpreter, attaches and detaches only its own thread state, and ends it with
+//!    `Py_EndInterpreter` on that same thread state. [`Interpreter`] is `!Send` (raw pointers), so it
+//!    cannot leave the thread.
+//! 2. **Isolated configuration:** own GIL, own object allocator, `check_multi_interp_extensions`.
+//!    Extension modules that are not per-interpreter-GIL safe refuse to import in it instead of
+//!    corrupting shared state.
+//! 3. **No Python object crosses interpreters.** Jobs enter as bytes copied into a fresh `bytes` of
+//!    the worker's interpreter; outcomes leave as bytes copied out before detaching. The only
+//!    object of another interpreter used here is `PyExc_KeyboardInterrupt`, a static immortal type.
+//! 4. **No lock of ours is held across interpreter creation**, which takes the *main* GIL inside
+//!    CPython (3.13 loads single-phase builtins through the main interpreter); a lock held there
+//!    by a thread that also holds the main GIL deadlocks.
+//! 5. **The main interpreter imports `datetime` before the first worker starts**
+//!    (3.13.0: concurrent first imports of `_datetime` in several interpreters corrupt the heap).
+//! 6. **Interrupting attaches a temporary thread state of the *target* interpreter** on a helper
+//!    thread: `PyThreadState_SetAsyncExc` only searches the current interpreter's threads. The
+//!    interrupter holds [`Shared::interpreter`]'s lock while attached; the worker clears that handle
+//!    (while detached) before it ends the interpreter, so an interrupter never attaches to a dead
+//!    one. The worker takes that lock only while detached, so the two never deadlock.
+//! 7. **Every worker ends before the host finalizes**: a subinterpreter still running at
+//!    `Py_FinalizeEx` aborts the process. Hosts call `close_all` / `wait_all_ended` first.
+//! 8. PyO3's safe API is never used here: its statics and deferred-decref pool are process-global.
+
+#![allow(unsafe_code)]
+
+use std::{
+    ffi::{c_char, c_long, c_ulong, CStr, CString},
+    ptr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, PoisonError,
+    },
+};
+
+use pyo3_ffi as ffi;
+
+use super::{Shared, WORKER_LOOP_SOURCE};
+use crate::{
+    mailbox::Next, Broken, Completion, Finished, Outcome, Retire, WorkerConfig,
+};
+
+/// `running_seq` when no job runs. `running_seq` is written by the worker and read by interrupters,
+/// both only while holding that worker's GIL.
+const NO_JOB: u64 = 0;
+
+/// What an interrupter needs to reach a live interpreter.
+#[derive(Debug)]
+pub(crate) struct InterpreterHandle {
+    interp: *mut ffi::PyInterpreterState,
+    thread_ident: c_ulong,
+    running_seq: Arc<AtomicU64>,
+}
+
+// SAFETY: the pointer is only dereferenced by CPython while the interpreter is alive, which rule 6
+// guarantees: the handle is removed (under its lock) before the interpreter is ended.
+unsafe impl Send for InterpreterHandle {}
+
+/// Imports `datetime` in the main interpreter once (rule 5). Fails if Python is not initialized.
+pub(crate) fn prepare_main_interpreter() -> Result<(), String> {
+    // Not a OnceLock: a thread blocked in get_or_init while holding the GIL would deadlock with
+    // the initializing thread waiting for the GIL. Importing twice is harmless.
+    static READY: AtomicBool = AtomicBool::new(false);
+    if READY.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    // SAFETY: Py_IsInitialized may be called at any time.
+    if unsafe { ffi::Py_IsInitialized() } == 0 {
+        return Err("the Python interpreter is not initialized".to_owned());
+    }
+    // SAFETY: the runtime is initialized; PyGILState_Ensure attaches this thread to the main
+    // interpreter (or finds it attached) and PyGILState_Release undoes exactly that.
+    let result = unsafe {
+        let gil = ffi::PyGILState_Ensure();
+        let module = ffi::PyImport_ImportModule(c"datetime".as_ptr());
+        let result = if module.is_null() {
+            Err(format!(
+                "importing datetime in the main interpreter failed: {}",
+                take_error()
+            ))
+        } else {
+            ffi::Py_DECREF(module);
+            Ok(())
+        };
+        ffi::PyGILState_Release(gil);
+        result
+    };
+    if result.is_ok() {
+        READY.store(true, Ordering::Release);
+    }
+    result
+}
+
+/// Takes the current exception of the attached interpreter and renders it as `Type: message`.
+///
+/// # Safety
+/// A thread state must be attached on this thread.
+unsafe fn take_error() -> String {
+    // SAFETY: the caller guarantees an attached thread state; every object used here belongs to
+    // the attached interpreter and is released before returning.
+    unsafe {
+        let exc = ffi::PyErr_GetRaisedException();
+        if exc.is_null() {
+            return "unknown error (no exception set)".to_owned();
+        }
+        let type_name = CStr::from_ptr((*ffi::Py_TYPE(exc)).tp_name)
+            .to_string_lossy()
+            .into_owned();
+        let text = ffi::PyObject_Str(exc);
+        let message = if text.is_null() {
+            ffi::PyErr_Clear();
+            String::new()
+        } else {
+            let utf8 = ffi::PyUnicode_AsUTF8AndSize(text, ptr::null_mut());
+            let message = if utf8.is_null() {
+                ffi::PyErr_Clear();
+                String::new()
+            } else {
+                CStr::from_ptr(utf8).to_string_lossy().into_owned()
+            };
+            ffi::Py_DECREF(text);
+            message
+        };
+        ffi::Py_DECREF(exc);
+        format!("{type_name}: {message}")
+    }
+}
+
+/// Copies a `bytes` object of the attached interpreter into Rust.
+///
+/// # Safety
+/// A thread state must be attached, and `obj` must be a live object of its interpreter.
+unsafe fn bytes_to_vec(obj: *mut ffi::PyObject) -> Option<Vec<u8>> {
+    // SAFETY: per the caller; PyBytes_AsString checks the type and sets an error otherwise.
+    unsafe {
+        let data = ffi::PyBytes_AsString(obj);
+        if data.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        let len = ffi::PyBytes_Size(obj) as usize;
+        Some(std::slice::from_raw_parts(data as *const u8, len).to_vec())
+    }
+}
+
+/// One live isolated interpreter, owned by the thread that created it (rule 1).
+struct Interpreter {
+    tstate: *mut ffi::PyThreadState,
+    interp: *mut ffi::PyInterpreterState,
+    module: *mut ffi::PyObject,
+    setup: *mut ffi::PyObject,
+    run: *mut ffi::PyObject,
+}
+
+impl Interpreter {
+    /// Creates the interpreter and loads the worker loop. On success, this thread is attached to
+    /// the new interpreter.
+    ///
+    /// # Safety
+    /// Python must be initialized, and this thread must have no thread state of its own.
+    unsafe fn create() -> Result<Self, String> {
+        // SAFETY: per the caller. The main-interpreter thread state is made on and used by this
+        // thread only, and deleted before returning (keeping it would make SetAsyncExc from the
+        // main interpreter hit it instead of failing). No lock of ours is held (rule 4).
+        unsafe {
+            let main_tstate = ffi::PyThreadState_New(ffi::PyInterpreterState_Main());
+            if main_tstate.is_null() {
+                return Err("could not allocate a thread state".to_owned());
+            }
+            ffi::PyEval_RestoreThread(main_tstate);
+            let config = ffi::PyInterpreterConfig {
+                use_main_obmalloc: 0,
+                allow_fork: 0,
+                allow_exec: 0,
+                allow_threads: 1,
+                allow_daemon_threads: 0,
+                check_multi_interp_extensions: 1,
+                gil: ffi::PyInterpreterConfig_OWN_GIL,
+            };
+            let mut tstate: *mut ffi::PyThreadState = ptr::null_mut();
+            let status = ffi::Py_NewInterpreterFromConfig(&mut tstate, &config);
+            if ffi::PyStatus_Exception(status) != 0 {
+                let reason = if status.err_msg.is_null() {
+                    "unknown error".to_owned()
+                } else {
+                    CStr::from_ptr(status.err_msg).to_string_lossy().into_owned()
+                };
+                // On failure CPython re-attaches the calling thread state (main_tstate).
+                ffi::PyThreadState_Clear(main_tstate);
+                ffi::PyThreadState_DeleteCurrent();
+                return Err(format!("Py_NewInterpreterFromConfig failed: {reason}"));
+            }
+            // Now `tstate` is attached and the main GIL was released. Drop the helper.
+            let sub = ffi::PyEval_SaveThread();
+            ffi::PyEval_RestoreThread(main_tstate);
+            ffi::PyThreadState_Clear(main_tstate);
+            ffi::PyThreadState_DeleteCurrent();
+            ffi::PyEval_RestoreThread(sub);
+
+            let interp = ffi::PyThreadState_GetInterpreter(tstate);
+            let mut this = Self {
+                tstate,
+                interp,
+                module: ptr::null_mut(),
+                setup: ptr::null_mut(),
+                run: ptr::null_mut(),
+            };
+            if let Err(reason) = this.load_worker_loop() {
+                this.end();
+                return Err(reason);
+            }
+            Ok(this)
+        }
+    }
+
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn load_worker_loop(&mut self) -> Result<(), String> {
+        let source = CString::new(WORKER_LOOP_SOURCE).map_err(|e| e.to_string())?;
+        // SAFETY: attached per the caller; new references are owned by `self` until `end`.
+        unsafe {
+            let code = ffi::Py_CompileString(
+                source.as_ptr(),
+                c"<interpool worker loop>".as_ptr(),
+                ffi::Py_file_input,
+            );
+            if code.is_null() {
+                return Err(format!("compiling the worker loop failed: {}", take_error()));
+            }
+            self.module =
+                ffi::PyImport_ExecCodeModule(c"_interpool_worker".as_ptr(), code);
+            ffi::Py_DECREF(code);
+            if self.module.is_null() {
+                return Err(format!("loading the worker loop failed: {}", take_error()));
+            }
+            self.setup = ffi::PyObject_GetAttrString(self.module, c"setup".as_ptr());
+            self.run = ffi::PyObject_GetAttrString(self.module, c"run".as_ptr());
+            if self.setup.is_null() || self.run.is_null() {
+                return Err(format!("the worker loop is incomplete: {}", take_error()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the worker loop's `setup` (sys.path, argv, main script, `init`).
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn setup(&self, config: &[u8]) -> Result<(), Broken> {
+        // SAFETY: attached per the caller; every new reference is released here.
+        unsafe {
+            let arg = new_bytes(config);
+            if arg.is_null() {
+                return Err(broken(format!("could not pass the setup: {}", take_error())));
+            }
+            let result = ffi::PyObject_CallOneArg(self.setup, arg);
+            ffi::Py_DECREF(arg);
+            if result.is_null() {
+                return Err(broken(format!("the worker setup failed: {}", take_error())));
+            }
+            // None, or (reason: str, exception records: bytes).
+            let outcome = if result == ffi::Py_None() {
+                Ok(())
+            } else {
+                let reason = ffi::PyTuple_GetItem(result, 0);
+                let reason_utf8 = if reason.is_null() {
+                    ptr::null()
+                } else {
+                    ffi::PyUnicode_AsUTF8AndSize(reason, ptr::null_mut())
+                };
+                let reason = if reason_utf8.is_null() {
+                    ffi::PyErr_Clear();
+                    "the worker setup failed".to_owned()
+                } else {
+                    CStr::from_ptr(reason_utf8).to_string_lossy().into_owned()
+                };
+                let records = ffi::PyTuple_GetItem(result, 1);
+                let exception = if records.is_null() {
+                    ffi::PyErr_Clear();
+                    None
+                } else {
+                    bytes_to_vec(records)
+                };
+                Err(Broken { reason, exception })
+            };
+            ffi::Py_DECREF(result);
+            outcome
+        }
+    }
+
+    /// Runs one job through the worker loop's `run`.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn run_job(&self, payload: &[u8]) -> Finished {
+        // SAFETY: attached per the caller; every new reference is released here, and the outcome
+        // is copied out before returning (rule 3).
+        unsafe {
+            let arg = new_bytes(payload);
+            if arg.is_null() {
+                return broken_finished(format!(
+                    "could not pass the job to the worker: {}",
+                    take_error()
+                ));
+            }
+            let result = ffi::PyObject_CallOneArg(self.run, arg);
+            ffi::Py_DECREF(arg);
+            if result.is_null() {
+                // Only an exception injected by an interrupt escapes `run`.
+                return broken_finished(format!("the job was interrupted ({})", take_error()));
+            }
+            let finished = parse_run_result(result);
+            ffi::Py_DECREF(result);
+            finished.unwrap_or_else(|| {
+                ffi::PyErr_Clear();
+                broken_finished("the worker loop returned a malformed outcome".to_owned())
+            })
+        }
+    }
+
+    /// Releases everything and ends the interpreter; this thread is left with no thread state.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached, on the thread that created it.
+    unsafe fn end(self) {
+        // SAFETY: attached per the caller; references are dropped before the interpreter that
+        // owns them is ended (rule 1: same thread, own thread state).
+        unsafe {
+            for obj in [self.run, self.setup, self.module] {
+                if !obj.is_null() {
+                    ffi::Py_DECREF(obj);
+                }
+            }
+            ffi::Py_EndInterpreter(self.tstate);
+        }
+    }
+}
+
+/// # Safety
+/// A thread state must be attached.
+unsafe fn new_bytes(data: &[u8]) -> *mut ffi::PyObject {
+    // SAFETY: per the caller; CPython copies `data` into the attached interpreter's allocator.
+    unsafe {
+        ffi::PyBytes_FromStringAndSize(data.as_ptr() as *const c_char, data.len() as ffi::Py_ssize_t)
+    }
+}
+
+/// Reads `(kind: int, data: bytes, retire: int, retire_error: bytes | None)`.
+///
+/// # Safety
+/// A thread state must be attached and `result` must be a live object of its interpreter.
+unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<Finished> {
+    // SAFETY: per the caller; PyTuple_GetItem returns borrowed references (or NULL with an error
+    // set, which the caller clears).
+    unsafe {
+        let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
+        let data = bytes_to_vec(ffi::PyTuple_GetItem(result, 1))?;
+        let retire = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
+        let outcome = match kind {
+            0 => Outcome::Value(data),
+            1 => Outcome::Raised(data),
+            2 => Outcome::LoadError(data),
+            _ => return None,
+        };
+        let retire = match retire {
+            0 => Retire::Keep,
+            1 => Retire::Retire,
+            2 => Retire::Failed(bytes_to_vec(ffi::PyTuple_GetItem(result, 3))?),
+            _ => return None,
+        };
+        Some(Finished { outcome, retire })
+    }
+}
+
+fn broken(reason: String) -> Broken {
+    Broken {
+        reason,
+        exception: None,
+    }
+}
+
+fn broken_finished(reason: String) -> Finished {
+    Finished {
+        outcome: Outcome::Broken(broken(reason)),
+        retire: Retire::Retire,
+    }
+}
+
+/// The body of a worker thread: create, serve jobs until closed or idle, end.
+pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
+    shared.mailbox.register_worker_thread();
+    let running_seq = Arc::new(AtomicU64::new(NO_JOB));
+    // SAFETY: Python is initialized (start() checked it via prepare_main_interpreter) and this
+    // fresh thread has no thread state.
+    let created = unsafe { Interpreter::create() };
+    let (interpreter, startup_error) = match created {
+        Ok(interpreter) => {
+            // SAFETY: `create` left this thread attached to the new interpreter.
+            match unsafe { interpreter.setup(&config.setup) } {
+                Ok(()) => (Some(interpreter), None),
+                Err(broken) => (Some(interpreter), Some(broken)),
+            }
+        }
+        Err(reason) => (None, Some(broken(format!("could not create the interpreter: {reason}")))),
+    };
+    // SAFETY: attached to the new interpreter if it exists (see above); detaching hands its GIL
+    // back while we wait for jobs.
+    let mut saved = interpreter.as_ref().map(|_| unsafe { ffi::PyEval_SaveThread() });
+    if let (Some(interpreter), None) = (&interpreter, &startup_error) {
+        *shared.interpreter.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(InterpreterHandle {
+                interp: interpreter.interp,
+                // SAFETY: callable from any thread.
+                thread_ident: unsafe { ffi::PyThread_get_thread_ident() },
+                running_seq: running_seq.clone(),
+            });
+    }
+
+    loop {
+        let (job, completion) = match shared.mailbox.next(config.idle_timeout) {
+            Next::Run(job, completion) => (job, completion),
+            Next::End => break,
+        };
+        let (Some(interpreter), None, Some(tstate)) = (&interpreter, &startup_error, saved) else {
+            let error = startup_error.clone().unwrap_or_else(|| broken("no interpreter".into()));
+            shared.mailbox.job_done(true);
+            completion.complete(Finished {
+                outcome: Outcome::Broken(error),
+                retire: Retire::Retire,
+            });
+            break;
+        };
+        let seq = shared.submitted_seq.load(Ordering::Acquire);
+        // SAFETY: `tstate` is this thread's detached thread state of `interpreter` (rule 1).
+        let finished = unsafe {
+            ffi::PyEval_RestoreThread(tstate);
+            running_seq.store(seq, Ordering::Release);
+            let finished = interpreter.run_job(&job.payload);
+            running_seq.store(NO_JOB, Ordering::Release);
+            // An interrupt that raced with the job's end is dropped here, under the GIL, so it
+            // cannot hit a later job (cpython#139622: 3.13 may deliver it late).
+            ffi::PyThreadState_SetAsyncExc(
+                ffi::PyThread_get_thread_ident() as c_long,
+                ptr::null_mut(),
+            );
+            saved = Some(ffi::PyEval_SaveThread());
+            finished
+        };
+        drop(job);
+        if !deliver(&shared, seq, finished, &completion) {
+            break;
+        }
+    }
+
+    *shared.interpreter.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    if let (Some(interpreter), Some(tstate)) = (interpreter, saved) {
+        // SAFETY: the interpreter handle is gone, so no interrupter is or will be attached
+        // (rule 6); `tstate` is this thread's own thread state of `interpreter`.
+        unsafe {
+            ffi::PyEval_RestoreThread(tstate);
+            interpreter.end();
+        }
+    }
+    shared.mark_ended();
+}
+
+/// Hands a job's outcome over; returns whether the worker goes on.
+fn deliver(shared: &Shared, seq: u64, mut finished: Finished, completion: &Completion) -> bool {
+    let interrupted = shared.interrupted_seq.load(Ordering::Acquire) == seq;
+    let abandoned = shared.abandoned.load(Ordering::Acquire);
+    let ending = finished.worker_ends() || interrupted || abandoned;
+    if ending && finished.retire == Retire::Keep {
+        finished.retire = Retire::Retire;
+    }
+    // Idle (or closed) before the outcome is visible, so a caller who sees it can reuse us.
+    let go_on = shared.mailbox.job_done(ending);
+    completion.complete(finished);
+    go_on
+}
+
+/// Injects `KeyboardInterrupt` into the job `seq` of this worker, if it is still running it.
+/// Runs on a helper thread; blocks until it gets the worker's GIL.
+pub(crate) fn interrupt(shared: &Shared, seq: u64) {
+    let handle = shared.interpreter.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(handle) = &*handle else {
+        return; // not started yet, or already ending: the worker ends after the job anyway
+    };
+    // SAFETY: the handle's interpreter is alive while we hold its lock (rule 6); the temporary
+    // thread state is created, attached, cleared and deleted on this thread. KeyboardInterrupt
+    // is a static immortal type shared by all interpreters (rule 3).
+    unsafe {
+        let tstate = ffi::PyThreadState_New(handle.interp);
+        if tstate.is_null() {
+            return;
+        }
+        ffi::PyEval_RestoreThread(tstate);
+        if handle.running_seq.load(Ordering::Acquire) == seq {
+            ffi::PyThreadState_SetAsyncExc(
+                handle.thread_ident as c_long,
+                ffi::PyExc_KeyboardInterrupt,
+            );
+        }
+        ffi::PyThreadState_Clear(tstate);
+        ffi::PyThreadState_DeleteCurrent();
+    }
+}
