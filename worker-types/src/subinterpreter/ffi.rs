@@ -440,9 +440,17 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         // SAFETY: `tstate` is this thread's detached thread state of `interpreter` (rule 1).
         let finished = unsafe {
             ffi::PyEval_RestoreThread(tstate);
-            running_seq.store(seq, Ordering::Release);
-            let finished = interpreter.run_job(&job.payload);
-            running_seq.store(NO_JOB, Ordering::Release);
+            // Checked and set under this GIL, which interrupters also hold while they look at
+            // `running_seq`: an interrupt that came before (even while the interpreter was still
+            // being created) is seen here; one that comes after finds the job running.
+            let finished = if shared.interrupted_seq.load(Ordering::Acquire) == seq {
+                broken_finished("the job was interrupted before it started".to_owned())
+            } else {
+                running_seq.store(seq, Ordering::Release);
+                let finished = interpreter.run_job(&job.payload);
+                running_seq.store(NO_JOB, Ordering::Release);
+                finished
+            };
             // An interrupt that raced with the job's end is dropped here, under the GIL, so it
             // cannot hit a later job (cpython#139622: 3.13 may deliver it late).
             ffi::PyThreadState_SetAsyncExc(
@@ -489,7 +497,8 @@ fn deliver(shared: &Shared, seq: u64, mut finished: Finished, completion: &Compl
 pub(crate) fn interrupt(shared: &Shared, seq: u64) {
     let handle = shared.interpreter.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(handle) = &*handle else {
-        return; // not started yet, or already ending: the worker ends after the job anyway
+        // Not created yet: the worker sees `interrupted_seq` before it runs the job. Or ending.
+        return;
     };
     // SAFETY: the handle's interpreter is alive while we hold its lock (rule 6); the temporary
     // thread state is created, attached, cleared and deleted on this thread. KeyboardInterrupt

@@ -37,8 +37,10 @@ def _format(exc, skip_frames):
     for _ in range(skip_frames):
         if tb is not None:
             tb = tb.tb_next
-    lines = traceback.format_exception(type(exc), exc, tb, chain=False)
-    return "".join(lines)
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, tb, chain=False))
+    except BaseException as error:  # the error path must not fail: no source lines then
+        return f"{type(exc).__qualname__} (traceback unavailable: {type(error).__qualname__})\n"
 
 
 def _exception_records(exc, skip_frames=0):
@@ -132,13 +134,18 @@ class _ParentMain:
 
 
 def setup(config):
-    """Returns None, or ``(reason, exception_records)`` if the worker cannot serve jobs."""
+    """Prepares the interpreter; returns None, or ``(reason, exception_records)`` if it cannot
+    serve jobs. ``config`` is ``pickle((sys_path, argv, main_kind, main_ref, init, retire))``:
+    ``sys_path``/``argv`` replace the interpreter's (None: keep its own), ``main_kind`` is
+    ``"path"``, ``"module"`` or None, and ``init``/``retire`` are pickled callables."""
     global _retire
     stage = "unpickling the worker configuration failed"
     try:
         sys_path, argv, main_kind, main_ref, init, retire = pickle.loads(config)
-        sys.path[:] = sys_path
-        sys.argv[:] = argv
+        if sys_path is not None:
+            sys.path[:] = sys_path
+        if argv is not None:
+            sys.argv[:] = argv
         if main_kind is not None:
             sys.modules["__main__"].__getattr__ = _ParentMain(main_kind, main_ref)
         stage = "unpickling init or retire failed"

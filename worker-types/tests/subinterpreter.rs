@@ -1,0 +1,206 @@
+//! Tests for the subinterpreter worker type, driven from Rust with no Python front end.
+//!
+//! Payloads are pickles made by CPython 3.13 (`pickle.dumps(..., protocol=4)`) of builtins only,
+//! so that the tests need no Python-object plumbing. Setup payloads are
+//! `(None, None, None, None, pickle(init), pickle(retire))`: the interpreter keeps its own sys.path and argv.
+
+#![allow(unsafe_code)]
+
+use std::{
+    io::Read,
+    os::{fd::AsRawFd, unix::net::UnixStream},
+    sync::{Arc, Once},
+    time::Duration,
+};
+
+use interpool_worker_types::{
+    subinterpreter::{self, Subinterpreters},
+    Availability, Finished, Job, Outcome, Retire, Worker, WorkerConfig, WorkerType,
+};
+
+include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/payloads.rs"));
+
+const TEN_SECONDS: Option<Duration> = Some(Duration::from_secs(10));
+
+fn init_python() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        // SAFETY: called once per process, before any other Python use; the main thread state is
+        // released so that worker threads can take the main GIL while they create interpreters.
+        unsafe {
+            pyo3_ffi::Py_InitializeEx(0);
+            pyo3_ffi::PyEval_SaveThread();
+        }
+    });
+}
+
+fn start(setup: &[u8], idle_timeout: Option<Duration>) -> Box<dyn Worker> {
+    init_python();
+    Subinterpreters
+        .start(Arc::new(WorkerConfig {
+            setup: setup.to_vec(),
+            idle_timeout,
+        }))
+        .expect("worker starts")
+}
+
+fn run(worker: &dyn Worker, payload: &[u8]) -> Finished {
+    let completion = worker
+        .submit(Job {
+            payload: payload.to_vec(),
+        })
+        .expect("idle worker accepts a job");
+    assert!(completion.wait(TEN_SECONDS), "job did not finish");
+    completion.take().expect("outcome")
+}
+
+fn skip_unless_available() -> bool {
+    match Subinterpreters.availability() {
+        Availability::Available => false,
+        Availability::Unavailable(reason) => {
+            eprintln!("skipped: {reason}");
+            true
+        }
+    }
+}
+
+#[test]
+fn smoke_a_job_returns_its_pickled_value_and_the_worker_is_reused() {
+    if skip_unless_available() {
+        return;
+    }
+    let worker = start(SETUP_PLAIN, None);
+    for _ in 0..3 {
+        let finished = run(&*worker, ABS_MINUS_3);
+        assert_eq!(finished.outcome, Outcome::Value(THREE.to_vec()));
+        assert_eq!(finished.retire, Retire::Keep);
+    }
+    worker.close();
+    assert!(worker.wait_ended(TEN_SECONDS));
+}
+
+#[test]
+fn an_exception_comes_back_as_raised_and_the_worker_survives() {
+    if skip_unless_available() {
+        return;
+    }
+    let worker = start(SETUP_PLAIN, None);
+    assert!(matches!(run(&*worker, DIVIDE_BY_ZERO).outcome, Outcome::Raised(_)));
+    assert_eq!(run(&*worker, ABS_MINUS_3).outcome, Outcome::Value(THREE.to_vec()));
+}
+
+#[test]
+fn a_job_that_cannot_be_unpickled_is_a_load_error() {
+    if skip_unless_available() {
+        return;
+    }
+    let worker = start(SETUP_PLAIN, None);
+    assert!(matches!(run(&*worker, NO_SUCH_MODULE).outcome, Outcome::LoadError(_)));
+    assert!(worker.is_accepting(), "a load error leaves the worker usable");
+}
+
+/// A pickled `exec(source)` job (protocol 4, no framing), for sources built at run time.
+fn exec_job(source: &str) -> Vec<u8> {
+    let mut pickle = b"\x80\x04\x8c\x08builtins\x94\x8c\x04exec\x94\x93\x94".to_vec();
+    let len = u8::try_from(source.len()).expect("short source");
+    pickle.push(0x8c);
+    pickle.push(len);
+    pickle.extend_from_slice(source.as_bytes());
+    pickle.extend_from_slice(b"\x94\x85\x94\x86\x94.");
+    pickle
+}
+
+#[test]
+fn interrupt_stops_a_running_python_loop_and_the_worker_ends_after_it() {
+    if skip_unless_available() {
+        return;
+    }
+    let worker = start(SETUP_PLAIN, None);
+    let (mut started, job_end) = UnixStream::pair().unwrap();
+    let job = exec_job(&format!(
+        "import os; os.write({}, b's')\nwhile True: pass",
+        job_end.as_raw_fd()
+    ));
+    let completion = worker.submit(Job { payload: job }).unwrap();
+    let mut byte = [0u8];
+    started.read_exact(&mut byte).unwrap(); // the loop is running now
+    worker.interrupt();
+    assert!(completion.wait(TEN_SECONDS), "interrupt did not stop the loop");
+    let finished = completion.take().unwrap();
+    // KeyboardInterrupt raised inside the job (or, rarely, in the loop around it).
+    assert!(matches!(finished.outcome, Outcome::Raised(_) | Outcome::Broken(_)));
+    assert!(finished.worker_ends());
+    assert!(worker.wait_ended(TEN_SECONDS));
+}
+
+#[test]
+fn a_job_interrupted_while_its_worker_starts_still_ends_it() {
+    if skip_unless_available() {
+        return;
+    }
+    let worker = start(SETUP_PLAIN, None);
+    let completion = worker
+        .submit(Job {
+            payload: SPIN_FOREVER.to_vec(),
+        })
+        .unwrap();
+    worker.interrupt(); // the interpreter is still being created (~10 ms)
+    assert!(completion.wait(TEN_SECONDS));
+    let finished = completion.take().unwrap();
+    assert!(finished.worker_ends());
+    assert!(worker.wait_ended(TEN_SECONDS));
+}
+
+#[test]
+fn a_truthy_retire_ends_the_worker_after_its_job() {
+    if skip_unless_available() {
+        return;
+    }
+    let worker = start(SETUP_RETIRE_ALWAYS, None);
+    let finished = run(&*worker, ABS_MINUS_3);
+    assert_eq!(finished.outcome, Outcome::Value(THREE.to_vec()));
+    assert_eq!(finished.retire, Retire::Retire);
+    assert!(worker.wait_ended(TEN_SECONDS));
+    assert!(worker.submit(Job { payload: vec![] }).is_err());
+}
+
+#[test]
+fn a_failing_init_breaks_the_first_job_with_the_reason() {
+    if skip_unless_available() {
+        return;
+    }
+    let worker = start(SETUP_INIT_FAILS, None);
+    match run(&*worker, ABS_MINUS_3).outcome {
+        Outcome::Broken(broken) => {
+            assert_eq!(broken.reason, "the worker's init raised an exception");
+            assert!(broken.exception.is_some());
+        }
+        other => panic!("expected Broken, got {other:?}"),
+    }
+    assert!(worker.wait_ended(TEN_SECONDS));
+}
+
+#[test]
+fn an_idle_worker_ends_itself_after_its_idle_timeout() {
+    if skip_unless_available() {
+        return;
+    }
+    let worker = start(SETUP_PLAIN, Some(Duration::from_millis(10)));
+    assert!(worker.wait_ended(TEN_SECONDS));
+    assert!(!worker.is_accepting());
+}
+
+#[test]
+fn close_all_ends_every_idle_worker_of_the_process() {
+    if skip_unless_available() {
+        return;
+    }
+    let workers: Vec<_> = (0..2).map(|_| start(SETUP_PLAIN, None)).collect();
+    for w in &workers {
+        run(&**w, ABS_MINUS_3);
+    }
+    subinterpreter::close_all();
+    for w in &workers {
+        assert!(w.wait_ended(TEN_SECONDS));
+    }
+}
