@@ -323,7 +323,10 @@ mod tests {
                 crash_isolation: true,
             }
         }
-        fn start(&self, _config: Arc<WorkerConfig>) -> interpool_worker_types::Result<Box<dyn Worker>> {
+        fn start(
+            &self,
+            _config: Arc<WorkerConfig>,
+        ) -> interpool_worker_types::Result<Box<dyn Worker>> {
             static IDS: AtomicU64 = AtomicU64::new(1);
             self.started.fetch_add(1, Ordering::SeqCst);
             Ok(Box::new(EchoWorker {
@@ -400,7 +403,10 @@ mod tests {
             ..Echo::default()
         });
         let err = WorkerCache::new(kind, None).unwrap_err();
-        assert_eq!(err.to_string(), "worker type \"echo\" is unavailable: not here");
+        assert_eq!(
+            err.to_string(),
+            "worker type \"echo\" is unavailable: not here"
+        );
     }
 
     #[test]

@@ -101,16 +101,16 @@ class WorkerContext:
     one serves :func:`run_sync`."""
 
     __slots__ = (
+        "_cache",
+        "_calls",
+        "_closed",
+        "_drained",
+        "_grace_period",
         "_idle_timeout",
         "_init",
         "_retire",
-        "_grace_period",
-        "_worker_type",
-        "_cache",
         "_setup_hooks",
-        "_closed",
-        "_calls",
-        "_drained",
+        "_worker_type",
     )
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -143,11 +143,20 @@ class WorkerContext:
         self._drained: trio.Event | None = None
         return self
 
-    idle_timeout = property(lambda self: self._idle_timeout, doc="Seconds an idle worker waits for a job before it ends.")
+    idle_timeout = property(
+        lambda self: self._idle_timeout,
+        doc="Seconds an idle worker waits for a job before it ends.",
+    )
     init = property(lambda self: self._init, doc="Called once in each worker before its first job.")
-    retire = property(lambda self: self._retire, doc="Called after each job; truthy ends the worker.")
-    grace_period = property(lambda self: self._grace_period, doc="Seconds workers get to end when the context closes.")
-    worker_type = property(lambda self: self._worker_type, doc="The :class:`WorkerType` of the workers.")
+    retire = property(
+        lambda self: self._retire, doc="Called after each job; truthy ends the worker."
+    )
+    grace_period = property(
+        lambda self: self._grace_period, doc="Seconds workers get to end when the context closes."
+    )
+    worker_type = property(
+        lambda self: self._worker_type, doc="The :class:`WorkerType` of the workers."
+    )
 
     def __repr__(self) -> str:
         return (
@@ -174,7 +183,10 @@ class WorkerContext:
         cancellable: bool = False,
         limiter: Any = None,
     ) -> T:
-        """Runs ``sync_fn(*args)`` in one of this context's workers; see :func:`interpool.run_sync`."""
+        """Runs ``sync_fn(*args)`` in one of this context's workers.
+
+        The same contract as :func:`interpool.run_sync`, plus ``trio.ClosedResourceError`` once
+        the context has closed."""
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         await checkpoint_if_cancelled()

@@ -1,6 +1,7 @@
 """Pickling jobs in the caller, and turning a worker's outcome back into a value or an exception.
 
-The worker side of this format is the worker loop (``worker-types/src/subinterpreter/worker_loop.py``):
+The worker side of this format is the worker loop
+(``worker-types/src/subinterpreter/worker_loop.py``):
 exception records are a pickled list, the raised exception first, each entry
 ``(pickled_exc | None, pickling_error | None, type_name, message, formatted_traceback,
 cause_index | None, context_index | None, suppress_context)``.
@@ -48,8 +49,10 @@ def _needs_cloudpickle(fn: object) -> bool:
 
 
 def dumps(obj: object, callable_: object = None) -> bytes:
-    """Pickles ``obj``; falls back to cloudpickle (if installed) for what pickle refuses, and uses
-    it outright when ``callable_`` (default: ``obj``) lives in a ``__main__`` workers cannot load."""
+    """Pickles ``obj``; falls back to cloudpickle (if installed) for what pickle refuses.
+
+    cloudpickle is used outright when ``callable_`` (default: ``obj``) lives in a ``__main__``
+    that workers cannot load (a REPL, ``-c``)."""
     if cloudpickle is not None and _needs_cloudpickle(obj if callable_ is None else callable_):
         return cloudpickle.dumps(obj, _PROTOCOL)
     try:
@@ -63,19 +66,22 @@ def dumps(obj: object, callable_: object = None) -> bytes:
 def _worker_note(traceback_text: str) -> str:
     header = "Traceback (most recent call last):\n"
     if traceback_text.startswith(header):
-        traceback_text = "Worker traceback (most recent call last):\n" + traceback_text[len(header) :]
+        traceback_text = (
+            "Worker traceback (most recent call last):\n" + traceback_text[len(header) :]
+        )
     return "\n" + traceback_text.rstrip("\n")
 
 
 def rebuild_exception(data: bytes) -> BaseException:
-    """The exception a worker raised, with its cause/context chain and worker tracebacks as notes."""
+    """The exception a worker raised, with its cause/context chain, each exception carrying its
+    worker-side traceback as a note."""
     records = pickle.loads(data)
     excs: list[BaseException] = []
     for blob, pickling_error, type_name, message, tb_text, *_ in records:
         if blob is not None:
             try:
                 exc = pickle.loads(blob)
-            except Exception as error:
+            except Exception as error:  # noqa: BLE001, reported in place of the exception
                 exc = error
                 exc.add_note(f"(while unpickling the worker's {type_name}: {message})")
         else:
@@ -83,7 +89,7 @@ def rebuild_exception(data: bytes) -> BaseException:
             exc.add_note(f"(the worker raised {type_name}: {message}, which cannot be pickled)")
         exc.add_note(_worker_note(tb_text))
         excs.append(exc)
-    for exc, (*_, cause, context, suppress_context) in zip(excs, records):
+    for exc, (*_, cause, context, suppress_context) in zip(excs, records, strict=True):
         exc.__cause__ = excs[cause] if cause is not None else None
         exc.__context__ = excs[context] if context is not None else None
         exc.__suppress_context__ = suppress_context

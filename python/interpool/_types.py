@@ -23,7 +23,9 @@ class BrokenWorkerError(RuntimeError):
 
 
 class WorkerTypeUnavailableError(RuntimeError):
-    """The requested worker type cannot run on this interpreter or platform; the message says why."""
+    """The requested worker type cannot run on this interpreter or platform.
+
+    The message says why, e.g. which CPython version it needs."""
 
 
 @dataclasses.dataclass(frozen=True)

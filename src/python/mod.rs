@@ -65,7 +65,13 @@ fn worker_type_info() -> Vec<(&'static str, bool, Option<String>, bool, bool)> {
                 Availability::Available => (true, None),
                 Availability::Unavailable(reason) => (false, Some(reason)),
             };
-            (t.name(), available, reason, caps.hard_kill, caps.crash_isolation)
+            (
+                t.name(),
+                available,
+                reason,
+                caps.hard_kill,
+                caps.crash_isolation,
+            )
         })
         .collect()
 }
@@ -75,7 +81,11 @@ fn worker_type_info() -> Vec<(&'static str, bool, Option<String>, bool, bool)> {
 /// alive (stuck in C code). For the atexit hook: none may be running at finalization.
 #[pyfunction]
 #[pyo3(signature = (grace, interrupt_grace))]
-fn end_all_subinterpreters(py: Python<'_>, grace: Option<f64>, interrupt_grace: f64) -> PyResult<usize> {
+fn end_all_subinterpreters(
+    py: Python<'_>,
+    grace: Option<f64>,
+    interrupt_grace: f64,
+) -> PyResult<usize> {
     let grace = timeout(grace)?;
     let interrupt_grace = timeout(Some(interrupt_grace))?;
     Ok(py.detach(|| {
@@ -106,7 +116,12 @@ struct Cache {
 impl Cache {
     #[new]
     #[pyo3(signature = (worker_type, idle_timeout, setup))]
-    fn new(py: Python<'_>, worker_type: &str, idle_timeout: Option<f64>, setup: Py<PyAny>) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        worker_type: &str,
+        idle_timeout: Option<f64>,
+        setup: Py<PyAny>,
+    ) -> PyResult<Self> {
         let kind = worker_types::worker_type(worker_type)
             .ok_or_else(|| PyValueError::new_err(format!("unknown worker type {worker_type:?}")))?;
         let cache = WorkerCache::new(kind, timeout(idle_timeout)?).map_err(|e| to_py_err(py, e))?;
@@ -120,10 +135,16 @@ impl Cache {
         };
         let setup = || -> Result<Vec<u8>, String> {
             let payload = self.setup.call0(py).map_err(|e| e.to_string())?;
-            let bytes = payload.bind(py).cast::<PyBytes>().map_err(|e| e.to_string())?;
+            let bytes = payload
+                .bind(py)
+                .cast::<PyBytes>()
+                .map_err(|e| e.to_string())?;
             Ok(bytes.as_bytes().to_vec())
         };
-        let lease = self.cache.submit(job, &setup).map_err(|e| to_py_err(py, e))?;
+        let lease = self
+            .cache
+            .submit(job, &setup)
+            .map_err(|e| to_py_err(py, e))?;
         Ok(Call { lease: Some(lease) })
     }
 
@@ -141,7 +162,11 @@ impl Cache {
     /// Waits (GIL released) up to `grace` seconds for the closed workers to end. Returns
     /// `(retire_failures: list[bytes], not_ended: int)`.
     #[pyo3(signature = (grace))]
-    fn wait_closed<'py>(&self, py: Python<'py>, grace: Option<f64>) -> PyResult<(Vec<Bound<'py, PyBytes>>, usize)> {
+    fn wait_closed<'py>(
+        &self,
+        py: Python<'py>,
+        grace: Option<f64>,
+    ) -> PyResult<(Vec<Bound<'py, PyBytes>>, usize)> {
         let grace = timeout(grace)?;
         let report = py.detach(|| self.cache.wait_closed(grace));
         let failures = report
@@ -173,9 +198,7 @@ impl Call {
 impl Call {
     /// Whether the outcome is in.
     fn done(&self) -> bool {
-        self.lease
-            .as_ref()
-            .is_none_or(|l| l.completion().is_done())
+        self.lease.as_ref().is_none_or(|l| l.completion().is_done())
     }
 
     /// Spins up to `microseconds` with the GIL released; True if the outcome is in.
@@ -195,7 +218,10 @@ impl Call {
     /// Takes the outcome: `(kind, data, reason)`; kinds are VALUE, RAISED, LOAD_ERROR (data:
     /// pickled value or exception records) and BROKEN (reason: str; data: exception records of
     /// the cause, possibly empty). The worker goes back to the cache.
-    fn result<'py>(&mut self, py: Python<'py>) -> PyResult<(u8, Bound<'py, PyBytes>, Option<String>)> {
+    fn result<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> PyResult<(u8, Bound<'py, PyBytes>, Option<String>)> {
         let lease = self
             .lease
             .as_mut()

@@ -213,10 +213,7 @@ mod tests {
     fn idle_timeout_closes_the_mailbox_and_later_submits_get_their_job_back() {
         let mb = Mailbox::new();
         mb.register_worker_thread();
-        assert!(matches!(
-            mb.next(Some(Duration::from_millis(1))),
-            Next::End
-        ));
+        assert!(matches!(mb.next(Some(Duration::from_millis(1))), Next::End));
         assert!(!mb.is_accepting());
         assert!(mb.submit(job(b"x")).is_err());
     }

@@ -18,7 +18,10 @@ use interpool_worker_types::{
     Availability, Finished, Job, Outcome, Retire, Worker, WorkerConfig, WorkerType,
 };
 
-include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/payloads.rs"));
+include!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/support/payloads.rs"
+));
 
 const TEN_SECONDS: Option<Duration> = Some(Duration::from_secs(10));
 
@@ -85,8 +88,14 @@ fn an_exception_comes_back_as_raised_and_the_worker_survives() {
         return;
     }
     let worker = start(SETUP_PLAIN, None);
-    assert!(matches!(run(&*worker, DIVIDE_BY_ZERO).outcome, Outcome::Raised(_)));
-    assert_eq!(run(&*worker, ABS_MINUS_3).outcome, Outcome::Value(THREE.to_vec()));
+    assert!(matches!(
+        run(&*worker, DIVIDE_BY_ZERO).outcome,
+        Outcome::Raised(_)
+    ));
+    assert_eq!(
+        run(&*worker, ABS_MINUS_3).outcome,
+        Outcome::Value(THREE.to_vec())
+    );
 }
 
 #[test]
@@ -95,8 +104,14 @@ fn a_job_that_cannot_be_unpickled_is_a_load_error() {
         return;
     }
     let worker = start(SETUP_PLAIN, None);
-    assert!(matches!(run(&*worker, NO_SUCH_MODULE).outcome, Outcome::LoadError(_)));
-    assert!(worker.is_accepting(), "a load error leaves the worker usable");
+    assert!(matches!(
+        run(&*worker, NO_SUCH_MODULE).outcome,
+        Outcome::LoadError(_)
+    ));
+    assert!(
+        worker.is_accepting(),
+        "a load error leaves the worker usable"
+    );
 }
 
 /// A pickled `exec(source)` job (protocol 4, no framing), for sources built at run time.
@@ -125,10 +140,16 @@ fn interrupt_stops_a_running_python_loop_and_the_worker_ends_after_it() {
     let mut byte = [0u8];
     started.read_exact(&mut byte).unwrap(); // the loop is running now
     worker.interrupt();
-    assert!(completion.wait(TEN_SECONDS), "interrupt did not stop the loop");
+    assert!(
+        completion.wait(TEN_SECONDS),
+        "interrupt did not stop the loop"
+    );
     let finished = completion.take().unwrap();
     // KeyboardInterrupt raised inside the job (or, rarely, in the loop around it).
-    assert!(matches!(finished.outcome, Outcome::Raised(_) | Outcome::Broken(_)));
+    assert!(matches!(
+        finished.outcome,
+        Outcome::Raised(_) | Outcome::Broken(_)
+    ));
     assert!(finished.worker_ends());
     assert!(worker.wait_ended(TEN_SECONDS));
 }

@@ -42,9 +42,7 @@ use std::{
 use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
-use crate::{
-    mailbox::Next, Broken, Completion, Finished, Outcome, Retire, WorkerConfig,
-};
+use crate::{mailbox::Next, Broken, Completion, Finished, Outcome, Retire, WorkerConfig};
 
 /// `running_seq` when no job runs. `running_seq` is written by the worker and read by interrupters,
 /// both only while holding that worker's GIL.
@@ -189,7 +187,9 @@ impl Interpreter {
                 let reason = if status.err_msg.is_null() {
                     "unknown error".to_owned()
                 } else {
-                    CStr::from_ptr(status.err_msg).to_string_lossy().into_owned()
+                    CStr::from_ptr(status.err_msg)
+                        .to_string_lossy()
+                        .into_owned()
                 };
                 // On failure CPython re-attaches the calling thread state (main_tstate).
                 ffi::PyThreadState_Clear(main_tstate);
@@ -231,10 +231,12 @@ impl Interpreter {
                 ffi::Py_file_input,
             );
             if code.is_null() {
-                return Err(format!("compiling the worker loop failed: {}", take_error()));
+                return Err(format!(
+                    "compiling the worker loop failed: {}",
+                    take_error()
+                ));
             }
-            self.module =
-                ffi::PyImport_ExecCodeModule(c"_interpool_worker".as_ptr(), code);
+            self.module = ffi::PyImport_ExecCodeModule(c"_interpool_worker".as_ptr(), code);
             ffi::Py_DECREF(code);
             if self.module.is_null() {
                 return Err(format!("loading the worker loop failed: {}", take_error()));
@@ -257,7 +259,10 @@ impl Interpreter {
         unsafe {
             let arg = new_bytes(config);
             if arg.is_null() {
-                return Err(broken(format!("could not pass the setup: {}", take_error())));
+                return Err(broken(format!(
+                    "could not pass the setup: {}",
+                    take_error()
+                )));
             }
             let result = ffi::PyObject_CallOneArg(self.setup, arg);
             ffi::Py_DECREF(arg);
@@ -347,7 +352,10 @@ impl Interpreter {
 unsafe fn new_bytes(data: &[u8]) -> *mut ffi::PyObject {
     // SAFETY: per the caller; CPython copies `data` into the attached interpreter's allocator.
     unsafe {
-        ffi::PyBytes_FromStringAndSize(data.as_ptr() as *const c_char, data.len() as ffi::Py_ssize_t)
+        ffi::PyBytes_FromStringAndSize(
+            data.as_ptr() as *const c_char,
+            data.len() as ffi::Py_ssize_t,
+        )
     }
 }
 
@@ -407,19 +415,28 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
                 Err(broken) => (Some(interpreter), Some(broken)),
             }
         }
-        Err(reason) => (None, Some(broken(format!("could not create the interpreter: {reason}")))),
+        Err(reason) => (
+            None,
+            Some(broken(format!(
+                "could not create the interpreter: {reason}"
+            ))),
+        ),
     };
     // SAFETY: attached to the new interpreter if it exists (see above); detaching hands its GIL
     // back while we wait for jobs.
-    let mut saved = interpreter.as_ref().map(|_| unsafe { ffi::PyEval_SaveThread() });
+    let mut saved = interpreter
+        .as_ref()
+        .map(|_| unsafe { ffi::PyEval_SaveThread() });
     if let (Some(interpreter), None) = (&interpreter, &startup_error) {
-        *shared.interpreter.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(InterpreterHandle {
-                interp: interpreter.interp,
-                // SAFETY: callable from any thread.
-                thread_ident: unsafe { ffi::PyThread_get_thread_ident() },
-                running_seq: running_seq.clone(),
-            });
+        *shared
+            .interpreter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(InterpreterHandle {
+            interp: interpreter.interp,
+            // SAFETY: callable from any thread.
+            thread_ident: unsafe { ffi::PyThread_get_thread_ident() },
+            running_seq: running_seq.clone(),
+        });
     }
 
     loop {
@@ -428,7 +445,9 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
             Next::End => break,
         };
         let (Some(interpreter), None, Some(tstate)) = (&interpreter, &startup_error, saved) else {
-            let error = startup_error.clone().unwrap_or_else(|| broken("no interpreter".into()));
+            let error = startup_error
+                .clone()
+                .unwrap_or_else(|| broken("no interpreter".into()));
             shared.mailbox.job_done(true);
             completion.complete(Finished {
                 outcome: Outcome::Broken(error),
@@ -466,7 +485,10 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         }
     }
 
-    *shared.interpreter.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    *shared
+        .interpreter
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = None;
     if let (Some(interpreter), Some(tstate)) = (interpreter, saved) {
         // SAFETY: the interpreter handle is gone, so no interrupter is or will be attached
         // (rule 6); `tstate` is this thread's own thread state of `interpreter`.
@@ -495,7 +517,10 @@ fn deliver(shared: &Shared, seq: u64, mut finished: Finished, completion: &Compl
 /// Injects `KeyboardInterrupt` into the job `seq` of this worker, if it is still running it.
 /// Runs on a helper thread; blocks until it gets the worker's GIL.
 pub(crate) fn interrupt(shared: &Shared, seq: u64) {
-    let handle = shared.interpreter.lock().unwrap_or_else(PoisonError::into_inner);
+    let handle = shared
+        .interpreter
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let Some(handle) = &*handle else {
         // Not created yet: the worker sees `interrupted_seq` before it runs the job. Or ending.
         return;

@@ -22,8 +22,8 @@ use std::{
 };
 
 use crate::{
-    mailbox::Mailbox, Availability, Capabilities, Completion, Error, Job, Rejected, Result,
-    Worker, WorkerConfig, WorkerType,
+    mailbox::Mailbox, Availability, Capabilities, Completion, Error, Job, Rejected, Result, Worker,
+    WorkerConfig, WorkerType,
 };
 
 #[cfg(Py_3_13)]
@@ -286,7 +286,10 @@ fn count_started() {
 
 /// How many subinterpreter worker threads are alive in this process (abandoned ones included).
 pub fn live_workers() -> usize {
-    *live_count().0.lock().unwrap_or_else(PoisonError::into_inner)
+    *live_count()
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Closes every subinterpreter worker of the process: idle ones end now, busy ones after their

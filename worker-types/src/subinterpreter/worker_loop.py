@@ -130,7 +130,16 @@ class _ParentMain:
     def __call__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        return getattr(self.load(), name)
+        try:
+            module = self.load()
+        except BaseException as exc:
+            # Not an AttributeError, which pickle would turn into a misleading "Can't get
+            # attribute": the script itself failed to load here.
+            raise ImportError(
+                f"loading the parent's main script {self.ref!r} in the worker failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return getattr(module, name)
 
 
 def setup(config):
