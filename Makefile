@@ -1,0 +1,93 @@
+# Developer tasks for interpool. `make help` lists them; `.ci/run` runs `make test`, which is
+# everything the project checks (lint included).
+#
+# Python is found by tools/find-python.sh (override with `make test PYTHON=/path/to/python3.13`).
+# Every cargo/maturin call goes through tools/in-venv.sh, which points PyO3 at the venv's Python,
+# puts its libpython on LD_LIBRARY_PATH and picks target/pyXY as the cargo target dir.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+.NOTPARALLEL:
+
+VENV := .venv
+# Plain `python3` when it is older than 3.13, where SUBINTERPRETER must report itself unavailable.
+OLD_VENV := .venv311
+FIND_PYTHON := PYTHON="$(PYTHON)" tools/find-python.sh
+IN_VENV := tools/in-venv.sh $(VENV)
+IN_OLD_VENV := tools/in-venv.sh $(OLD_VENV)
+PY_SOURCES := $(wildcard python python-tests benches examples)
+
+section = @printf '\n==> %s\n' "$(1)"
+
+.PHONY: help
+help: ## Show this help
+	@echo "usage: make TARGET [PYTHON=/path/to/python3.13]"
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: venv
+venv: ## Create .venv with CPython >= 3.13 and install the pinned dev tools
+	@py=$$($(FIND_PYTHON)); tools/venv.sh $(VENV) "$$py" requirements-dev.txt
+
+.PHONY: build
+build: venv ## Build the extension (release) into .venv: maturin develop --release
+	$(call section,maturin develop --release ($(VENV)))
+	$(IN_VENV) maturin develop --release
+
+.PHONY: test
+test: lint test-rust test-python test-old ## Everything the project checks: lint, Rust tests, pytest, old-python availability
+
+.PHONY: test-rust
+test-rust: venv ## Run the Rust tests: cargo test --workspace
+	$(call section,cargo test --workspace)
+	$(IN_VENV) cargo test --workspace
+
+# A run that collects no test exits with 5 and fails here, as it should.
+.PHONY: test-python
+test-python: build ## Run the Python tests on .venv
+	$(call section,pytest python-tests ($(VENV)))
+	$(VENV)/bin/python -m pytest python-tests -q
+
+.PHONY: test-old
+test-old: ## Run test_availability.py on plain python3 when it is older than 3.13
+	$(call section,availability on plain python3 ($(OLD_VENV)))
+	@if ! py=$$(command -v python3) || \
+		! "$$py" -c 'import sys; sys.exit(sys.version_info >= (3, 13))' 2>/dev/null; then \
+		echo "skipped: plain python3 is missing or not older than 3.13"; exit 0; \
+	fi; \
+	set -x; \
+	tools/venv.sh $(OLD_VENV) "$$py" requirements-dev.txt; \
+	$(IN_OLD_VENV) maturin develop --release; \
+	$(OLD_VENV)/bin/python -m pytest python-tests/test_availability.py -q
+
+.PHONY: lint
+lint: venv ## Lint Rust (rustfmt, clippy -D warnings) and Python (ruff)
+	$(call section,lint)
+	cargo fmt --all --check
+	$(IN_VENV) cargo clippy --workspace --all-targets --features python -- -D warnings
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+
+.PHONY: format
+format: venv ## Format Rust and Python code, and apply ruff's safe fixes
+	cargo fmt --all
+	$(VENV)/bin/ruff check --fix-only --quiet $(PY_SOURCES)
+	$(VENV)/bin/ruff format $(PY_SOURCES)
+
+.PHONY: bench
+bench: build ## Build, then run the benchmark (with trio-parallel as the peer)
+	@py=$$($(FIND_PYTHON)); tools/venv.sh $(VENV) "$$py" requirements-dev.txt requirements-bench.txt
+	$(call section,benches/bench_run_sync.py)
+	$(VENV)/bin/python benches/bench_run_sync.py
+
+.PHONY: demo
+demo: build ## Build, then run examples/hello.py
+	$(VENV)/bin/python examples/hello.py
+
+.PHONY: clean
+clean: ## Remove build outputs, caches and the virtual environments
+	rm -rf target $(VENV) $(OLD_VENV) .pytest_cache .ruff_cache
+	find python -name '*.so' -delete
+	find . -name __pycache__ -not -path './.git/*' -prune -exec rm -rf {} +
