@@ -1,0 +1,222 @@
+"""Job, init and retire functions run inside interpool workers by the tests.
+
+Workers are subinterpreters of the test process, so they unpickle these
+functions by reference and import this module themselves (they inherit the
+parent's ``sys.path``, which holds this folder). Keep it stdlib-only: a worker
+must not need trio, pytest or interpool to import it.
+
+Module globals are per interpreter, but file descriptors are shared by the
+whole process; the tests synchronise with workers through ``os.pipe()`` fds
+passed as arguments. A "started" signal is the worker's interpreter id as 8
+bytes (see ``signal_started``), so the parent also learns which interpreter
+picked the job up.
+"""
+
+import os
+import struct
+import sys
+import threading
+import time
+
+STARTED_FORMAT = "<q"
+STARTED_SIZE = struct.calcsize(STARTED_FORMAT)
+
+
+def interpreter_id():
+    """The id of the interpreter running this code (0 is the main one)."""
+    import _interpreters  # CPython >= 3.13
+
+    return _interpreters.get_current()[0]
+
+
+def signal_started(started_w):
+    os.write(started_w, struct.pack(STARTED_FORMAT, interpreter_id()))
+
+
+# --- plain jobs -------------------------------------------------------------
+
+
+def add(a, b):
+    return a + b
+
+
+def identity(x):
+    return x
+
+
+def pid_and_interpreter():
+    return os.getpid(), interpreter_id()
+
+
+def write_file(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def print_hello():
+    # No flush: the worker must flush stdout after each job itself.
+    print("hello from worker")
+    return "printed"
+
+
+def get_sys_path():
+    return list(sys.path)
+
+
+def make_lock():
+    return threading.Lock()
+
+
+async def async_job():
+    return 1
+
+
+def returns_coroutine():
+    # A sync function whose result is a coroutine object.
+    return async_job()
+
+
+# --- exceptions -------------------------------------------------------------
+
+
+class CustomError(Exception):
+    pass
+
+
+class CustomBaseError(BaseException):
+    pass
+
+
+def raise_value_error(msg):
+    raise ValueError(msg)
+
+
+def raise_custom_error(payload):
+    raise CustomError(payload, 42)
+
+
+def raise_with_cause():
+    try:
+        raise ValueError("the cause")
+    except ValueError as exc:
+        raise KeyError("the effect") from exc
+
+
+def raise_from_unraised_cause():
+    raise KeyError("effect") from ValueError("never raised")
+
+
+def raise_with_context():
+    try:
+        raise ValueError("the context")
+    except ValueError:
+        raise KeyError("during handling")  # noqa: B904 - tests the implicit __context__
+
+
+def raise_from_none():
+    try:
+        raise ValueError("hidden")
+    except ValueError:
+        raise KeyError("suppressed") from None
+
+
+def raise_system_exit(code):
+    sys.exit(code)
+
+
+def raise_custom_base_error(payload):
+    raise CustomBaseError(payload)
+
+
+def raise_unpicklable_exception():
+    raise ValueError(threading.Lock())
+
+
+def raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+# --- jobs synchronised through pipes ----------------------------------------
+
+
+def signal_and_block(started_w, release_r, value):
+    """Signal "started", block in C code (os.read) until released, return value."""
+    signal_started(started_w)
+    os.read(release_r, 1)
+    return value
+
+
+def signal_and_ignore_interrupts(started_w, release_r, finished_w):
+    """A job that does not stop when interrupted: it swallows every
+    KeyboardInterrupt, wherever it lands. Signals "started", blocks in os.read
+    until EOF on release_r, then signals "finished" (the parent keeps release_r
+    open until then). A KeyboardInterrupt landing between a call and the
+    bookkeeping after it only repeats a harmless step."""
+    state = {"started": False, "eof": False}
+    while True:
+        try:
+            if not state["started"]:
+                signal_started(started_w)
+                state["started"] = True
+            if not state["eof"]:
+                if os.read(release_r, 1) == b"":
+                    state["eof"] = True
+                continue
+            os.write(finished_w, b"f")
+            return "finished"
+        except KeyboardInterrupt:
+            pass
+
+
+def signal_and_spin(started_w):
+    """Signal "started", then spin in pure Python forever."""
+    signal_started(started_w)
+    while True:
+        pass
+
+
+def rendezvous_and_spin(my_started_w, other_started_r, iterations):
+    """Meet the other job (so both provably run at once), then burn CPU.
+
+    Returns (pid, interpreter id, start, end, GIL setting of this interpreter).
+    """
+    import _interpreters
+
+    os.write(my_started_w, b"s")
+    if os.read(other_started_r, 1) != b"s":
+        raise RuntimeError("the other job never started")
+    start = time.monotonic()
+    total = 0
+    for i in range(iterations):
+        total += i * i
+    end = time.monotonic()
+    own_id = _interpreters.get_current()[0]
+    gil = _interpreters.get_config(own_id).gil
+    return os.getpid(), own_id, start, end, gil
+
+
+# --- init / retire hooks ----------------------------------------------------
+
+init_count = 0
+
+
+def counting_init():
+    global init_count
+    init_count += 1
+
+
+def get_init_count():
+    return init_count
+
+
+def failing_init():
+    raise ValueError("init failed")
+
+
+def always_true():
+    return True
+
+
+def failing_retire():
+    raise ValueError("retire failed")

@@ -1,0 +1,85 @@
+"""Parent-side helpers for the tests (never imported by workers)."""
+
+import contextlib
+import os
+import struct
+
+import _funcs
+import trio
+
+import interpool
+
+# Generous bound that only turns a hang into a failure; no test asserts timings.
+HANG_GUARD = 60
+
+
+class Pipe:
+    """An ``os.pipe()`` shared with workers (fds are process-wide).
+
+    Use as a context manager: both ends are closed on exit. Closing the write
+    end also releases a worker still blocked reading the pipe (it reads EOF).
+    """
+
+    def __init__(self):
+        self.r, self.w = os.pipe()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self):
+        self.close_write()
+        if self.r is not None:
+            os.close(self.r)
+            self.r = None
+
+    def close_write(self):
+        """Close the write end: a worker reading the pipe then sees EOF."""
+        if self.w is not None:
+            os.close(self.w)
+            self.w = None
+
+    def send(self, data=b"r"):
+        assert os.write(self.w, data) == len(data)
+
+    async def receive(self, size):
+        data = b""
+        while len(data) < size:
+            await trio.lowlevel.wait_readable(self.r)
+            chunk = os.read(self.r, size - len(data))
+            assert chunk, "pipe closed"
+            data += chunk
+        return data
+
+    async def wait_started(self):
+        """Wait for a job's ``signal_started``; return its interpreter id."""
+        data = await self.receive(_funcs.STARTED_SIZE)
+        return struct.unpack(_funcs.STARTED_FORMAT, data)[0]
+
+    def readable_now(self):
+        import select
+
+        return bool(select.select([self.r], [], [], 0)[0])
+
+
+def assert_no_workers(ctx):
+    stats = ctx.statistics()
+    assert stats.running_workers == 0, stats
+    assert stats.idle_workers == 0, stats
+
+
+@contextlib.asynccontextmanager
+async def checked_context(**kwargs):
+    """``open_worker_context(**kwargs)`` that asserts no workers remain after exit."""
+    async with interpool.open_worker_context(**kwargs) as ctx:
+        yield ctx
+    assert_no_workers(ctx)
+
+
+async def cancel_when_started(cancel_scope, started):
+    """Cancel ``cancel_scope`` once the job signals ``started``; return its interpreter id."""
+    interp = await started.wait_started()
+    cancel_scope.cancel()
+    return interp

@@ -1,0 +1,127 @@
+"""Functions defined in a script's __main__, and lambdas/closures with cloudpickle."""
+
+import subprocess
+import sys
+import textwrap
+
+import _funcs
+import pytest
+
+import interpool
+
+pytestmark = pytest.mark.needs_subinterpreters
+
+SCRIPT_TIMEOUT = 120
+
+
+def _run_script(tmp_path, source):
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=SCRIPT_TIMEOUT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return proc.stdout.splitlines()
+
+
+def test_function_defined_in_main_script(tmp_path):
+    lines = _run_script(
+        tmp_path,
+        """
+        import trio
+        import interpool
+
+        print("module level", __name__, flush=True)
+
+        def work(x):
+            return x * 2
+
+        async def main():
+            print("result", await interpool.run_sync(work, 21), flush=True)
+
+        if __name__ == "__main__":
+            trio.run(main)
+        """,
+    )
+    # The worker loads the script as __mp_main__: its module-level code runs
+    # there once, and the __main__ block does not.
+    assert lines == ["module level __main__", "module level __mp_main__", "result 42"]
+
+
+def test_function_defined_in_main_script_with_explicit_context(tmp_path):
+    lines = _run_script(
+        tmp_path,
+        """
+        import trio
+        import interpool
+
+        FACTOR = 3
+
+        def work(x):
+            return x * FACTOR, __name__
+
+        async def main():
+            async with interpool.open_worker_context() as ctx:
+                print(*await ctx.run_sync(work, 14), flush=True)
+
+        if __name__ == "__main__":
+            trio.run(main)
+        """,
+    )
+    assert lines == ["42 __mp_main__"]
+
+
+def test_lambda_in_main_script_with_cloudpickle(tmp_path):
+    pytest.importorskip("cloudpickle")
+    lines = _run_script(
+        tmp_path,
+        """
+        import trio
+        import interpool
+
+        def make_adder(n):
+            def add(x):
+                return x + n
+            return add
+
+        async def main():
+            print(await interpool.run_sync(lambda x: x * 3, 7), flush=True)
+            print(await interpool.run_sync(make_adder(10), 5), flush=True)
+
+        if __name__ == "__main__":
+            trio.run(main)
+        """,
+    )
+    assert lines == ["21", "15"]
+
+
+async def test_lambda_with_cloudpickle(ctx):
+    pytest.importorskip("cloudpickle")
+    assert await ctx.run_sync(lambda x: x * 3, 7) == 21
+
+
+async def test_closure_with_cloudpickle(ctx):
+    pytest.importorskip("cloudpickle")
+    n = 10
+
+    def add(x):
+        return x + n
+
+    assert await ctx.run_sync(add, 5) == 15
+
+
+async def test_closure_over_module_function_with_cloudpickle(ctx):
+    pytest.importorskip("cloudpickle")
+    offset = 100
+    assert await ctx.run_sync(lambda: _funcs.add(offset, 1)) == 101
+
+
+async def test_module_level_run_sync_with_lambda():
+    pytest.importorskip("cloudpickle")
+    assert await interpool.run_sync(lambda: 7 * 6) == 42
