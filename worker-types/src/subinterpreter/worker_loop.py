@@ -137,7 +137,8 @@ class _ParentMain:
             # attribute": the script itself failed to load here.
             raise ImportError(
                 f"loading the parent's main script {self.ref!r} in the worker failed: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc} (workers run the script's module-level code: "
+                "does it keep its entry point under `if __name__ == '__main__':`?)"
             ) from exc
         return getattr(module, name)
 
