@@ -220,3 +220,14 @@ def always_true():
 
 def failing_retire():
     raise ValueError("retire failed")
+
+
+def call_interpool_inside_worker():
+    """``import interpool`` works in a worker, but its API refuses to run there."""
+    import interpool
+
+    try:
+        interpool.run_sync(abs, -1)
+    except RuntimeError as error:
+        return str(error)
+    return "no error"

@@ -370,16 +370,18 @@ def default_context_statistics() -> WorkerContextStatistics:
 @atexit.register
 def _end_workers_at_exit() -> None:
     """Ends every subinterpreter worker before the interpreter finalizes: one still running at
-    ``Py_FinalizeEx`` aborts the process. Workers stuck in C code cannot be ended; then the
-    process exits without finalizing (``os._exit(1)``) rather than abort."""
-    grace = 30.0
+    ``Py_FinalizeEx`` aborts the process.
+
+    The default context closes within its grace period. What is left then (workers of contexts
+    never closed, abandoned ones) is interrupted and gets ABANDON_AFTER to end; a worker still
+    stuck in C code makes the process exit without finalizing (``os._exit(1)``) rather than
+    abort."""
     if _default_context is not None:
-        grace = _default_context.grace_period
         try:
-            _default_context._close_blocking(grace)
+            _default_context._close_blocking(_default_context.grace_period)
         except BrokenWorkerError as error:
             print(f"interpool: default worker context: {error}", file=sys.stderr)
-    stuck = _interpool.end_all_subinterpreters(grace, ABANDON_AFTER)
+    stuck = _interpool.end_all_subinterpreters(ABANDON_AFTER)
     if stuck:
         print(
             f"interpool: {stuck} subinterpreter worker(s) are stuck in C code at exit; "

@@ -76,25 +76,16 @@ fn worker_type_info() -> Vec<(&'static str, bool, Option<String>, bool, bool)> {
         .collect()
 }
 
-/// Closes every subinterpreter worker of the process and waits up to `grace` seconds for them
-/// to end, then interrupts the rest and waits `interrupt_grace` more. Returns how many are still
-/// alive (stuck in C code). For the atexit hook: none may be running at finalization.
+/// Closes every subinterpreter worker of the process, interrupts the running ones (nobody will
+/// read their outcome), and waits up to `timeout` seconds for all to end. Returns how many are
+/// still alive (stuck in C code). For the atexit hook: none may be running at finalization.
 #[pyfunction]
-#[pyo3(signature = (grace, interrupt_grace))]
-fn end_all_subinterpreters(
-    py: Python<'_>,
-    grace: Option<f64>,
-    interrupt_grace: f64,
-) -> PyResult<usize> {
-    let grace = timeout(grace)?;
-    let interrupt_grace = timeout(Some(interrupt_grace))?;
+fn end_all_subinterpreters(py: Python<'_>, timeout_seconds: f64) -> PyResult<usize> {
+    let timeout = timeout(Some(timeout_seconds))?;
     Ok(py.detach(|| {
         worker_types::subinterpreter::close_all();
-        if worker_types::subinterpreter::wait_all_ended(grace) == 0 {
-            return 0;
-        }
         worker_types::subinterpreter::interrupt_all();
-        worker_types::subinterpreter::wait_all_ended(interrupt_grace)
+        worker_types::subinterpreter::wait_all_ended(timeout)
     }))
 }
 
