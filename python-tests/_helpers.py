@@ -3,6 +3,9 @@
 import contextlib
 import os
 import struct
+import subprocess
+import sys
+import textwrap
 
 import _funcs
 import trio
@@ -11,6 +14,21 @@ import interpool
 
 # Generous bound that only turns a hang into a failure; no test asserts timings.
 HANG_GUARD = 60
+
+
+def run_script(tmp_path, source):
+    """Runs ``source`` (dedented) as a script in a fresh interpreter; returns the finished
+    ``subprocess.CompletedProcess`` with text output."""
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=HANG_GUARD * 2,
+    )
 
 
 class Pipe:

@@ -1,17 +1,12 @@
 """Interpreter exit with workers alive, and what `import interpool` gives inside a worker."""
 
-import subprocess
-import sys
-import textwrap
-
 import _funcs
 import pytest
+from _helpers import run_script
 
 import interpool
 
 pytestmark = pytest.mark.needs_subinterpreters
-
-SCRIPT_TIMEOUT = 120
 
 # Starts a job that blocks in C (os.read on a pipe nobody writes), cancels it with
 # kill_on_cancel so that its worker is abandoned, then lets the interpreter exit.
@@ -21,12 +16,17 @@ STUCK_AT_EXIT = """
     import interpool
 
     def block(started_w, never_r):
-        os.write(started_w, b"s")
+        # Swallows the interrupt wherever it lands (the signal is inside the try too) and keeps
+        # blocking in C, as a stubborn C extension would.
+        signalled = False
         while True:
             try:
+                if not signalled:
+                    os.write(started_w, b"s")
+                    signalled = True
                 os.read(never_r, 1)
             except KeyboardInterrupt:
-                pass  # keep blocking in C, as a stubborn C extension would
+                pass
 
     async def main():
         started_r, started_w = os.pipe()
@@ -70,21 +70,8 @@ CLEAN_EXIT = """
 """
 
 
-def _run(tmp_path, source):
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(source))
-    return subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=SCRIPT_TIMEOUT,
-    )
-
-
 def test_a_worker_stuck_in_c_at_exit_makes_the_process_exit_1_instead_of_aborting(tmp_path):
-    proc = _run(tmp_path, STUCK_AT_EXIT)
+    proc = run_script(tmp_path, STUCK_AT_EXIT)
     assert proc.stdout == "abandoned; exiting\n"
     assert proc.returncode == 1, proc.stderr
     assert "stuck in C code at exit" in proc.stderr
@@ -92,7 +79,7 @@ def test_a_worker_stuck_in_c_at_exit_makes_the_process_exit_1_instead_of_abortin
 
 
 def test_exit_ends_the_default_context_workers_before_finalization(tmp_path):
-    proc = _run(tmp_path, CLEAN_EXIT)
+    proc = run_script(tmp_path, CLEAN_EXIT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "live before exit: True\nlive after exit hook: 0\n"
     assert proc.stderr == ""

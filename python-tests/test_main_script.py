@@ -1,30 +1,16 @@
 """Functions defined in a script's __main__, and lambdas/closures with cloudpickle."""
 
-import subprocess
-import sys
-import textwrap
-
 import _funcs
 import pytest
+from _helpers import run_script
 
 import interpool
 
 pytestmark = pytest.mark.needs_subinterpreters
 
-SCRIPT_TIMEOUT = 120
-
 
 def _run_script(tmp_path, source):
-    script = tmp_path / "script.py"
-    script.write_text(textwrap.dedent(source))
-    proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=SCRIPT_TIMEOUT,
-    )
+    proc = run_script(tmp_path, source)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     return proc.stdout.splitlines()

@@ -117,11 +117,6 @@ impl WorkerCache {
         })
     }
 
-    /// The worker type of this cache.
-    pub fn worker_type(&self) -> &Arc<dyn WorkerType> {
-        &self.inner.worker_type
-    }
-
     /// Runs `job` on the hottest idle worker, or on a new one. `setup` makes the new worker's
     /// setup payload (see [`WorkerConfig::setup`]); it is called only when a worker starts, and
     /// never while a lock of the cache is held.
@@ -191,11 +186,6 @@ impl WorkerCache {
             worker.close();
         }
         state.ending.extend(idle);
-    }
-
-    /// Whether [`WorkerCache::close`] was called.
-    pub fn is_closed(&self) -> bool {
-        self.inner.state().closed
     }
 
     /// Waits up to `grace` (`None`: forever) for every closed worker to end. Call
