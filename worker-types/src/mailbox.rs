@@ -43,6 +43,8 @@ pub(crate) struct Mailbox {
     slot: Mutex<Slot>,
     /// Set with the job, so that the spinning worker need not take the lock.
     has_job: AtomicBool,
+    /// Set by `close`: a job already handed over still runs, and the worker ends after it.
+    close_requested: AtomicBool,
     /// The worker thread, set once it runs.
     thread: Mutex<Option<Thread>>,
 }
@@ -61,6 +63,7 @@ impl Mailbox {
         Self {
             slot: Mutex::new(Slot::Idle),
             has_job: AtomicBool::new(false),
+            close_requested: AtomicBool::new(false),
             thread: Mutex::new(None),
         }
     }
@@ -96,13 +99,11 @@ impl Mailbox {
         Ok(completion)
     }
 
-    /// Caller side: no more jobs. A job already handed over still runs.
+    /// Caller side: no more jobs. A job already handed over still runs; the worker ends after it.
     pub(crate) fn close(&self) {
         let mut slot = self.slot();
-        if matches!(*slot, Slot::Idle) {
-            *slot = Slot::Closed;
-        } else if matches!(*slot, Slot::Busy) {
-            // Checked by the worker when its job returns (see `job_done`).
+        self.close_requested.store(true, Ordering::Release);
+        if matches!(*slot, Slot::Idle | Slot::Busy) {
             *slot = Slot::Closed;
         }
         drop(slot);
@@ -158,6 +159,7 @@ impl Mailbox {
     /// job's slot, so that a caller who sees the outcome finds the worker idle.
     pub(crate) fn job_done(&self, ending: bool) -> bool {
         let mut slot = self.slot();
+        let ending = ending || self.close_requested.load(Ordering::Acquire);
         match *slot {
             Slot::Busy if !ending => {
                 *slot = Slot::Idle;
@@ -225,6 +227,16 @@ mod tests {
         mb.submit(job(b"x")).unwrap();
         assert!(matches!(mb.next(None), Next::Run(..)));
         mb.close();
+        assert!(!mb.job_done(false));
+        assert!(matches!(mb.next(None), Next::End));
+    }
+
+    #[test]
+    fn close_before_a_handed_over_job_starts_ends_the_worker_after_that_job() {
+        let mb = Mailbox::new();
+        mb.submit(job(b"x")).unwrap();
+        mb.close(); // e.g. the worker is still creating its interpreter
+        assert!(matches!(mb.next(None), Next::Run(..)));
         assert!(!mb.job_done(false));
         assert!(matches!(mb.next(None), Next::End));
     }
