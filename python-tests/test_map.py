@@ -158,8 +158,8 @@ def test_unordered_error_surfaces_when_it_completes_and_cancels_the_rest(library
                         _funcs.dispatch, items, ordered=False, max_in_flight=2, context=ctx
                     ) as results:
                         await collect(results)  # the spinning job never ends by itself
-                assert await started.wait_started() > 0
-            # The spinning job was interrupted and its worker retired.
+            # The spinning job was interrupted (or never started, if the interrupt came first)
+            # and its worker retired.
             assert ctx.statistics().running_workers == 0
 
     _helpers.run(library, main)
