@@ -80,6 +80,36 @@ def test_context_exit_waits_for_running_calls():
     arun(main)
 
 
+def test_context_exit_finishes_despite_a_cancellation_then_raises_it():
+    async def main():
+        with _helpers.Pipe() as started, _helpers.Pipe() as release:
+            exiting = asyncio.Event()
+            got = {}
+
+            async def use():
+                async with interpool.open_worker_context() as ctx:
+                    got["ctx"] = ctx
+                    got["call"] = asyncio.create_task(
+                        ctx.run_sync(_funcs.signal_and_block, started.w, release.r, 1)
+                    )
+                    await started.wait_started()
+                    exiting.set()
+
+            task = asyncio.create_task(use())
+            await exiting.wait()
+            await _helpers.yield_a_few()  # use() is now waiting in the context's exit
+            task.cancel()
+            await _helpers.yield_a_few()
+            assert not task.done()  # the exit still waits for the running call
+            release.send()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await got["call"] == 1
+            _helpers.assert_no_workers(got["ctx"])  # and the workers were ended
+
+    arun(main)
+
+
 # --- cancellation ---------------------------------------------------------------
 
 
