@@ -72,6 +72,10 @@ def current_default_worker_limiter() -> trio.CapacityLimiter | _backends.Capacit
     ``os.cpu_count()`` tokens, shared by all worker contexts of that run or loop."""
     if _backends.current_library() != "trio":
         return _backends.asyncio_default_limiter()
+    return _trio_default_limiter()
+
+
+def _trio_default_limiter() -> trio.CapacityLimiter:
     try:
         return _default_limiter.get()
     except LookupError:
@@ -212,7 +216,7 @@ class WorkerContext:
         payload = _outcome.dumps((sync_fn, args), sync_fn)
         kill_on_cancel = kill_on_cancel or cancellable
         if limiter is None:
-            limiter = current_default_worker_limiter()
+            limiter = _trio_default_limiter()
         if type(limiter) is trio.CapacityLimiter:
             try:
                 limiter.acquire_nowait()
