@@ -6,7 +6,9 @@
    has ``os.cpu_count()`` workers and is warm; the runs interleave round by round.
 2. Warm sequential ``await interpool.run_sync(noop)`` under ``trio.run`` and ``asyncio.run``,
    alternating phases in one process; medians over all calls, and the median of the per-round
-   asyncio/trio ratios.
+   asyncio/trio ratios. Then the parked path: a job that busy-waits ``--park-us`` (default 200,
+   well past the caller's 30 µs spin), so the caller parks on the fd and the event loop is woken;
+   what is reported is the latency minus the job's duration.
 
     python benches/bench_map.py [--rounds 5] [--items 100000] [--chunksize 100] [--json PATH]
 """
@@ -31,6 +33,12 @@ import interpool
 
 def noop(x: object = None) -> object:
     return x
+
+
+def busy(microseconds: float) -> None:
+    end = time.perf_counter() + microseconds / 1e6
+    while time.perf_counter() < end:
+        pass
 
 
 # --- 1. map throughput ---------------------------------------------------------------------------
@@ -106,20 +114,20 @@ def bench_map(args: argparse.Namespace) -> dict:
 # --- 2. run_sync: asyncio vs trio ----------------------------------------------------------------
 
 
-async def calls(n: int) -> list[int]:
+async def calls(n: int, fn: object = noop, *args: object) -> list[int]:
     samples = []
     clock = time.perf_counter_ns
     for _ in range(n):
         t0 = clock()
-        await interpool.run_sync(noop)
+        await interpool.run_sync(fn, *args)
         samples.append(clock() - t0)
     return samples
 
 
-def bench_run_sync(args: argparse.Namespace) -> dict:
+def bench_run_sync(args: argparse.Namespace, n: int, *job: object) -> dict:
     phases = {
-        "trio": lambda n: trio.run(calls, n),
-        "asyncio": lambda n: asyncio.run(calls(n)),
+        "trio": lambda n: trio.run(calls, n, *job),
+        "asyncio": lambda n: asyncio.run(calls(n, *job)),
     }
     for phase in phases.values():
         phase(200)
@@ -127,7 +135,7 @@ def bench_run_sync(args: argparse.Namespace) -> dict:
     round_medians: dict[str, list[float]] = {name: [] for name in phases}
     for _ in range(args.rounds * 3):
         for name, phase in phases.items():
-            got = phase(args.calls)
+            got = phase(n)
             samples[name] += got
             round_medians[name].append(statistics.median(got))
     return {
@@ -144,6 +152,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--chunksize", type=int, default=100)
     parser.add_argument("--calls", type=int, default=500)
+    parser.add_argument("--park-us", type=float, default=200.0)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
     result = {
@@ -153,7 +162,8 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "map": bench_map(args),
-        "run_sync": bench_run_sync(args),
+        "run_sync": bench_run_sync(args, args.calls),
+        "run_sync_parked": bench_run_sync(args, args.calls // 5, busy, args.park_us),
     }
     print(
         f"{args.items} trivial items, chunksize {args.chunksize}, {os.cpu_count()} workers, "
@@ -168,6 +178,12 @@ def main() -> None:
         f"warm run_sync(noop): trio {rs['median_us']['trio']:.1f} µs, asyncio "
         f"{rs['median_us']['asyncio']:.1f} µs; asyncio/trio {rs['asyncio_over_trio']:.2f} "
         "(median of per-round ratios)"
+    )
+    parked = result["run_sync_parked"]["median_us"]
+    print(
+        f"parked run_sync(busy {args.park_us:.0f} µs), latency beyond the job: "
+        f"trio {parked['trio'] - args.park_us:.1f} µs, "
+        f"asyncio {parked['asyncio'] - args.park_us:.1f} µs"
     )
     if args.json:
         with open(args.json, "w") as f:
