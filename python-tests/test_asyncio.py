@@ -421,3 +421,18 @@ def test_anyio_cancel_without_kill_waits_for_the_job(backend):
         assert interpool.default_context_statistics().running_workers == 0
 
     anyio.run(main, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_anyio_amap(backend):
+    async def main():
+        async with interpool.amap(_funcs.raise_if_seven, range(7), chunksize=2) as results:
+            assert [r async for r in results] == [x * 10 for x in range(7)]
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            async with interpool.amap(_funcs.identity, range(3)) as results:
+                async for _ in results:
+                    pytest.fail("a cancelled scope yielded a result")
+        assert scope.cancelled_caught
+
+    anyio.run(main, backend=backend)

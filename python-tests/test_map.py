@@ -119,16 +119,24 @@ def test_input_is_consumed_lazily_and_bounded(library, ordered):
 
     async def main():
         taken = 0
-        async with interpool.amap(
-            _funcs.identity, numbers(), chunksize=2, max_in_flight=3, ordered=ordered
-        ) as results:
-            async for _ in results:
-                taken += 1
-                # At most max_in_flight chunks are read ahead of what was taken.
-                assert consumed - taken <= 2 * 3
-                if taken == 50:
-                    break
-        assert interpool.default_context_statistics().running_workers == 0
+        async with _helpers.checked_context() as ctx:
+            async with interpool.amap(
+                _funcs.identity,
+                numbers(),
+                chunksize=2,
+                max_in_flight=3,
+                ordered=ordered,
+                context=ctx,
+            ) as results:
+                async for _ in results:
+                    taken += 1
+                    # At most max_in_flight chunks are read ahead of what was taken, and at
+                    # most that many hold a worker.
+                    assert consumed - taken <= 2 * 3
+                    assert ctx.statistics().running_workers <= 3
+                    if taken == 50:
+                        break
+            assert ctx.statistics().running_workers == 0
 
     _helpers.run(library, main)
 
