@@ -231,3 +231,27 @@ def call_interpool_inside_worker():
     except RuntimeError as error:
         return str(error)
     return "no error"
+
+
+# --- map helpers --------------------------------------------------------------
+
+
+def dispatch(name, *args):
+    """Call the function of this module named ``name``: one callable for astarmap items that
+    each do something different."""
+    return globals()[name](*args)
+
+
+def block_then_return(release_r, value):
+    os.read(release_r, 1)
+    return value
+
+
+def raise_if_seven(x):
+    if x == 7:
+        raise ValueError(x)
+    return x * 10
+
+
+def value_and_interpreter(x):
+    return x, interpreter_id()

@@ -1,5 +1,6 @@
 """Parent-side helpers for the tests (never imported by workers)."""
 
+import asyncio
 import contextlib
 import os
 import struct
@@ -8,6 +9,7 @@ import sys
 import textwrap
 
 import _funcs
+import sniffio
 import trio
 
 import interpool
@@ -65,7 +67,7 @@ class Pipe:
     async def receive(self, size):
         data = b""
         while len(data) < size:
-            await trio.lowlevel.wait_readable(self.r)
+            await wait_readable(self.r)
             chunk = os.read(self.r, size - len(data))
             assert chunk, "pipe closed"
             data += chunk
@@ -80,6 +82,45 @@ class Pipe:
         import select
 
         return bool(select.select([self.r], [], [], 0)[0])
+
+
+async def wait_readable(fd):
+    """``trio.lowlevel.wait_readable`` for trio or asyncio, whichever runs."""
+    if sniffio.current_async_library() == "trio":
+        await trio.lowlevel.wait_readable(fd)
+        return
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    loop.add_reader(fd, lambda: future.done() or future.set_result(None))
+    try:
+        await future
+    finally:
+        loop.remove_reader(fd)
+
+
+def run(library, async_fn, *args):
+    """Run ``async_fn(*args)`` under ``"trio"`` or ``"asyncio"`` (in sync tests, so that
+    pytest-trio's trio_mode leaves them alone), within the hang guard."""
+    if library == "trio":
+
+        async def guarded():
+            with trio.fail_after(HANG_GUARD):
+                return await async_fn(*args)
+
+        return trio.run(guarded)
+
+    async def guarded_asyncio():
+        async with asyncio.timeout(HANG_GUARD):
+            return await async_fn(*args)
+
+    return asyncio.run(guarded_asyncio())
+
+
+async def yield_a_few(n=20):
+    """Let other tasks run n times (asyncio has no wait_all_tasks_blocked); a check that something
+    did NOT happen meanwhile is only as strong as n, never a timing assumption."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 def assert_no_workers(ctx):

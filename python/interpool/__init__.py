@@ -1,4 +1,5 @@
-"""interpool: run Python callables in parallel on subinterpreters with their own GIL, from trio.
+"""interpool: run Python callables in parallel on subinterpreters with their own GIL, from trio,
+asyncio or anyio.
 
 The API is a superset of trio-parallel 1.3's: ``import interpool as trio_parallel`` works.
 """
@@ -18,7 +19,11 @@ if "_interpool_worker" in sys.modules:
     # ``__mp_main__``. The extension module refuses to load in a subinterpreter, and trio is not
     # needed there: offer the same names, usable only in the parent.
     from ._in_worker import (
+        AsyncioCapacityLimiter,
+        MapResults,
         WorkerContext,
+        amap,
+        astarmap,
         available_worker_types,
         current_default_worker_limiter,
         default_context_statistics,
@@ -26,6 +31,7 @@ if "_interpool_worker" in sys.modules:
         run_sync,
     )
 else:
+    from ._backends import CapacityLimiter as AsyncioCapacityLimiter
     from ._impl import (
         WorkerContext,
         available_worker_types,
@@ -34,14 +40,19 @@ else:
         open_worker_context,
         run_sync,
     )
+    from ._map import MapResults, amap, astarmap
 
 __all__ = [
+    "AsyncioCapacityLimiter",
     "BrokenWorkerError",
+    "MapResults",
     "WorkerContext",
     "WorkerContextStatistics",
     "WorkerType",
     "WorkerTypeInfo",
     "WorkerTypeUnavailableError",
+    "amap",
+    "astarmap",
     "available_worker_types",
     "current_default_worker_limiter",
     "default_context_statistics",

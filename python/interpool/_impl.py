@@ -1,6 +1,6 @@
-"""The trio front end: worker contexts, the default context, and ``run_sync``.
+"""The front end: worker contexts, the default context, and ``run_sync``, for trio and asyncio.
 
-A call's path, which decides interpool's latency (see docs/architecture.md):
+A call's path under trio, which decides interpool's latency (see docs/architecture.md):
 
 1. a cancellation point, then the job is pickled here, in the caller's interpreter;
 2. the limiter is taken (``acquire_nowait`` first: ``async with`` costs ~5 µs);
@@ -9,6 +9,13 @@ A call's path, which decides interpool's latency (see docs/architecture.md):
    the job;
 5. the caller spins a few microseconds with the GIL released, and only then parks in trio on
    a file descriptor that the worker writes only if somebody parked.
+
+Under asyncio (``sniffio`` tells which library runs; anyio runs on either) the path is the same
+except for step 1, which is a pass through the event loop *before* the job is submitted: asyncio
+delivers a cancellation only at a suspension, so this is where an already-requested one (such as
+``asyncio.timeout(0)``'s) stops the job from ever running. Cancellation afterwards follows trio's
+rules as far as asyncio allows (see ``_wait_asyncio`` and docs/asyncio.md). The library-specific
+pieces (parking on an fd, shielding, the default limiter) live in ``_backends.py``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from trio.lowlevel import (
     wait_readable,
 )
 
-from . import _interpool, _outcome
+from . import _backends, _interpool, _outcome
 from ._types import (
     BrokenWorkerError,
     WorkerContextStatistics,
@@ -41,6 +48,8 @@ from ._types import (
 )
 
 T = TypeVar("T")
+
+_sniffio_local = _backends.sniffio_thread_local
 
 # How long a caller spins for the outcome before parking in trio. Warm trivial jobs come back in
 # a few microseconds, so this saves the two cross-thread wake-ups that parking costs; longer jobs
@@ -57,9 +66,16 @@ sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 _default_limiter: RunVar[trio.CapacityLimiter] = RunVar("interpool_default_limiter")
 
 
-def current_default_worker_limiter() -> trio.CapacityLimiter:
-    """The limiter ``run_sync`` uses by default: one per ``trio.run``, with ``os.cpu_count()``
-    tokens, shared by all worker contexts of that run."""
+def current_default_worker_limiter() -> trio.CapacityLimiter | _backends.CapacityLimiter:
+    """The limiter ``run_sync`` uses by default: one per ``trio.run`` (a ``trio.CapacityLimiter``)
+    or per asyncio event loop (an :class:`interpool.AsyncioCapacityLimiter`), with
+    ``os.cpu_count()`` tokens, shared by all worker contexts of that run or loop."""
+    if _backends.current_library() != "trio":
+        return _backends.asyncio_default_limiter()
+    return _trio_default_limiter()
+
+
+def _trio_default_limiter() -> trio.CapacityLimiter:
     try:
         return _default_limiter.get()
     except LookupError:
@@ -102,13 +118,13 @@ class WorkerContext:
 
     __slots__ = (
         "_cache",
-        "_calls",
         "_closed",
-        "_drained",
         "_grace_period",
         "_idle_timeout",
         "_init",
+        "_on_drained",
         "_retire",
+        "_running",
         "_setup_hooks",
         "_worker_type",
     )
@@ -139,8 +155,11 @@ class WorkerContext:
         self._setup_hooks = (_outcome.dumps(init), _outcome.dumps(retire))
         self._cache = _interpool.Cache(worker_type.value, idle_timeout, self._worker_setup)
         self._closed = False
-        self._calls = 0
-        self._drained: trio.Event | None = None
+        # One entry per call in progress. Event loops in several threads may share a context:
+        # list.append/pop are atomic, ``+= 1`` on an attribute is not.
+        self._running: list[None] = []
+        # Set by _aclose while it waits for running calls; callable from any thread.
+        self._on_drained: Callable[[], None] | None = None
         return self
 
     idle_timeout = property(
@@ -189,11 +208,15 @@ class WorkerContext:
         the context has closed."""
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
+        if _sniffio_local.name != "trio" and _backends.current_library() != "trio":
+            return await self._run_sync_asyncio(
+                sync_fn, args, kill_on_cancel or cancellable, limiter
+            )
         await checkpoint_if_cancelled()
         payload = _outcome.dumps((sync_fn, args), sync_fn)
         kill_on_cancel = kill_on_cancel or cancellable
         if limiter is None:
-            limiter = current_default_worker_limiter()
+            limiter = _trio_default_limiter()
         if type(limiter) is trio.CapacityLimiter:
             try:
                 limiter.acquire_nowait()
@@ -209,7 +232,8 @@ class WorkerContext:
     async def _run(self, payload: bytes, kill_on_cancel: bool) -> Any:
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
-        self._calls += 1
+        running = self._running
+        running.append(None)
         try:
             call = self._cache.submit(payload)
             await cancel_shielded_checkpoint()
@@ -217,23 +241,74 @@ class WorkerContext:
                 await _wait(call, kill_on_cancel)
             kind, data, reason = call.result()
         finally:
-            self._calls -= 1
-            if self._drained is not None and not self._calls:
-                self._drained.set()
+            running.pop()
+            if self._on_drained is not None and not running:
+                self._on_drained()
         return _outcome.unwrap(kind, data, reason)
 
+    async def _run_sync_asyncio(
+        self,
+        sync_fn: Callable[..., T],
+        args: tuple[object, ...],
+        kill_on_cancel: bool,
+        limiter: Any,
+    ) -> T:
+        aio = _backends.ASYNCIO
+        await aio.checkpoint()  # before anything runs: see the module docstring
+        payload = _outcome.dumps((sync_fn, args), sync_fn)
+        if limiter is None:
+            limiter = _backends.asyncio_default_limiter()
+        if type(limiter) is _backends.CapacityLimiter:
+            if not limiter.try_acquire():
+                await limiter.acquire()
+            try:
+                return await self._run_asyncio(payload, kill_on_cancel)
+            finally:
+                limiter.release()
+        async with limiter:
+            return await self._run_asyncio(payload, kill_on_cancel)
+
+    async def _run_asyncio(self, payload: bytes, kill_on_cancel: bool) -> Any:
+        if self._closed:
+            raise trio.ClosedResourceError("this worker context is closed")
+        running = self._running
+        running.append(None)
+        try:
+            call = self._cache.submit(payload)
+            if not call.spin(_SPIN_MICROSECONDS):
+                await _wait_asyncio(call, kill_on_cancel)
+            kind, data, reason = call.result()
+        finally:
+            running.pop()
+            if self._on_drained is not None and not running:
+                self._on_drained()
+        return _outcome.unwrap(kind, data, reason)
+
+    def _call_started(self) -> None:
+        self._running.append(None)
+
+    def _call_ended(self) -> None:
+        self._running.pop()
+        if self._on_drained is not None and not self._running:
+            self._on_drained()
+
     async def _aclose(self) -> None:
-        """Waits for running calls, then ends the workers within the grace period."""
+        """Waits for running calls, then ends the workers within the grace period; immune to
+        cancellation (under asyncio a ``CancelledError`` that arrived meanwhile is raised after)."""
         self._closed = True
-        with trio.CancelScope(shield=True):
-            if self._calls:
-                self._drained = trio.Event()
-                await self._drained.wait()
-            self._cache.close()
-            failures, not_ended = await trio.to_thread.run_sync(
-                self._cache.wait_closed, self._grace_period
-            )
+        backend = _backends.current()
+        failures, not_ended = await backend.shielded(self._drain_and_close, backend)
         _raise_shutdown_failures(failures, not_ended)
+
+    async def _drain_and_close(self, backend: Any) -> tuple[list[bytes], int]:
+        if self._running:
+            # The last call may end in another thread's event loop: the signal is thread-safe.
+            wait, self._on_drained = backend.threadsafe_event()
+            if not self._running:  # it ended before the signal was in place
+                self._on_drained()
+            await wait()
+        self._cache.close()
+        return await backend.run_in_thread(self._cache.wait_closed, self._grace_period)
 
     def _close_blocking(self, grace_period: float) -> None:
         """Closes without trio (atexit). Running calls cannot exist then."""
@@ -262,6 +337,31 @@ async def _wait(call: Any, kill_on_cancel: bool) -> None:
             await wait_readable(fd)
         if call.done():
             call.result()  # hands the (retiring) worker back; the outcome is moot
+        else:
+            call.abandon()
+        raise
+
+
+async def _wait_asyncio(call: Any, kill_on_cancel: bool) -> None:
+    """``_wait`` under asyncio. A cancellation arrives once (asyncio has no cancelled scopes
+    that raise again at the next checkpoint), so without ``kill_on_cancel`` the job runs to
+    completion, its outcome is discarded (the worker stays in the cache) and ``CancelledError``
+    is raised then: the caller cannot both get the value and see the cancellation. With it, as
+    under trio: interrupt, wait up to ABANDON_AFTER, abandon, re-raise."""
+    fd = call.arm()
+    if fd is None:
+        return
+    aio = _backends.ASYNCIO
+    try:
+        await aio.wait_readable(fd)
+    except BaseException:
+        if kill_on_cancel:
+            call.interrupt()
+            await aio.wait_readable_shielded(fd, ABANDON_AFTER)
+        else:
+            await aio.wait_readable_shielded(fd)
+        if call.done():
+            call.result()  # hands the worker back (retiring, if interrupted); the outcome is moot
         else:
             call.abandon()
         raise

@@ -10,6 +10,7 @@ def _not_in_a_worker(*args: object, **kwargs: object) -> None:
 
 run_sync = open_worker_context = current_default_worker_limiter = _not_in_a_worker
 default_context_statistics = available_worker_types = _not_in_a_worker
+amap = astarmap = _not_in_a_worker
 
 
 class WorkerContext:
@@ -17,3 +18,11 @@ class WorkerContext:
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         _not_in_a_worker()
+
+
+class MapResults(WorkerContext):
+    """Not available inside a worker."""
+
+
+class AsyncioCapacityLimiter(WorkerContext):
+    """Not available inside a worker."""

@@ -1,0 +1,307 @@
+"""What interpool needs from the running async library, for trio and for asyncio.
+
+The front end (``_impl.py``, ``_map.py``) waits for a job in one way whatever the library:
+spin with the GIL released, then park on the call's file descriptor. What differs is how to
+check for cancellation, park on an fd, shield a wait, make a thread-safe event, run a blocking
+call in a thread, and which capacity limiter is the default. Each library gets one object with
+the same attributes: :data:`TRIO` and :data:`ASYNCIO`; :func:`current` picks the running one
+(anyio runs on either, and is served by the one it runs on).
+
+Cancellation differs at the root: trio's is level-triggered (a cancelled scope raises at every
+checkpoint until it is left), asyncio's is edge-triggered (``Task.cancel`` throws one
+``CancelledError`` into the task's next suspension). So a shielded wait under asyncio catches
+the ``CancelledError`` that arrives meanwhile and returns it, for the caller to re-raise once
+the wait is over; under trio it returns None and trio re-delivers the cancellation by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import os
+import sys
+import time
+import types
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import sniffio
+import trio
+import trio.lowlevel
+
+# Trio sets this for each task step; checking it first keeps trio's hot path free of sniffio's
+# slower fallbacks.
+sniffio_thread_local = sniffio.thread_local
+
+
+def current_library() -> str:
+    """``"trio"`` or ``"asyncio"``; RuntimeError for anything else (or no async library)."""
+    name = sniffio_thread_local.name
+    if name is None:
+        name = sniffio.current_async_library()
+    if name not in ("trio", "asyncio"):
+        raise RuntimeError(f"interpool supports trio and asyncio (and anyio on both), not {name}")
+    return name
+
+
+def current() -> _Trio | _Asyncio:
+    """The adapter of the running library."""
+    return TRIO if current_library() == "trio" else ASYNCIO
+
+
+# --- trio ----------------------------------------------------------------------------------------
+
+
+class _Trio:
+    name = "trio"
+    checkpoint = staticmethod(trio.lowlevel.checkpoint)
+    wait_readable = staticmethod(trio.lowlevel.wait_readable)
+
+    @staticmethod
+    async def wait_readable_shielded(fd: int, timeout: float = math.inf) -> None:
+        """Waits, immune to cancellation, until ``fd`` is readable or ``timeout`` passes.
+        Returns None: trio re-delivers a cancellation at the next checkpoint by itself."""
+        with trio.move_on_after(timeout, shield=True):
+            await trio.lowlevel.wait_readable(fd)
+
+    @staticmethod
+    async def shielded(fn: Callable[..., Awaitable[Any]], *args: object) -> Any:
+        """``await fn(*args)`` immune to cancellation."""
+        with trio.CancelScope(shield=True):
+            return await fn(*args)
+
+    @staticmethod
+    def threadsafe_event() -> tuple[Callable[[], Awaitable[object]], Callable[[], None]]:
+        """``(wait, set)``: ``set`` may be called from any thread, any number of times."""
+        event = trio.Event()
+        token = trio.lowlevel.current_trio_token()
+        return event.wait, lambda: token.run_sync_soon(event.set)
+
+    @staticmethod
+    async def run_in_thread(fn: Callable[..., Any], *args: object) -> Any:
+        return await trio.to_thread.run_sync(fn, *args)
+
+
+# --- asyncio -------------------------------------------------------------------------------------
+
+
+@types.coroutine
+def _yield_once():  # the body of asyncio.sleep(0), without its wrapper coroutine
+    yield
+
+
+def _anyio_shield() -> Any:
+    """A shielding anyio cancel scope if anyio is in use, else a no-op context.
+
+    anyio's cancel scopes on asyncio re-cancel a waiting task on every loop iteration until it
+    leaves the scope; a shielded child scope stops that. Plain ``Task.cancel`` calls are not
+    affected by it: those the shielded waits below catch themselves."""
+    anyio = sys.modules.get("anyio")
+    if anyio is None:
+        return _NO_SHIELD
+    return anyio.CancelScope(shield=True)
+
+
+class _NoShield:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NO_SHIELD = _NoShield()
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Asyncio:
+    name = "asyncio"
+
+    @staticmethod
+    async def checkpoint() -> None:
+        """One pass through the event loop: a cancellation requested before it (or while it
+        waits, such as ``asyncio.timeout(0)``'s) is raised here."""
+        await _yield_once()
+
+    @staticmethod
+    async def wait_readable(fd: int, timeout: float | None = None) -> None:
+        """Parks until ``fd`` is readable (or ``timeout`` seconds pass)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        loop.add_reader(fd, _wake, future)
+        timer = None if timeout is None else loop.call_later(timeout, _wake, future)
+        try:
+            await future
+        finally:
+            loop.remove_reader(fd)
+            if timer is not None:
+                timer.cancel()
+
+    @staticmethod
+    async def wait_readable_shielded(
+        fd: int, timeout: float = math.inf
+    ) -> asyncio.CancelledError | None:
+        """Waits, immune to cancellation, until ``fd`` is readable or ``timeout`` passes.
+        Returns the ``CancelledError`` that arrived meanwhile (None if none), to re-raise."""
+        cancelled = None
+        deadline = time.monotonic() + timeout
+        with _anyio_shield():
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    await _Asyncio.wait_readable(fd, None if left == math.inf else left)
+                    break
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+        return cancelled
+
+    @staticmethod
+    async def shielded(fn: Callable[..., Awaitable[Any]], *args: object) -> Any:
+        """``await fn(*args)`` in a task of its own, which a cancellation does not stop; a
+        ``CancelledError`` that arrived meanwhile is raised once it is done."""
+        task = asyncio.ensure_future(fn(*args))
+        cancelled = None
+        with _anyio_shield():
+            while True:
+                try:
+                    result = await asyncio.shield(task)
+                    break
+                except asyncio.CancelledError as exc:
+                    if task.done():
+                        raise
+                    cancelled = exc
+        if cancelled is not None:
+            raise cancelled
+        return result
+
+    @staticmethod
+    def threadsafe_event() -> tuple[Callable[[], Awaitable[object]], Callable[[], None]]:
+        """``(wait, set)``: ``set`` may be called from any thread, any number of times."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        async def wait() -> None:
+            await future
+
+        return wait, lambda: loop.call_soon_threadsafe(_wake, future)
+
+    @staticmethod
+    async def run_in_thread(fn: Callable[..., Any], *args: object) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+TRIO = _Trio()
+ASYNCIO = _Asyncio()
+
+
+class CapacityLimiter:
+    """An asyncio capacity limiter: at most ``total_tokens`` holders at once, first come first
+    served. The default worker limiter under asyncio (one per event loop).
+
+    The same surface as trio's and anyio's, minus per-task borrower tracking: ``async with``,
+    ``acquire``/``release``, ``acquire_nowait`` (raises ``trio.WouldBlock``), ``total_tokens``
+    (settable), ``borrowed_tokens`` and ``available_tokens``. Use it from one event loop."""
+
+    __slots__ = ("_borrowed", "_total", "_waiters")
+
+    def __init__(self, total_tokens: int | float) -> None:
+        self._borrowed = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.total_tokens = total_tokens
+
+    @property
+    def total_tokens(self) -> int | float:
+        return self._total
+
+    @total_tokens.setter
+    def total_tokens(self, value: int | float) -> None:
+        if not isinstance(value, int) and value != math.inf:
+            raise TypeError("total_tokens must be an int or math.inf")
+        if value < 1:
+            raise ValueError("total_tokens must be >= 1")
+        self._total = value
+        self._wake_waiters()
+
+    @property
+    def borrowed_tokens(self) -> int:
+        return self._borrowed
+
+    @property
+    def available_tokens(self) -> int | float:
+        return self._total - self._borrowed
+
+    def __repr__(self) -> str:
+        return (
+            f"<interpool asyncio CapacityLimiter {self._borrowed}/{self._total} borrowed, "
+            f"{len(self._waiters)} waiting>"
+        )
+
+    def try_acquire(self) -> bool:
+        """Takes a token if one is free and nobody waits; never blocks."""
+        if self._borrowed < self._total and not self._waiters:
+            self._borrowed += 1
+            return True
+        return False
+
+    def acquire_nowait(self) -> None:
+        if not self.try_acquire():
+            raise trio.WouldBlock
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            await _yield_once()  # a checkpoint, like trio's and anyio's
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future  # release() hands the token over by resolving it
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release()  # the token arrived with the cancellation: pass it on
+            else:
+                try:
+                    self._waiters.remove(future)
+                except ValueError:  # already dropped by _wake_waiters
+                    pass
+            raise
+
+    def release(self) -> None:
+        if self._borrowed <= 0:
+            raise RuntimeError("release() without a borrowed token")
+        self._borrowed -= 1
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        while self._waiters and self._borrowed < self._total:
+            future = self._waiters.popleft()
+            if not future.done():
+                self._borrowed += 1
+                future.set_result(None)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+_asyncio_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def asyncio_default_limiter() -> CapacityLimiter:
+    """The default worker limiter of the running event loop (``os.cpu_count()`` tokens)."""
+    loop = asyncio.get_running_loop()
+    limiter = _asyncio_limiters.get(loop)
+    if limiter is None:
+        limiter = _asyncio_limiters[loop] = CapacityLimiter(os.cpu_count() or 1)
+    return limiter
