@@ -1,4 +1,5 @@
-"""interpool: run Python callables in parallel on subinterpreters with their own GIL, from trio.
+"""interpool: run Python callables in parallel on subinterpreters with their own GIL, or on
+processes, from trio.
 
 The API is a superset of trio-parallel 1.3's: ``import interpool as trio_parallel`` works.
 """
@@ -20,12 +21,14 @@ if "_interpool_worker" in sys.modules:
     from ._in_worker import (
         WorkerContext,
         available_worker_types,
+        configure_forkserver,
         current_default_worker_limiter,
         default_context_statistics,
         open_worker_context,
         run_sync,
     )
 else:
+    from ._forkserver import configure_forkserver
     from ._impl import (
         WorkerContext,
         available_worker_types,
@@ -43,6 +46,7 @@ __all__ = [
     "WorkerTypeInfo",
     "WorkerTypeUnavailableError",
     "available_worker_types",
+    "configure_forkserver",
     "current_default_worker_limiter",
     "default_context_statistics",
     "open_worker_context",

@@ -85,6 +85,12 @@ def _check_seconds(name: str, value: object) -> float:
 
 
 def _check_worker_type(worker_type: object) -> WorkerType:
+    if worker_type == "fork":
+        raise ValueError(
+            "there is no 'fork' worker type: forking a multi-threaded process (interpool's host "
+            "always has threads) can deadlock or corrupt the child; use "
+            "WorkerType.FORKSERVER (fast starts, preloaded modules) or WorkerType.SPAWN"
+        )
     try:
         worker_type = WorkerType(worker_type)
     except ValueError:
@@ -230,10 +236,8 @@ class WorkerContext:
                 self._drained = trio.Event()
                 await self._drained.wait()
             self._cache.close()
-            failures, not_ended = await trio.to_thread.run_sync(
-                self._cache.wait_closed, self._grace_period
-            )
-        _raise_shutdown_failures(failures, not_ended)
+            report = await trio.to_thread.run_sync(self._cache.wait_closed, self._grace_period)
+        _raise_shutdown_failures(*report)
 
     def _close_blocking(self, grace_period: float) -> None:
         """Closes without trio (atexit). Running calls cannot exist then."""
@@ -267,10 +271,17 @@ async def _wait(call: Any, kill_on_cancel: bool) -> None:
         raise
 
 
-def _raise_shutdown_failures(failures: list[bytes], not_ended: int) -> None:
+def _raise_shutdown_failures(
+    failures: list[bytes], not_ended: int, killed: int = 0, exit_codes: tuple[int, ...] = ()
+) -> None:
     problems = []
     if failures:
         problems.append(f"{len(failures)} worker(s) had a retire hook that raised")
+    if exit_codes:
+        codes = ", ".join(map(str, exit_codes))
+        problems.append(f"{len(exit_codes)} worker process(es) exited non-zero ({codes})")
+    if killed:
+        problems.append(f"{killed} worker(s) were killed after the grace period")
     if not_ended:
         problems.append(f"{not_ended} worker(s) did not end within the grace period")
     if problems:
@@ -300,7 +311,8 @@ async def open_worker_context(
         worker_type: A :class:`WorkerType`.
 
     Raises:
-        ValueError: a negative timeout, or an unknown worker type.
+        ValueError: a negative timeout, or an unknown worker type (``"fork"`` included: see
+            :class:`WorkerType`).
         TypeError: a timeout that is not a number, or an ``init``/``retire`` that is not callable.
         WorkerTypeUnavailableError: the worker type cannot run here (the message says why).
         BrokenWorkerError: on exit, if workers failed to shut down cleanly.
