@@ -386,6 +386,11 @@ mod tests {
         id: u64,
         accepting: Arc<AtomicBool>,
         abandoned: AtomicBool,
+        /// False after a `stuck` job: closing does not end it, killing does.
+        ends_on_close: AtomicBool,
+        killed: AtomicBool,
+        /// The exit code it reports once ended (`exit-3`, `broken` jobs set it).
+        exit_code: Mutex<Option<i32>>,
     }
 
     impl WorkerType for Echo {
@@ -415,6 +420,9 @@ mod tests {
                 id: IDS.fetch_add(1, Ordering::SeqCst),
                 accepting: Arc::new(AtomicBool::new(true)),
                 abandoned: AtomicBool::new(false),
+                ends_on_close: AtomicBool::new(true),
+                killed: AtomicBool::new(false),
+                exit_code: Mutex::new(Some(0)),
             }))
         }
     }
@@ -430,6 +438,22 @@ mod tests {
             let completion = Arc::new(Completion::new());
             let retire = match job.payload.as_slice() {
                 b"hold" => return Ok(completion),
+                b"stuck" => {
+                    self.ends_on_close.store(false, Ordering::SeqCst);
+                    Retire::Keep
+                }
+                b"exit-3" => {
+                    *self.exit_code.lock().unwrap() = Some(3);
+                    Retire::Keep
+                }
+                b"broken" => {
+                    *self.exit_code.lock().unwrap() = Some(-11);
+                    completion.complete(Finished {
+                        outcome: Outcome::Broken(interpool_worker_types::Broken::new("died")),
+                        retire: Retire::Retire,
+                    });
+                    return Ok(completion);
+                }
                 b"retire" => Retire::Retire,
                 b"retire-fails" => Retire::Failed(b"records".to_vec()),
                 _ => Retire::Keep,
@@ -451,7 +475,17 @@ mod tests {
             self.accepting.load(Ordering::SeqCst)
         }
         fn wait_ended(&self, _timeout: Option<Duration>) -> bool {
-            !self.accepting.load(Ordering::SeqCst)
+            self.killed.load(Ordering::SeqCst)
+                || (!self.accepting.load(Ordering::SeqCst)
+                    && self.ends_on_close.load(Ordering::SeqCst))
+        }
+        fn kill(&self) -> bool {
+            self.killed.store(true, Ordering::SeqCst);
+            *self.exit_code.lock().unwrap() = Some(-9);
+            true
+        }
+        fn exit_code(&self) -> Option<i32> {
+            *self.exit_code.lock().unwrap()
         }
     }
 
@@ -576,6 +610,44 @@ mod tests {
         let report = cache.wait_closed(Some(Duration::ZERO));
         assert_eq!(report.retire_failures, vec![b"records".to_vec()]);
         assert_eq!(report.not_ended, 0);
+    }
+
+    #[test]
+    fn a_worker_alive_after_the_grace_period_is_killed_and_counted() {
+        let (_, cache) = cache();
+        run(&cache, b"stuck");
+        cache.close();
+        let report = cache.wait_closed(Some(Duration::ZERO));
+        assert_eq!((report.killed, report.not_ended), (1, 0));
+        assert!(
+            report.nonzero_exit_codes.is_empty(),
+            "a kill is not a bad exit"
+        );
+    }
+
+    #[test]
+    fn a_nonzero_exit_is_reported_unless_a_broken_job_reported_it() {
+        let (_, cache) = cache();
+        let mut leases: Vec<_> = [&b"exit-3"[..], b"broken"]
+            .iter()
+            .map(|p| {
+                cache
+                    .submit(
+                        Job {
+                            payload: p.to_vec(),
+                        },
+                        &no_setup,
+                    )
+                    .unwrap()
+            })
+            .collect();
+        for lease in &mut leases {
+            lease.finish().unwrap();
+        }
+        cache.close();
+        let report = cache.wait_closed(None);
+        assert_eq!(report.nonzero_exit_codes, vec![3]);
+        assert_eq!((report.killed, report.not_ended), (0, 0));
     }
 
     #[test]
