@@ -545,6 +545,9 @@ fn launch(
     setup: &[u8],
 ) -> io::Result<Running> {
     let (ours, theirs) = UnixStream::pair()?;
+    // Everything that can fail before the process exists fails here: once it does, it must be
+    // registered (and so killed and reaped) whatever happens next.
+    let channel = Channel::new(ours)?;
     let (slot, status) = if forkserver {
         let server = forkserver::server(python, setup).map_err(io::Error::other)?;
         let (pid, status) = server.fork(theirs)?;
@@ -574,10 +577,6 @@ fn launch(
         if kill_requested {
             child.kill();
         }
-    }
-    let channel = Channel::new(ours)?;
-    if !forkserver {
-        channel.send_frame(LOOP_SOURCE.as_bytes())?;
     }
     Ok(Running { channel, status })
 }
@@ -620,8 +619,19 @@ fn reap(shared: &Shared, running: Option<&mut Running>, kill: bool) -> Option<i3
     code
 }
 
-/// The worker's setup, sent and acknowledged.
-fn handshake(running: &Running, setup: &[u8]) -> std::result::Result<(), Handshake> {
+/// The loop's source (spawned workers load it; forkserver children have it) and the worker's
+/// setup, sent and acknowledged.
+fn handshake(
+    running: &Running,
+    setup: &[u8],
+    forkserver: bool,
+) -> std::result::Result<(), Handshake> {
+    if !forkserver {
+        running
+            .channel
+            .send_frame(LOOP_SOURCE.as_bytes())
+            .map_err(|_| Handshake::Died)?;
+    }
     running
         .channel
         .send_frame(setup)
@@ -689,7 +699,7 @@ fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forks
     let mut reaped: Option<Option<i32>> = None;
     let startup = match launch(shared, python, forkserver, &config.setup) {
         Ok(r) => {
-            let outcome = handshake(&r, &config.setup);
+            let outcome = handshake(&r, &config.setup, forkserver);
             running = Some(r);
             match outcome {
                 Ok(()) => Ok(()),
@@ -702,7 +712,8 @@ fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forks
             }
         }
         Err(e) => {
-            *shared.child() = ChildSlot::Reaped;
+            // Kills and reaps a process that was started before the failure.
+            reaped = Some(reap(shared, None, true));
             Err(Broken::new(format!(
                 "could not start the worker process: {e}"
             )))
