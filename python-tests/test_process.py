@@ -483,6 +483,19 @@ async def test_context_exit_reports_a_nonzero_exit(worker_type):
     assert_reaped(pid)
 
 
+async def test_a_dead_forkserver_is_replaced(worker_type):
+    if worker_type is not interpool.WorkerType.FORKSERVER:
+        pytest.skip("only FORKSERVER has a server")
+    with trio.fail_after(_helpers.HANG_GUARD):
+        async with _helpers.checked_context(worker_type=worker_type, retire=object) as ctx:
+            server = await ctx.run_sync(os.getppid)
+            os.kill(server, signal.SIGKILL)  # e.g. the out-of-memory killer
+            await wait_dead(server)
+            # The next worker (each one retires after its job) comes from a new server.
+            assert await ctx.run_sync(os.getppid) not in (server, os.getpid())
+    assert workers_left() == {}
+
+
 # --- large payloads --------------------------------------------------------------
 
 

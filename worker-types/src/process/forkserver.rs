@@ -67,10 +67,10 @@ impl Server {
 
     /// Forks a worker that serves `channel`; returns its pid and the socket on which the server
     /// reports its exit code.
-    pub(crate) fn fork(&self, channel: UnixStream) -> io::Result<(u32, UnixStream)> {
+    fn fork(&self, channel: &UnixStream) -> io::Result<(u32, UnixStream)> {
         let (mut status, status_theirs) = UnixStream::pair()?;
         self.send(b"F", &[channel.as_raw_fd(), status_theirs.as_raw_fd()])?;
-        drop((channel, status_theirs));
+        drop(status_theirs);
         let mut pid = [0u8; 8];
         status.read_exact(&mut pid).map_err(|e| {
             io::Error::new(
@@ -92,9 +92,29 @@ impl Server {
     }
 }
 
+/// Forks a worker that serves `channel` from the running server (started now if needed, with
+/// `setup`): its pid, the socket on which the server reports its exit code, and the server.
+/// A server that died since it started (killed, out of memory) is replaced, once.
+pub(crate) fn fork(
+    python: &Path,
+    setup: &[u8],
+    channel: &UnixStream,
+) -> io::Result<(u32, UnixStream, Arc<Server>)> {
+    let server = server(python, setup).map_err(io::Error::other)?;
+    match server.fork(channel) {
+        Ok((pid, status)) => Ok((pid, status, server)),
+        Err(_) => {
+            server.alive.store(false, Ordering::Release);
+            let server = self::server(python, setup).map_err(io::Error::other)?;
+            let (pid, status) = server.fork(channel)?;
+            Ok((pid, status, server))
+        }
+    }
+}
+
 /// The running server, started now if needed with `setup` (a worker setup payload: its
 /// `sys.path` and main script are the server's).
-pub(crate) fn server(python: &Path, setup: &[u8]) -> Result<Arc<Server>, String> {
+fn server(python: &Path, setup: &[u8]) -> Result<Arc<Server>, String> {
     let mut current = SERVER.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(server) = current.as_ref().filter(|s| s.is_alive()) {
         return Ok(server.clone());

@@ -549,8 +549,8 @@ fn launch(
     // registered (and so killed and reaped) whatever happens next.
     let channel = Channel::new(ours)?;
     let (slot, status) = if forkserver {
-        let server = forkserver::server(python, setup).map_err(io::Error::other)?;
-        let (pid, status) = server.fork(theirs)?;
+        let (pid, status, server) = forkserver::fork(python, setup, &theirs)?;
+        drop(theirs);
         (ChildSlot::Forked { pid, server }, Some(status))
     } else {
         let mut command = Command::new(python);
