@@ -182,6 +182,8 @@ async def measure(args: argparse.Namespace, stack: contextlib.AsyncExitStack) ->
             got = await one_round(run, args.calls)
             samples[name] += got
             round_medians[name].append(statistics.median(got))
+    for run in backends.values():  # start each backend's second worker before timing two callers
+        await two_callers(run, 50)
     throughput = {name: await two_callers(run, args.calls * 5) for name, run in backends.items()}
     result = {
         "machine": {
