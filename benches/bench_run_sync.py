@@ -235,7 +235,7 @@ def print_table(result: dict) -> None:
             print(f"interpool {kind} is {ratio:.1f}x faster than trio-parallel {kind} (warm)")
     else:
         print("(trio-parallel is not installed: no peer comparison)")
-    print("\na new worker per call (retire always), job os.getpid, forkservers up:")
+    print("\na new worker per call (retire=object), job os.getpid, forkservers up:")
     for name, ms in result["new_worker_ms"].items():
         print(f"  {name:28} {ms:8.1f} ms median")
     for kind, ratio in result["new_worker_speedup"].items():

@@ -33,6 +33,8 @@ class _Channel:
         while pos < len(view):
             try:
                 n = os.readv(fd, [view[pos:]])
+            except ConnectionResetError:  # the parent died with data unread: end of file
+                return False
             except BlockingIOError:
                 if spin:
                     import time
@@ -82,7 +84,13 @@ class _Channel:
 
 def serve(fd):
     """Serves jobs on ``fd`` until end of file or retirement. Returns the exit code."""
-    channel = _Channel(fd)
+    try:
+        return _serve(_Channel(fd))
+    except (BrokenPipeError, ConnectionResetError):
+        return 1  # the parent is gone: nobody to tell
+
+
+def _serve(channel):
     config = channel.receive()
     if config is None:
         return 0
