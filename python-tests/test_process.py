@@ -24,6 +24,7 @@ import _funcs
 import _helpers
 import pytest
 import trio
+import trio.testing
 
 import interpool
 
@@ -189,6 +190,31 @@ async def test_kill_on_cancel_kills_and_reaps_the_process(pctx, fifos):
     assert pctx.statistics().running_workers == 0
     fresh = await pctx.run_sync(os.getpid)
     assert fresh != warm
+
+
+async def test_cancel_without_kill_waits_for_the_job_and_keeps_the_worker(pctx, fifos):
+    started, release = fifos(), fifos("release")
+    result = []
+
+    async def cancel_then_release(cs):
+        result.append(await started.wait_started())
+        cs.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        release.release()
+
+    with trio.fail_after(_helpers.HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as cs:
+                nursery.start_soon(cancel_then_release, cs)
+                result.append(
+                    await pctx.run_sync(_funcs.block_after_signal, started.path, release.path)
+                )
+                await trio.lowlevel.checkpoint()
+                pytest.fail("Cancelled was not delivered at the next checkpoint")
+    pid, value = result
+    assert value == b"r"
+    assert cs.cancelled_caught
+    assert await pctx.run_sync(os.getpid) == pid
 
 
 async def test_kill_on_cancel_stops_a_job_blocked_in_c(pctx, fifos):
