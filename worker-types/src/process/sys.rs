@@ -11,7 +11,8 @@
 //!    pid reused by an unrelated process is never killed.
 //! 3. **File descriptors passed here are borrowed and stay open for the call**; descriptors made
 //!    here are returned as `OwnedFd` with `CLOEXEC` set, so no other child inherits them.
-//! 4. Every call retries on `EINTR`, and errors come back as `io::Error` from `errno`.
+//! 4. Calls that can block (`waitid`, `poll`, `sendmsg`) retry on `EINTR`; errors come back as
+//!    `io::Error` from `errno`.
 
 #![allow(unsafe_code)]
 
