@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -272,7 +272,7 @@ async def _wait(call: Any, kill_on_cancel: bool) -> None:
 
 
 def _raise_shutdown_failures(
-    failures: list[bytes], not_ended: int, killed: int = 0, exit_codes: tuple[int, ...] = ()
+    failures: list[bytes], not_ended: int, killed: int = 0, exit_codes: Sequence[int] = ()
 ) -> None:
     problems = []
     if failures:
