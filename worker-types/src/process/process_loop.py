@@ -223,7 +223,13 @@ def forkserver(boot, control):
                 os.close(fd)
             continue
         worker_fd, status_fd = fds
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # e.g. EAGAIN: the parent reads end of file on the status socket
+            print(f"interpool forkserver: cannot fork a worker: {exc!r}", file=sys.stderr)
+            os.close(worker_fd)
+            os.close(status_fd)
+            continue
         if pid == 0:
             code = 1
             try:
