@@ -37,7 +37,7 @@ build: venv ## Build the extension (release) into .venv: maturin develop --relea
 	$(IN_VENV) maturin develop --release
 
 .PHONY: test
-test: lint test-rust test-python test-old ## Everything the project checks: lint, Rust tests, pytest, old-python availability
+test: lint test-rust test-python test-old ## Everything the project checks: lint, Rust tests, pytest, old-python checks
 
 .PHONY: test-rust
 test-rust: venv ## Run the Rust tests: cargo test --workspace
@@ -51,8 +51,8 @@ test-python: build ## Run the Python tests on .venv
 	$(VENV)/bin/python -m pytest python-tests -q
 
 .PHONY: test-old
-test-old: ## Run test_availability.py on plain python3 when it is older than 3.13
-	$(call section,availability on plain python3 ($(OLD_VENV)))
+test-old: ## Run test_availability.py and test_process.py on plain python3 when older than 3.13
+	$(call section,availability and process workers on plain python3 ($(OLD_VENV)))
 	@if ! py=$$(command -v python3) || \
 		! "$$py" -c 'import sys; sys.exit(sys.version_info >= (3, 13))' 2>/dev/null; then \
 		echo "skipped: plain python3 is missing or not older than 3.13"; exit 0; \
@@ -60,7 +60,7 @@ test-old: ## Run test_availability.py on plain python3 when it is older than 3.1
 	set -x; \
 	tools/venv.sh $(OLD_VENV) "$$py" requirements-dev.txt; \
 	$(IN_OLD_VENV) maturin develop --release; \
-	$(OLD_VENV)/bin/python -m pytest python-tests/test_availability.py -q
+	$(OLD_VENV)/bin/python -m pytest python-tests/test_availability.py python-tests/test_process.py -q
 
 .PHONY: lint
 lint: venv ## Lint Rust (rustfmt, clippy -D warnings) and Python (ruff)

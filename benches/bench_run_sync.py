@@ -1,15 +1,23 @@
-"""Warm sequential ``await run_sync(noop)``: interpool's SUBINTERPRETER against trio-parallel.
+"""interpool's worker types against trio-parallel: warm calls, new workers, big payloads.
 
-Both run in the same ``trio.run``, interleaved round by round, so that a noisy neighbour hurts
-both alike; the figures are medians over all calls, and the ratio is taken per round (then the
-median of those), which is what docs/benchmarks.md quotes.
+Everything runs in the same ``trio.run``, interleaved round by round, so that a noisy neighbour
+hurts all alike; the figures are medians, and ratios are taken per round (then the median of
+those), which is what docs/benchmarks.md quotes. Measured:
 
-    python benches/bench_run_sync.py [--rounds 15] [--calls 200] [--json PATH]
+- warm sequential ``await run_sync(noop)``: SUBINTERPRETER, SPAWN and FORKSERVER against
+  trio-parallel's spawn and forkserver (and two concurrent callers' jobs per second);
+- a new worker per call (``retire=object``: always truthy) while the forkserver is up, with
+  ``os.getpid`` as the job (stdlib callables: no main script to load where it is lazy);
+- a 64 MiB ``bytes`` round trip (``bytes(payload)``), in MB/s of payload.
+
+    python benches/bench_run_sync.py [--rounds 15] [--calls 200] [--new-rounds 5]
+                                     [--new-calls 10] [--big-reps 5] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -66,15 +74,105 @@ async def two_callers(run, calls: int) -> float:
     return 2 * calls / (time.perf_counter() - t0)
 
 
+async def new_worker_round(run, calls: int) -> list[int]:
+    """Each call starts a new worker (the contexts retire every worker after its job)."""
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(calls):
+        t0 = clock()
+        await run(os.getpid)
+        samples.append(clock() - t0)
+    return samples
+
+
+async def big_payload(run, payload: bytes) -> float:
+    """Seconds for one round trip of ``payload`` (``bytes(payload)`` in the worker)."""
+    t0 = time.perf_counter()
+    result = await run(bytes, payload)
+    elapsed = time.perf_counter() - t0
+    assert len(result) == len(payload)
+    return elapsed
+
+
+def per_round_ratio(rounds: dict[str, list[float]], ours: str, theirs: str) -> float | None:
+    if ours not in rounds or theirs not in rounds:
+        return None
+    return statistics.median(t / o for o, t in zip(rounds[ours], rounds[theirs], strict=True))
+
+
+async def process_benchmarks(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> dict:
+    """New workers while the forkserver is up, and 64 MiB round trips."""
+    new: dict[str, object] = {}
+    for kind in ("forkserver", "spawn"):
+        ctx = await stack.enter_async_context(
+            interpool.open_worker_context(worker_type=kind, retire=object)
+        )
+        new[f"interpool {kind}"] = ctx.run_sync
+    if trio_parallel is not None:
+        for kind in ("FORKSERVER", "SPAWN"):
+            ctx = await stack.enter_async_context(
+                trio_parallel.open_worker_context(
+                    worker_type=trio_parallel.WorkerType[kind], retire=object
+                )
+            )
+            new[f"trio-parallel {kind.lower()}"] = ctx.run_sync
+    for run in new.values():  # start the forkservers
+        await new_worker_round(run, 2)
+    new_samples: dict[str, list[int]] = {name: [] for name in new}
+    new_rounds: dict[str, list[float]] = {name: [] for name in new}
+    for _ in range(args.new_rounds):
+        for name, run in new.items():
+            got = await new_worker_round(run, args.new_calls)
+            new_samples[name] += got
+            new_rounds[name].append(statistics.median(got))
+
+    big: dict[str, object] = {}
+    for kind in ("spawn", "forkserver", "subinterpreter"):
+        ctx = await stack.enter_async_context(interpool.open_worker_context(worker_type=kind))
+        big[f"interpool {kind}"] = ctx.run_sync
+    if trio_parallel is not None:
+        big["trio-parallel spawn"] = trio_parallel.run_sync
+    payload = os.urandom(1 << 20) * 64
+    big_seconds: dict[str, list[float]] = {name: [] for name in big}
+    for run in big.values():
+        await big_payload(run, payload[: 1 << 20])
+    for _ in range(args.big_reps):
+        for name, run in big.items():
+            big_seconds[name].append(await big_payload(run, payload))
+    mb = len(payload) / 1e6
+    return {
+        "new_worker_ms": {name: statistics.median(s) / 1e6 for name, s in new_samples.items() if s},
+        "new_worker_speedup": {
+            kind: per_round_ratio(new_rounds, f"interpool {kind}", f"trio-parallel {kind}")
+            for kind in ("forkserver", "spawn")
+        },
+        "payload_64mib_mb_per_s": {
+            name: mb / statistics.median(s) for name, s in big_seconds.items()
+        },
+    }
+
+
 async def main(args: argparse.Namespace) -> dict:
     global trio_parallel
     try:
         import trio_parallel
     except ImportError:
         pass
+    async with contextlib.AsyncExitStack() as stack:
+        return await measure(args, stack)
+
+
+async def measure(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> dict:
     backends = {"interpool subinterpreter": interpool.run_sync}
+    for kind in ("spawn", "forkserver"):
+        ctx = await stack.enter_async_context(interpool.open_worker_context(worker_type=kind))
+        backends[f"interpool {kind}"] = ctx.run_sync
     if trio_parallel is not None:
         backends["trio-parallel spawn"] = trio_parallel.run_sync
+        ctx = await stack.enter_async_context(
+            trio_parallel.open_worker_context(worker_type=trio_parallel.WorkerType.FORKSERVER)
+        )
+        backends["trio-parallel forkserver"] = ctx.run_sync
     for run in backends.values():  # start the workers; warm the caches
         await one_round(run, 200)
     samples: dict[str, list[int]] = {name: [] for name in backends}
@@ -84,6 +182,8 @@ async def main(args: argparse.Namespace) -> dict:
             got = await one_round(run, args.calls)
             samples[name] += got
             round_medians[name].append(statistics.median(got))
+    for run in backends.values():  # start each backend's second worker before timing two callers
+        await two_callers(run, 50)
     throughput = {name: await two_callers(run, args.calls * 5) for name, run in backends.items()}
     result = {
         "machine": {
@@ -97,6 +197,11 @@ async def main(args: argparse.Namespace) -> dict:
         "calls_per_round": args.calls,
         "latency": {name: summarize(s) for name, s in samples.items()},
         "throughput_two_callers_per_s": throughput,
+        "process_speedup_vs_trio_parallel": {
+            kind: per_round_ratio(round_medians, f"interpool {kind}", f"trio-parallel {kind}")
+            for kind in ("spawn", "forkserver")
+        },
+        **await process_benchmarks(args, stack),
     }
     if trio_parallel is not None:
         ours, theirs = (
@@ -126,14 +231,28 @@ def print_table(result: dict) -> None:
             f"interpool is {result['speedup_vs_trio_parallel']:.1f}x faster than trio-parallel "
             "(median of per-round ratios)"
         )
+        for kind, ratio in result["process_speedup_vs_trio_parallel"].items():
+            print(f"interpool {kind} is {ratio:.1f}x faster than trio-parallel {kind} (warm)")
     else:
         print("(trio-parallel is not installed: no peer comparison)")
+    print("\na new worker per call (retire=object), job os.getpid, forkservers up:")
+    for name, ms in result["new_worker_ms"].items():
+        print(f"  {name:28} {ms:8.1f} ms median")
+    for kind, ratio in result["new_worker_speedup"].items():
+        if ratio is not None:
+            print(f"  interpool {kind} is {ratio:.1f}x faster than trio-parallel {kind}")
+    print("\n64 MiB bytes round trip (payload MB / round-trip seconds, median):")
+    for name, rate in result["payload_64mib_mb_per_s"].items():
+        print(f"  {name:28} {rate:8.0f} MB/s")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--new-rounds", type=int, default=5)
+    parser.add_argument("--new-calls", type=int, default=10)
+    parser.add_argument("--big-reps", type=int, default=5)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
     result = trio.run(main, args)

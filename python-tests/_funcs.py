@@ -255,3 +255,69 @@ def raise_if_seven(x):
 
 def value_and_interpreter(x):
     return x, interpreter_id()
+
+
+# --- process workers (test_process.py) ---------------------------------------
+# A worker process inherits none of the test's pipes, so these jobs synchronise through FIFOs
+# named by path (see test_process.Fifo).
+
+
+def signal_started_at(path):
+    """Write this process's pid to the FIFO ``path``."""
+    with open(path, "wb", buffering=0) as f:
+        f.write(struct.pack(STARTED_FORMAT, os.getpid()))
+
+
+def spin_after_signal(path):
+    signal_started_at(path)
+    while True:
+        pass
+
+
+def block_after_signal(path, release_path):
+    """Signal "started", then block in C code until the parent writes to ``release_path``."""
+    signal_started_at(path)
+    with open(release_path, "rb", buffering=0) as f:
+        return f.read(1)
+
+
+def segfault():
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def in_a_worker():
+    return "_interpool_worker" in sys.modules
+
+
+def raise_in_worker(message):
+    if in_a_worker():
+        raise ValueError(message)
+
+
+def raise_outside_worker(message):
+    if not in_a_worker():
+        raise ValueError(message)
+
+
+class LoadFailsInWorker:
+    """Pickles in the parent; unpickling it in a worker raises ValueError."""
+
+    def __reduce__(self):
+        return raise_in_worker, ("unpickling in the worker failed",)
+
+
+class LoadFailsInParent:
+    """Pickles in a worker; unpickling it in the parent raises ValueError."""
+
+    def __reduce__(self):
+        return raise_outside_worker, ("unpickling in the parent failed",)
+
+
+def return_load_fails_in_parent():
+    return LoadFailsInParent()
+
+
+def module_loaded(name):
+    return name in sys.modules

@@ -16,7 +16,7 @@ use std::{
 };
 
 use interpool_worker_types::{
-    Completion, Finished, Job, Rejected, Retire, Worker, WorkerConfig, WorkerType,
+    Completion, Finished, Job, Outcome, Rejected, Retire, Worker, WorkerConfig, WorkerType,
 };
 
 use crate::{Error, Result};
@@ -35,8 +35,42 @@ pub struct Statistics {
 pub struct ShutdownReport {
     /// Pickled exception records of every `retire` hook that raised (the worker was discarded).
     pub retire_failures: Vec<Vec<u8>>,
-    /// Workers that had not ended when the grace period ran out.
+    /// Workers that had not ended when the grace period ran out, and could not be killed
+    /// (types without `hard_kill`).
     pub not_ended: usize,
+    /// Workers that had not ended when the grace period ran out and were killed.
+    pub killed: usize,
+    /// The non-zero exit codes (minus a signal number) of worker processes that ended without
+    /// breaking a job: their own end went wrong, or they were killed while idle. Workers whose
+    /// death broke a job are not here: that job's caller got the error.
+    pub nonzero_exit_codes: Vec<i32>,
+}
+
+/// How long closing waits for a worker it killed after the grace period.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// A worker told to end, and whether its exit code is still to be reported.
+#[derive(Debug)]
+struct Ending {
+    worker: Box<dyn Worker>,
+    report_exit: bool,
+}
+
+impl Ending {
+    /// True (and any non-zero exit code noted) once the worker has ended.
+    fn ended(&self, timeout: Option<Duration>, codes: &mut Vec<i32>) -> bool {
+        if !self.worker.wait_ended(timeout) {
+            return false;
+        }
+        if let Some(code) = self
+            .worker
+            .exit_code()
+            .filter(|&c| c != 0 && self.report_exit)
+        {
+            codes.push(code);
+        }
+        true
+    }
 }
 
 #[derive(Debug)]
@@ -45,8 +79,10 @@ struct State {
     idle: Vec<Box<dyn Worker>>,
     running: usize,
     /// Workers told to end, kept so that closing can wait for them.
-    ending: Vec<Box<dyn Worker>>,
+    ending: Vec<Ending>,
     retire_failures: Vec<Vec<u8>>,
+    /// Non-zero exit codes of ended workers, for the shutdown report.
+    nonzero_exit_codes: Vec<i32>,
     closed: bool,
 }
 
@@ -76,8 +112,20 @@ impl Inner {
         }
         if ending || state.closed {
             worker.close();
-            state.ending.retain(|w| !w.wait_ended(Some(Duration::ZERO)));
-            state.ending.push(worker);
+            // A job that broke told its caller why the worker died; retired workers and ones
+            // that ended themselves report a bad exit at shutdown.
+            let report_exit = !matches!(
+                finished,
+                Some(Finished {
+                    outcome: Outcome::Broken(_),
+                    ..
+                })
+            );
+            prune_ending(&mut state);
+            state.ending.push(Ending {
+                worker,
+                report_exit,
+            });
         } else {
             state.idle.push(worker);
         }
@@ -111,6 +159,7 @@ impl WorkerCache {
                     running: 0,
                     ending: Vec::new(),
                     retire_failures: Vec::new(),
+                    nonzero_exit_codes: Vec::new(),
                     closed: false,
                 }),
             }),
@@ -185,37 +234,70 @@ impl WorkerCache {
         for worker in &idle {
             worker.close();
         }
-        state.ending.extend(idle);
+        state.ending.extend(idle.into_iter().map(|worker| Ending {
+            worker,
+            report_exit: true,
+        }));
     }
 
-    /// Waits up to `grace` (`None`: forever) for every closed worker to end. Call
-    /// [`WorkerCache::close`] first, and wait for running jobs before, or they count as not ended.
+    /// Waits up to `grace` (`None`: forever) for every closed worker to end, then kills those
+    /// that have not (if their type can). Call [`WorkerCache::close`] first, and wait for running
+    /// jobs before, or they count as not ended.
     pub fn wait_closed(&self, grace: Option<Duration>) -> ShutdownReport {
         let deadline = grace.map(|g| Instant::now() + g);
-        let (ending, retire_failures) = {
+        let (ending, retire_failures, mut codes) = {
             let mut state = self.inner.state();
             (
                 std::mem::take(&mut state.ending),
                 std::mem::take(&mut state.retire_failures),
+                std::mem::take(&mut state.nonzero_exit_codes),
             )
         };
-        let not_ended = ending
-            .iter()
-            .filter(|w| {
+        let stragglers: Vec<_> = ending
+            .into_iter()
+            .filter(|e| {
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                !w.wait_ended(left)
+                !e.ended(left, &mut codes)
             })
-            .count();
+            .collect();
+        let (mut killed, mut not_ended) = (0, 0);
+        for e in &stragglers {
+            if e.worker.kill() && e.worker.wait_ended(Some(KILL_WAIT)) {
+                killed += 1;
+            } else {
+                not_ended += 1;
+            }
+        }
         ShutdownReport {
             retire_failures,
             not_ended,
+            killed,
+            nonzero_exit_codes: codes,
         }
     }
 }
 
-/// Drops idle workers that closed themselves (idle timeout), oldest first.
+/// Drops idle workers that closed themselves (idle timeout, or their process died), oldest
+/// first; they end like any other.
 fn prune_idle(state: &mut State) {
-    state.idle.retain(|w| w.is_accepting());
+    let (idle, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut state.idle)
+        .into_iter()
+        .partition(|w| w.is_accepting());
+    state.idle = idle;
+    state.ending.extend(gone.into_iter().map(|worker| Ending {
+        worker,
+        report_exit: true,
+    }));
+}
+
+/// Forgets ended workers, noting their non-zero exit codes.
+fn prune_ending(state: &mut State) {
+    let State {
+        ending,
+        nonzero_exit_codes,
+        ..
+    } = state;
+    ending.retain(|e| !e.ended(Some(Duration::ZERO), nonzero_exit_codes));
 }
 
 /// One job in progress and the worker it holds.
@@ -277,7 +359,7 @@ impl Drop for Lease {
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-    use interpool_worker_types::{Availability, Capabilities, Outcome};
+    use interpool_worker_types::{Availability, Capabilities};
 
     use super::*;
 
@@ -294,6 +376,11 @@ mod tests {
         id: u64,
         accepting: Arc<AtomicBool>,
         abandoned: AtomicBool,
+        /// False after a `stuck` job: closing does not end it, killing does.
+        ends_on_close: AtomicBool,
+        killed: AtomicBool,
+        /// The exit code it reports once ended (`exit-3`, `broken` jobs set it).
+        exit_code: Mutex<Option<i32>>,
     }
 
     impl WorkerType for Echo {
@@ -323,6 +410,9 @@ mod tests {
                 id: IDS.fetch_add(1, Ordering::SeqCst),
                 accepting: Arc::new(AtomicBool::new(true)),
                 abandoned: AtomicBool::new(false),
+                ends_on_close: AtomicBool::new(true),
+                killed: AtomicBool::new(false),
+                exit_code: Mutex::new(Some(0)),
             }))
         }
     }
@@ -338,6 +428,22 @@ mod tests {
             let completion = Arc::new(Completion::new());
             let retire = match job.payload.as_slice() {
                 b"hold" => return Ok(completion),
+                b"stuck" => {
+                    self.ends_on_close.store(false, Ordering::SeqCst);
+                    Retire::Keep
+                }
+                b"exit-3" => {
+                    *self.exit_code.lock().unwrap() = Some(3);
+                    Retire::Keep
+                }
+                b"broken" => {
+                    *self.exit_code.lock().unwrap() = Some(-11);
+                    completion.complete(Finished {
+                        outcome: Outcome::Broken(interpool_worker_types::Broken::new("died")),
+                        retire: Retire::Retire,
+                    });
+                    return Ok(completion);
+                }
                 b"retire" => Retire::Retire,
                 b"retire-fails" => Retire::Failed(b"records".to_vec()),
                 _ => Retire::Keep,
@@ -359,7 +465,17 @@ mod tests {
             self.accepting.load(Ordering::SeqCst)
         }
         fn wait_ended(&self, _timeout: Option<Duration>) -> bool {
-            !self.accepting.load(Ordering::SeqCst)
+            self.killed.load(Ordering::SeqCst)
+                || (!self.accepting.load(Ordering::SeqCst)
+                    && self.ends_on_close.load(Ordering::SeqCst))
+        }
+        fn kill(&self) -> bool {
+            self.killed.store(true, Ordering::SeqCst);
+            *self.exit_code.lock().unwrap() = Some(-9);
+            true
+        }
+        fn exit_code(&self) -> Option<i32> {
+            *self.exit_code.lock().unwrap()
         }
     }
 
@@ -484,6 +600,44 @@ mod tests {
         let report = cache.wait_closed(Some(Duration::ZERO));
         assert_eq!(report.retire_failures, vec![b"records".to_vec()]);
         assert_eq!(report.not_ended, 0);
+    }
+
+    #[test]
+    fn a_worker_alive_after_the_grace_period_is_killed_and_counted() {
+        let (_, cache) = cache();
+        run(&cache, b"stuck");
+        cache.close();
+        let report = cache.wait_closed(Some(Duration::ZERO));
+        assert_eq!((report.killed, report.not_ended), (1, 0));
+        assert!(
+            report.nonzero_exit_codes.is_empty(),
+            "a kill is not a bad exit"
+        );
+    }
+
+    #[test]
+    fn a_nonzero_exit_is_reported_unless_a_broken_job_reported_it() {
+        let (_, cache) = cache();
+        let mut leases: Vec<_> = [&b"exit-3"[..], b"broken"]
+            .iter()
+            .map(|p| {
+                cache
+                    .submit(
+                        Job {
+                            payload: p.to_vec(),
+                        },
+                        &no_setup,
+                    )
+                    .unwrap()
+            })
+            .collect();
+        for lease in &mut leases {
+            lease.finish().unwrap();
+        }
+        cache.close();
+        let report = cache.wait_closed(None);
+        assert_eq!(report.nonzero_exit_codes, vec![3]);
+        assert_eq!((report.killed, report.not_ended), (0, 0));
     }
 
     #[test]

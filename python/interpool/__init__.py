@@ -1,5 +1,5 @@
-"""interpool: run Python callables in parallel on subinterpreters with their own GIL, from trio,
-asyncio or anyio.
+"""interpool: run Python callables in parallel on subinterpreters with their own GIL, or on
+processes, from trio, asyncio or anyio.
 
 The API is a superset of trio-parallel 1.3's: ``import interpool as trio_parallel`` works.
 """
@@ -25,6 +25,7 @@ if "_interpool_worker" in sys.modules:
         amap,
         astarmap,
         available_worker_types,
+        configure_forkserver,
         current_default_worker_limiter,
         default_context_statistics,
         open_worker_context,
@@ -32,6 +33,7 @@ if "_interpool_worker" in sys.modules:
     )
 else:
     from ._backends import CapacityLimiter as AsyncioCapacityLimiter
+    from ._forkserver import configure_forkserver
     from ._impl import (
         WorkerContext,
         available_worker_types,
@@ -54,6 +56,7 @@ __all__ = [
     "amap",
     "astarmap",
     "available_worker_types",
+    "configure_forkserver",
     "current_default_worker_limiter",
     "default_context_statistics",
     "open_worker_context",

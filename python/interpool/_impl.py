@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -101,6 +101,12 @@ def _check_seconds(name: str, value: object) -> float:
 
 
 def _check_worker_type(worker_type: object) -> WorkerType:
+    if worker_type == "fork":
+        raise ValueError(
+            "there is no 'fork' worker type: forking a multi-threaded process (interpool's host "
+            "always has threads) can deadlock or corrupt the child; use "
+            "WorkerType.FORKSERVER (fast starts, preloaded modules) or WorkerType.SPAWN"
+        )
     try:
         worker_type = WorkerType(worker_type)
     except ValueError:
@@ -297,10 +303,10 @@ class WorkerContext:
         cancellation (under asyncio a ``CancelledError`` that arrived meanwhile is raised after)."""
         self._closed = True
         backend = _backends.current()
-        failures, not_ended = await backend.shielded(self._drain_and_close, backend)
-        _raise_shutdown_failures(failures, not_ended)
+        report = await backend.shielded(self._drain_and_close, backend)
+        _raise_shutdown_failures(*report)
 
-    async def _drain_and_close(self, backend: Any) -> tuple[list[bytes], int]:
+    async def _drain_and_close(self, backend: Any) -> tuple[list[bytes], int, int, list[int]]:
         if self._running:
             # The last call may end in another thread's event loop: the signal is thread-safe.
             wait, self._on_drained = backend.threadsafe_event()
@@ -367,10 +373,17 @@ async def _wait_asyncio(call: Any, kill_on_cancel: bool) -> None:
         raise
 
 
-def _raise_shutdown_failures(failures: list[bytes], not_ended: int) -> None:
+def _raise_shutdown_failures(
+    failures: list[bytes], not_ended: int, killed: int = 0, exit_codes: Sequence[int] = ()
+) -> None:
     problems = []
     if failures:
         problems.append(f"{len(failures)} worker(s) had a retire hook that raised")
+    if exit_codes:
+        codes = ", ".join(map(str, exit_codes))
+        problems.append(f"{len(exit_codes)} worker process(es) exited non-zero ({codes})")
+    if killed:
+        problems.append(f"{killed} worker(s) were killed after the grace period")
     if not_ended:
         problems.append(f"{not_ended} worker(s) did not end within the grace period")
     if problems:
@@ -400,7 +413,8 @@ async def open_worker_context(
         worker_type: A :class:`WorkerType`.
 
     Raises:
-        ValueError: a negative timeout, or an unknown worker type.
+        ValueError: a negative timeout, or an unknown worker type (``"fork"`` included: see
+            :class:`WorkerType`).
         TypeError: a timeout that is not a number, or an ``init``/``retire`` that is not callable.
         WorkerTypeUnavailableError: the worker type cannot run here (the message says why).
         BrokenWorkerError: on exit, if workers failed to shut down cleanly.

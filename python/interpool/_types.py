@@ -12,9 +12,22 @@ class WorkerType(str, enum.Enum):
     ``SUBINTERPRETER``: a CPython subinterpreter with its own GIL (PEP 684) on its own thread, in
     this process. Fast to call (microseconds) and truly parallel, but it cannot stop code blocked
     in C, cannot survive a crash, and many compiled extension modules refuse to load in it.
+
+    ``FORKSERVER``: a process forked from one server process per host, which imported the
+    modules named with :func:`interpool.configure_forkserver` and the main script once. Starts in a
+    few milliseconds; can be killed; a crash breaks only its own call.
+
+    ``SPAWN``: a fresh Python process (``sys.executable``) per worker, as ``multiprocessing``'s
+    spawn. Slowest to start (a Python start-up plus the imports); can be killed; a crash breaks
+    only its own call.
+
+    There is no ``FORK``: forking a multi-threaded process (interpool's host always has threads)
+    can deadlock the child; use FORKSERVER.
     """
 
     SUBINTERPRETER = "subinterpreter"
+    FORKSERVER = "forkserver"
+    SPAWN = "spawn"
 
 
 class BrokenWorkerError(RuntimeError):

@@ -95,6 +95,16 @@ fn live_subinterpreters() -> usize {
     worker_types::subinterpreter::live_workers()
 }
 
+/// Sets the modules the forkserver imports before forking workers. Returns False (and changes
+/// nothing) if the forkserver is already running.
+#[pyfunction]
+fn configure_forkserver(preload: Vec<String>) -> bool {
+    worker_types::process::set_forkserver_preload(preload)
+}
+
+/// `Cache.wait_closed`'s result: `(retire_failures, not_ended, killed, nonzero_exit_codes)`.
+type ShutdownTuple<'py> = (Vec<Bound<'py, PyBytes>>, usize, usize, Vec<i32>);
+
 /// The workers of one worker context.
 #[pyclass(module = "interpool._interpool", frozen)]
 struct Cache {
@@ -150,14 +160,15 @@ impl Cache {
         self.cache.close();
     }
 
-    /// Waits (GIL released) up to `grace` seconds for the closed workers to end. Returns
-    /// `(retire_failures: list[bytes], not_ended: int)`.
+    /// Waits (GIL released) up to `grace` seconds for the closed workers to end, then kills the
+    /// stragglers that can be killed. Returns `(retire_failures: list[bytes], not_ended: int,
+    /// killed: int, nonzero_exit_codes: list[int])`.
     #[pyo3(signature = (grace))]
     fn wait_closed<'py>(
         &self,
         py: Python<'py>,
         grace: Option<f64>,
-    ) -> PyResult<(Vec<Bound<'py, PyBytes>>, usize)> {
+    ) -> PyResult<ShutdownTuple<'py>> {
         let grace = timeout(grace)?;
         let report = py.detach(|| self.cache.wait_closed(grace));
         let failures = report
@@ -165,7 +176,12 @@ impl Cache {
             .iter()
             .map(|records| PyBytes::new(py, records))
             .collect();
-        Ok((failures, report.not_ended))
+        Ok((
+            failures,
+            report.not_ended,
+            report.killed,
+            report.nonzero_exit_codes,
+        ))
     }
 }
 
@@ -260,6 +276,14 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(worker_type_info, m)?)?;
     m.add_function(wrap_pyfunction!(end_all_subinterpreters, m)?)?;
     m.add_function(wrap_pyfunction!(live_subinterpreters, m)?)?;
+    m.add_function(wrap_pyfunction!(configure_forkserver, m)?)?;
+    // Process workers run this interpreter's executable, unless the host chose another.
+    if worker_types::process::python_executable().is_none() {
+        let executable: Option<String> = m.py().import("sys")?.getattr("executable")?.extract()?;
+        if let Some(executable) = executable.filter(|e| !e.is_empty()) {
+            worker_types::process::set_python_executable(executable);
+        }
+    }
     m.add("VALUE", VALUE)?;
     m.add("RAISED", RAISED)?;
     m.add("LOAD_ERROR", LOAD_ERROR)?;

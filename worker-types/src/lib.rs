@@ -13,6 +13,9 @@
 //! Implementations:
 //! - [`subinterpreter`]: CPython subinterpreters with their own GIL (PEP 684), one OS thread each,
 //!   driven through raw `pyo3-ffi`. It needs CPython ≥ 3.13.
+//! - [`process`]: worker processes running the same Python loop, either spawned afresh
+//!   ([`process::Spawn`]) or forked from a preloaded server ([`process::Forkserver`]). They can be
+//!   killed and survive crashes. Unix only.
 
 #![deny(unsafe_code)]
 
@@ -20,6 +23,7 @@ use std::{fmt, sync::Arc, time::Duration};
 
 mod completion;
 mod mailbox;
+pub mod process;
 pub mod subinterpreter;
 
 pub use completion::Completion;
@@ -83,6 +87,20 @@ pub struct Broken {
     pub reason: String,
     /// Pickled exception records of the underlying Python exception, if there is one.
     pub exception: Option<Vec<u8>>,
+    /// How the worker's process ended, if it is a process that did: its exit code, or minus the
+    /// signal that killed it (`-11` for a segfault, `-9` for SIGKILL), as `multiprocessing` says.
+    pub exit_code: Option<i32>,
+}
+
+impl Broken {
+    /// A `Broken` with a reason only.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            exception: None,
+            exit_code: None,
+        }
+    }
 }
 
 /// What the worker's `retire` hook decided after a job.
@@ -185,11 +203,25 @@ pub trait Worker: Send + Sync + fmt::Debug {
     fn is_accepting(&self) -> bool;
     /// Waits until the worker has fully ended, up to `timeout` (`None`: forever). True if it has.
     fn wait_ended(&self, timeout: Option<Duration>) -> bool;
+    /// Ends the worker now, whatever it is doing, for shutdown past its grace period. Returns
+    /// whether it could (types without `hard_kill` cannot, and do nothing).
+    fn kill(&self) -> bool {
+        false
+    }
+    /// How the worker's process ended, once it has: its exit code, or minus the signal that
+    /// killed it. `None` while it runs, or for workers that are not processes.
+    fn exit_code(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// Every worker type this build knows, in the default order of preference.
 pub fn worker_types() -> Vec<Arc<dyn WorkerType>> {
-    vec![Arc::new(subinterpreter::Subinterpreters)]
+    vec![
+        Arc::new(subinterpreter::Subinterpreters),
+        Arc::new(process::Forkserver::default()),
+        Arc::new(process::Spawn::default()),
+    ]
 }
 
 /// Looks a worker type up by its name.

@@ -292,7 +292,11 @@ impl Interpreter {
                 } else {
                     bytes_to_vec(records)
                 };
-                Err(Broken { reason, exception })
+                Err(Broken {
+                    reason,
+                    exception,
+                    exit_code: None,
+                })
             };
             ffi::Py_DECREF(result);
             outcome
@@ -387,10 +391,7 @@ unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<Finished> {
 }
 
 fn broken(reason: String) -> Broken {
-    Broken {
-        reason,
-        exception: None,
-    }
+    Broken::new(reason)
 }
 
 fn broken_finished(reason: String) -> Finished {

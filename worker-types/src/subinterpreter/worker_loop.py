@@ -156,7 +156,8 @@ def setup(config):
             sys.path[:] = sys_path
         if argv is not None:
             sys.argv[:] = argv
-        if main_kind is not None:
+        # A forkserver child inherits the script, already loaded by the server.
+        if main_kind is not None and "__mp_main__" not in sys.modules:
             sys.modules["__main__"].__getattr__ = _ParentMain(main_kind, main_ref)
         stage = "unpickling init or retire failed"
         init, _retire = pickle.loads(init), pickle.loads(retire)

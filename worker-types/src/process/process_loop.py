@@ -1,0 +1,264 @@
+
+# --- process workers (appended to worker_loop.py when it runs in a worker process) ------------
+#
+# A worker process talks to its parent over one socket (never stdin/stdout, so ``print`` works):
+#   parent -> worker: frames ``<Q length`` + bytes: the setup, then one job per frame;
+#   worker -> parent: ``<BBQQ`` (kind, retire, len(data), len(retire_error)) + data + retire_error,
+#                     first once for the setup (kind SETUP_OK or SETUP_FAILED), then once per job.
+# End of file from the parent means "end": the worker exits 0. A worker also exits after a job
+# whose retire decision is not KEEP, and after a failed setup.
+
+SETUP_OK, SETUP_FAILED = 10, 11
+_SPIN_SECONDS = 50e-6
+_HEADER = "<BBQQ"
+
+
+class _Channel:
+    """One non-blocking socket fd: spin briefly for the next frame, then poll."""
+
+    def __init__(self, fd):
+        import os
+        import select
+
+        self.fd, self._os = fd, os
+        os.set_blocking(fd, False)
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+        self._out = select.poll()
+        self._out.register(fd, select.POLLOUT)
+
+    def _readinto(self, view, spin):
+        os, fd = self._os, self.fd
+        pos, deadline = 0, None
+        while pos < len(view):
+            try:
+                n = os.readv(fd, [view[pos:]])
+            except ConnectionResetError:  # the parent died with data unread: end of file
+                return False
+            except BlockingIOError:
+                if spin:
+                    import time
+
+                    now = time.perf_counter()
+                    if deadline is None:
+                        deadline = now + _SPIN_SECONDS
+                    if now < deadline:
+                        os.sched_yield()
+                        continue
+                self._poll.poll()
+                continue
+            if n == 0:
+                return False
+            pos += n
+        return True
+
+    def receive(self):
+        """The next frame as a bytearray, or None at end of file."""
+        header = bytearray(8)
+        if not self._readinto(memoryview(header), spin=True):
+            return None
+        data = bytearray(int.from_bytes(header, "little"))
+        if not self._readinto(memoryview(data), spin=False):
+            return None
+        return data
+
+    def send(self, kind, retire, data, retire_error=b""):
+        import struct
+
+        os, fd = self._os, self.fd
+        chunks = [struct.pack(_HEADER, kind, retire, len(data), len(retire_error))]
+        chunks += [memoryview(c) for c in (data, retire_error) if c]
+        while chunks:
+            try:
+                n = os.writev(fd, chunks)
+            except BlockingIOError:
+                self._out.poll()
+                continue
+            while n:
+                if n >= len(chunks[0]):
+                    n -= len(chunks.pop(0))
+                else:
+                    chunks[0] = memoryview(chunks[0])[n:]
+                    n = 0
+
+
+def serve(fd):
+    """Serves jobs on ``fd`` until end of file or retirement. Returns the exit code."""
+    try:
+        return _serve(_Channel(fd))
+    except (BrokenPipeError, ConnectionResetError):
+        return 1  # the parent is gone: nobody to tell
+
+
+def _serve(channel):
+    config = channel.receive()
+    if config is None:
+        return 0
+    failed = setup(bytes(config))
+    if failed is not None:
+        reason, records = failed
+        channel.send(SETUP_FAILED, KEEP, reason.encode("utf-8", "replace"), records)
+        return 0
+    channel.send(SETUP_OK, KEEP, b"")
+    config = None
+    while True:
+        payload = channel.receive()
+        if payload is None:
+            return 0
+        kind, data, retire, retire_error = run(payload)
+        payload = None
+        channel.send(kind, retire, data, retire_error or b"")
+        data = retire_error = None
+        if retire != KEEP:
+            return 0
+
+
+def _set_parent_death_signal():
+    """Linux: SIGKILL this process when its parent dies. The forkserver's children need it from
+    Python; spawned workers get it from the parent before exec."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+
+def forkserver(boot, control):
+    """The forkserver: preloads modules, then forks one worker per request on ``control``.
+
+    ``boot`` carries two frames (the first worker's setup, for the parent's sys.path and main
+    script; the modules to preload, one per line), then closes. ``control`` is a SOCK_SEQPACKET
+    socket: ``b"F"`` with two fds attached (the worker's channel, and a status pipe to which the
+    server writes the worker's pid, then its exit code when it is reaped), or ``b"K" + <q pid``
+    (SIGKILL that worker, if it is still ours). End of file on ``control``: the parent is gone.
+    """
+    import os
+    import signal
+    import socket
+    import struct
+
+    _set_parent_death_signal()
+    channel = _Channel(boot)
+    config, preload = channel.receive(), channel.receive()
+    os.close(boot)
+    if config is not None:
+        try:
+            sys_path, argv, main_kind, main_ref, _init, _retire = pickle.loads(config)
+            if sys_path is not None:
+                sys.path[:] = sys_path
+            if argv is not None:
+                sys.argv[:] = argv
+        except Exception:
+            main_kind = None
+    for name in bytes(preload or b"").decode().split():
+        try:
+            __import__(name)
+        except Exception as exc:
+            print(f"interpool forkserver: cannot preload {name!r}: {exc!r}", file=sys.stderr)
+    if config is not None and main_kind is not None:
+        try:
+            _ParentMain(main_kind, main_ref).load()
+        except BaseException:
+            # Each worker loads it again and reports the error to the call that needs it.
+            sys.modules.pop("__mp_main__", None)
+    _flush()
+
+    sock = socket.socket(fileno=control)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children = {}  # pid -> status fd
+    server_pid = os.getpid()
+    import select
+
+    def reap():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            status_fd = children.pop(pid, None)
+            if status_fd is not None:
+                try:
+                    os.write(status_fd, struct.pack("<q", os.waitstatus_to_exitcode(status)))
+                except OSError:
+                    pass
+                os.close(status_fd)
+
+    while True:
+        ready, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            reap()
+        if sock not in ready:
+            continue
+        try:
+            message, ancdata, _flags, _addr = sock.recvmsg(64, socket.CMSG_SPACE(8))
+        except InterruptedError:
+            continue
+        if not message:
+            break
+        fds = []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
+        if message[:1] == b"K":
+            (pid,) = struct.unpack("<q", message[1:9])
+            if pid in children:
+                os.kill(pid, signal.SIGKILL)
+            continue
+        if message[:1] != b"F" or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            continue
+        worker_fd, status_fd = fds
+        try:
+            pid = os.fork()
+        except OSError as exc:  # e.g. EAGAIN: the parent reads end of file on the status socket
+            print(f"interpool forkserver: cannot fork a worker: {exc!r}", file=sys.stderr)
+            os.close(worker_fd)
+            os.close(status_fd)
+            continue
+        if pid == 0:
+            code = 1
+            try:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                sock.close()
+                for fd in (wake_r, wake_w, status_fd, *children.values()):
+                    os.close(fd)
+                children.clear()
+                _set_parent_death_signal()
+                if os.getppid() != server_pid:  # the server died before the prctl
+                    os._exit(1)
+                code = serve(worker_fd)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                _flush()
+                os._exit(code)
+        os.close(worker_fd)
+        children[pid] = status_fd
+        try:
+            os.write(status_fd, struct.pack("<q", pid))
+        except OSError:
+            pass
+    for pid in list(children):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return 0
