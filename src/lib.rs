@@ -17,6 +17,7 @@ mod cache;
 mod error;
 #[cfg(feature = "python")]
 mod python;
+pub mod scheduler;
 
 pub use cache::{Lease, ShutdownReport, Statistics, WorkerCache};
 pub use error::{Error, Result};
