@@ -6,6 +6,9 @@ those), which is what docs/benchmarks.md quotes. Measured:
 
 - warm sequential ``await run_sync(noop)``: SUBINTERPRETER, SPAWN and FORKSERVER against
   trio-parallel's spawn and forkserver (and two concurrent callers' jobs per second);
+- the cost of the AUTO decision: an AUTO context against the explicit type it picks, in the same
+  rounds: plain calls (subinterpreter), calls while a route exists (a pin elsewhere: the
+  memoized per-callable lookup), and ``kill_on_cancel=True`` calls (forkserver);
 - a new worker per call (``retire=object``: always truthy) while the forkserver is up, with
   ``os.getpid`` as the job (stdlib callables: no main script to load where it is lazy);
 - a 64 MiB ``bytes`` round trip (``bytes(payload)``), in MB/s of payload.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -163,10 +167,19 @@ async def main(args: argparse.Namespace) -> dict:
 
 
 async def measure(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> dict:
-    backends = {"interpool subinterpreter": interpool.run_sync}
-    for kind in ("spawn", "forkserver"):
+    backends = {}
+    for kind in ("subinterpreter", "auto", "spawn", "forkserver"):
         ctx = await stack.enter_async_context(interpool.open_worker_context(worker_type=kind))
         backends[f"interpool {kind}"] = ctx.run_sync
+        if kind == "auto":
+            routed = await stack.enter_async_context(interpool.open_worker_context())
+            routed.pin("json", "forkserver")  # any route: calls take the memoized lookup
+            backends["interpool auto, routes"] = routed.run_sync
+            backends["interpool auto, kill"] = functools.partial(ctx.run_sync, kill_on_cancel=True)
+        if kind == "forkserver":
+            backends["interpool forkserver, kill"] = functools.partial(
+                ctx.run_sync, kill_on_cancel=True
+            )
     if trio_parallel is not None:
         backends["trio-parallel spawn"] = trio_parallel.run_sync
         ctx = await stack.enter_async_context(
@@ -197,6 +210,16 @@ async def measure(args: argparse.Namespace, stack: contextlib.AsyncExitStack) ->
         "calls_per_round": args.calls,
         "latency": {name: summarize(s) for name, s in samples.items()},
         "throughput_two_callers_per_s": throughput,
+        # AUTO's cost: median of per-round ratios AUTO / the explicit type it picks (1.0: none).
+        "auto_over_explicit": {
+            "plain": per_round_ratio(round_medians, "interpool subinterpreter", "interpool auto"),
+            "routes": per_round_ratio(
+                round_medians, "interpool subinterpreter", "interpool auto, routes"
+            ),
+            "kill_on_cancel": per_round_ratio(
+                round_medians, "interpool forkserver, kill", "interpool auto, kill"
+            ),
+        },
         "process_speedup_vs_trio_parallel": {
             kind: per_round_ratio(round_medians, f"interpool {kind}", f"trio-parallel {kind}")
             for kind in ("spawn", "forkserver")
@@ -225,6 +248,11 @@ def print_table(result: dict) -> None:
         print(
             f"{name:28} {lat['median_us']:7.1f}µs {lat['p10_us']:6.1f}µs {lat['p90_us']:6.1f}µs "
             f"{lat['p99_us']:6.1f}µs {jobs:9.0f}/s"
+        )
+    for case, ratio in result["auto_over_explicit"].items():
+        print(
+            f"AUTO over the explicit type it picks ({case}): {ratio:.3f}x "
+            f"({(ratio - 1) * 100:+.1f}%, median of per-round ratios)"
         )
     if "speedup_vs_trio_parallel" in result:
         print(
