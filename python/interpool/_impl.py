@@ -328,22 +328,25 @@ class WorkerContext:
         running = self._running
         running.append(None)
         try:
-            call = cache.submit(payload)
-            await cancel_shielded_checkpoint()
-            if not call.spin(_SPIN_MICROSECONDS):
-                if self._auto is not None:
-                    self._auto.note_parked()
-                await _wait(call, kill_on_cancel)
-            kind, data, reason = call.result()
+            while True:
+                call = cache.submit(payload)
+                await cancel_shielded_checkpoint()
+                if not call.spin(_SPIN_MICROSECONDS):
+                    if self._auto is not None:
+                        self._auto.note_parked()
+                    await _wait(call, kill_on_cancel)
+                kind, data, reason = call.result()
+                if kind == _outcome.VALUE:
+                    return pickle_loads(data)
+                if kind == _outcome.RAISED or not self._failed(cache, kind, data, reason, fn):
+                    break
+                # The job never started: run it where AUTO now routes it, still counted as
+                # running (a closing context waits for it).
+                cache = self._cache_for(fn, kill_on_cancel)
         finally:
             running.pop()
             if self._on_drained is not None and not running:
                 self._on_drained()
-        if kind == _outcome.VALUE:
-            return pickle_loads(data)
-        if kind != _outcome.RAISED and self._failed(cache, kind, data, reason, fn):
-            # The job never started: run it where AUTO now routes it.
-            return await self._run(self._cache_for(fn, kill_on_cancel), payload, kill_on_cancel, fn)
         return _outcome.unwrap(kind, data, reason)
 
     async def _run_sync_asyncio(
@@ -377,21 +380,22 @@ class WorkerContext:
         running = self._running
         running.append(None)
         try:
-            call = cache.submit(payload)
-            if not call.spin(_SPIN_MICROSECONDS):
-                if self._auto is not None:
-                    self._auto.note_parked()
-                await _wait_asyncio(call, kill_on_cancel)
-            kind, data, reason = call.result()
+            while True:
+                call = cache.submit(payload)
+                if not call.spin(_SPIN_MICROSECONDS):
+                    if self._auto is not None:
+                        self._auto.note_parked()
+                    await _wait_asyncio(call, kill_on_cancel)
+                kind, data, reason = call.result()
+                if kind == _outcome.VALUE:
+                    return pickle_loads(data)
+                if kind == _outcome.RAISED or not self._failed(cache, kind, data, reason, fn):
+                    break
+                cache = self._cache_for(fn, kill_on_cancel)  # never started: run it there
         finally:
             running.pop()
             if self._on_drained is not None and not running:
                 self._on_drained()
-        if kind == _outcome.VALUE:
-            return pickle_loads(data)
-        if kind != _outcome.RAISED and self._failed(cache, kind, data, reason, fn):
-            cache = self._cache_for(fn, kill_on_cancel)
-            return await self._run_asyncio(cache, payload, kill_on_cancel, fn)
         return _outcome.unwrap(kind, data, reason)
 
     def _call_started(self) -> None:
