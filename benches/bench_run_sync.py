@@ -14,7 +14,8 @@ those), which is what docs/benchmarks.md quotes. Measured:
 - a 64 MiB ``bytes`` round trip (``bytes(payload)``), in MB/s of payload.
 
     python benches/bench_run_sync.py [--rounds 15] [--calls 200] [--new-rounds 5]
-                                     [--new-calls 10] [--big-reps 5] [--json PATH]
+                                     [--new-calls 10] [--big-reps 5] [--ab-trials 15]
+                                     [--ab-rounds 6] [--json PATH]
 """
 
 from __future__ import annotations
@@ -156,6 +157,40 @@ async def process_benchmarks(args: argparse.Namespace, stack: contextlib.AsyncEx
     }
 
 
+async def auto_vs_explicit(args: argparse.Namespace) -> dict:
+    """AUTO against the explicit type it picks; see the module docstring."""
+    cases = {
+        "plain": ("subinterpreter", False, None),
+        "routes": ("subinterpreter", False, "json"),
+        "kill_on_cancel": ("forkserver", True, None),
+    }
+    result = {}
+    for case, (explicit, kill, pin) in cases.items():
+        ratios = []
+        for trial in range(args.ab_trials):
+            async with (
+                interpool.open_worker_context(worker_type=explicit) as ectx,
+                interpool.open_worker_context(worker_type="auto") as actx,
+            ):
+                if pin is not None:
+                    actx.pin(pin, "forkserver")  # a route elsewhere: the memoized lookup
+                runs = [functools.partial(c.run_sync, kill_on_cancel=kill) for c in (ectx, actx)]
+                order = [0, 1] if trial % 2 == 0 else [1, 0]
+                for i in order:
+                    await one_round(runs[i], 200)
+                medians: list[list[float]] = [[], []]
+                for _ in range(args.ab_rounds):
+                    for i in order:
+                        medians[i].append(statistics.median(await one_round(runs[i], args.calls)))
+                ratios.append(statistics.median(medians[1]) / statistics.median(medians[0]))
+        result[case] = {
+            "explicit": explicit,
+            "median_ratio": statistics.median(ratios),
+            "trial_ratios": ratios,
+        }
+    return result
+
+
 async def main(args: argparse.Namespace) -> dict:
     global trio_parallel
     try:
@@ -167,19 +202,11 @@ async def main(args: argparse.Namespace) -> dict:
 
 
 async def measure(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> dict:
+    auto = await auto_vs_explicit(args)
     backends = {}
-    for kind in ("subinterpreter", "auto", "spawn", "forkserver"):
+    for kind in ("subinterpreter", "spawn", "forkserver"):
         ctx = await stack.enter_async_context(interpool.open_worker_context(worker_type=kind))
         backends[f"interpool {kind}"] = ctx.run_sync
-        if kind == "auto":
-            routed = await stack.enter_async_context(interpool.open_worker_context())
-            routed.pin("json", "forkserver")  # any route: calls take the memoized lookup
-            backends["interpool auto, routes"] = routed.run_sync
-            backends["interpool auto, kill"] = functools.partial(ctx.run_sync, kill_on_cancel=True)
-        if kind == "forkserver":
-            backends["interpool forkserver, kill"] = functools.partial(
-                ctx.run_sync, kill_on_cancel=True
-            )
     if trio_parallel is not None:
         backends["trio-parallel spawn"] = trio_parallel.run_sync
         ctx = await stack.enter_async_context(
@@ -210,16 +237,8 @@ async def measure(args: argparse.Namespace, stack: contextlib.AsyncExitStack) ->
         "calls_per_round": args.calls,
         "latency": {name: summarize(s) for name, s in samples.items()},
         "throughput_two_callers_per_s": throughput,
-        # AUTO's cost: median of per-round ratios AUTO / the explicit type it picks (1.0: none).
-        "auto_over_explicit": {
-            "plain": per_round_ratio(round_medians, "interpool subinterpreter", "interpool auto"),
-            "routes": per_round_ratio(
-                round_medians, "interpool subinterpreter", "interpool auto, routes"
-            ),
-            "kill_on_cancel": per_round_ratio(
-                round_medians, "interpool forkserver, kill", "interpool auto, kill"
-            ),
-        },
+        # AUTO's cost: AUTO's median / the explicit type's, median over trials (1.0: none).
+        "auto_over_explicit": auto,
         "process_speedup_vs_trio_parallel": {
             kind: per_round_ratio(round_medians, f"interpool {kind}", f"trio-parallel {kind}")
             for kind in ("spawn", "forkserver")
@@ -249,10 +268,13 @@ def print_table(result: dict) -> None:
             f"{name:28} {lat['median_us']:7.1f}µs {lat['p10_us']:6.1f}µs {lat['p90_us']:6.1f}µs "
             f"{lat['p99_us']:6.1f}µs {jobs:9.0f}/s"
         )
-    for case, ratio in result["auto_over_explicit"].items():
+    print("AUTO / the explicit type it picks (warm noop; median over fresh-context trials):")
+    for case, ab in result["auto_over_explicit"].items():
+        ratio = ab["median_ratio"]
+        spread = sorted(ab["trial_ratios"])
         print(
-            f"AUTO over the explicit type it picks ({case}): {ratio:.3f}x "
-            f"({(ratio - 1) * 100:+.1f}%, median of per-round ratios)"
+            f"  {case:15} vs {ab['explicit']:15} {ratio:.3f}x ({(ratio - 1) * 100:+.1f}%; "
+            f"trials {spread[0]:.2f}..{spread[-1]:.2f}, n={len(spread)})"
         )
     if "speedup_vs_trio_parallel" in result:
         print(
@@ -281,6 +303,8 @@ if __name__ == "__main__":
     parser.add_argument("--new-rounds", type=int, default=5)
     parser.add_argument("--new-calls", type=int, default=10)
     parser.add_argument("--big-reps", type=int, default=5)
+    parser.add_argument("--ab-trials", type=int, default=15)
+    parser.add_argument("--ab-rounds", type=int, default=6)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
     result = trio.run(main, args)
