@@ -5,6 +5,7 @@ before that; AUTO, the default, works everywhere (before 3.13 on processes)."""
 import platform
 import sys
 
+import _helpers
 import pytest
 
 import interpool
@@ -78,9 +79,27 @@ def test_subinterpreter_availability():
         assert platform.python_version() in info.reason
 
 
-async def test_run_sync_on_the_default_context():
-    # The default is AUTO: subinterpreters from 3.13, processes before.
-    assert await interpool.run_sync(abs, -1) == 1
+def test_run_sync_on_the_default_context(tmp_path):
+    # The default is AUTO: subinterpreters from 3.13, processes before. In a fresh interpreter:
+    # the default context's workers live until exit (test_process.py checks none are left).
+    result = _helpers.run_script(
+        tmp_path,
+        """
+        import trio
+        import interpool
+
+        async def main():
+            print(await interpool.run_sync(abs, -1))
+            print(sorted(interpool.default_context_statistics().by_type))
+
+        if __name__ == "__main__":
+            trio.run(main)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    value, types = result.stdout.splitlines()
+    assert value == "1"
+    assert ("SUBINTERPRETER" in types) is HAS_SUBINTERPRETERS
 
 
 async def test_auto_uses_processes_where_subinterpreters_are_unavailable():
