@@ -14,7 +14,7 @@ those), which is what docs/benchmarks.md quotes. Measured:
 - a 64 MiB ``bytes`` round trip (``bytes(payload)``), in MB/s of payload.
 
     python benches/bench_run_sync.py [--rounds 15] [--calls 200] [--new-rounds 5]
-                                     [--new-calls 10] [--big-reps 5] [--ab-trials 15]
+                                     [--new-calls 10] [--big-reps 5] [--ab-trials 31]
                                      [--ab-rounds 6] [--json PATH]
 """
 
@@ -303,7 +303,7 @@ if __name__ == "__main__":
     parser.add_argument("--new-rounds", type=int, default=5)
     parser.add_argument("--new-calls", type=int, default=10)
     parser.add_argument("--big-reps", type=int, default=5)
-    parser.add_argument("--ab-trials", type=int, default=15)
+    parser.add_argument("--ab-trials", type=int, default=31)
     parser.add_argument("--ab-rounds", type=int, default=6)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
