@@ -1213,7 +1213,9 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
             ax.legend(handles=shades, fontsize=8, loc="lower right", ncol=len(keys),
                       bbox_to_anchor=(1.0, 1.0), frameon=False)  # fmt: skip
         if keys == ("cpu_speedup",):
-            ax.axvline(doc["machine"]["workers"], color="black", linestyle="--", linewidth=0.8)
+            ideal = doc["machine"]["workers"]
+            ax.axvline(ideal, color="black", linestyle="--", linewidth=0.8)
+            ax.set_xlim(0, max(ax.get_xlim()[1], ideal * 1.15))
     m = doc["machine"]
     fig.suptitle(
         f"interpool bench ({doc['mode']}): Python {m['python']}, {m['cpu_count']} CPUs, "
