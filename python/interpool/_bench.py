@@ -1273,13 +1273,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--types",
         nargs="+",
         metavar="TYPE",
-        help="interpool worker types to measure (default: all of them)",
+        help=f"interpool worker types (default: all; known: {', '.join(_known_types())})",
     )
     bench.add_argument("--json", metavar="PATH", type=Path, help="write the results as JSON")
     bench.add_argument("--plot", metavar="PATH.png", type=Path, help="write bar charts (PNG)")
     bench.add_argument(
         "--workers",
         type=int,
+        metavar="N",
         default=None,
         help="workers per pool (default: the CPU count, at least 2)",
     )
