@@ -102,6 +102,8 @@ class Settings:
     payload_repeats: dict[str, int]
     payload_calls: dict[str, int]
     map_jobs: int
+    # Cold-start rounds run first and thrown away (they write .pyc files, fill the page cache).
+    cold_warmups: int = 1
 
 
 SETTINGS = {
@@ -115,7 +117,7 @@ SETTINGS = {
     ),
     "smoke": Settings(
         "smoke", 1, 5, 2, 10, 1, 1, 1, 20, 1, 1.0,
-        {"1KiB": 1, "1MiB": 1}, {"1KiB": 3, "1MiB": 1}, 50,
+        {"1KiB": 1, "1MiB": 1}, {"1KiB": 3, "1MiB": 1}, 50, cold_warmups=0,
     ),
 }  # fmt: skip
 
@@ -703,7 +705,7 @@ def measure_cold(backends: list[Backend], cfg: Settings, results: Results, progr
     """Cold start and memory per worker: fresh processes, round-robin over the backends."""
     progress.phase("cold start and memory")
     failed: set[str] = set()
-    for _ in range(cfg.cold_samples):
+    for round_ in range(cfg.cold_warmups + cfg.cold_samples):
         for b in backends:
             progress.step()
             if b.name in failed:
@@ -714,6 +716,8 @@ def measure_cold(backends: list[Backend], cfg: Settings, results: Results, progr
                 failed.add(b.name)
                 for key in ("cold_start_ms", "memory_per_worker_MiB"):
                     results.skip(b.name, key, str(e))
+                continue
+            if round_ < cfg.cold_warmups:
                 continue
             results.add(b.name, "cold_start_ms", got["first_s"] * 1e3)
             growth = (got["rss"] - got["rss0"]) / 1024
@@ -897,7 +901,8 @@ async def _measure_amap(amap: Callable[..., Any], backend: Backend, n: int) -> f
 
 def total_steps(n_backends: int, cfg: Settings) -> int:
     per_backend = (
-        cfg.cold_samples
+        cfg.cold_warmups
+        + cfg.cold_samples
         + 1
         + cfg.latency_rounds
         + cfg.new_worker_rounds
