@@ -82,6 +82,16 @@ bench: build ## Build, then run the benchmark (with trio-parallel as the peer)
 	$(call section,benches/bench_run_sync.py)
 	$(VENV)/bin/python benches/bench_run_sync.py
 
+.PHONY: plugin-host
+plugin-host: venv ## Run the Rust example host on examples/plugins/*.py (cargo run --release)
+	$(call section,examples/plugin_host.rs)
+	$(IN_VENV) cargo run --release --example plugin_host
+
+.PHONY: bench-rust
+bench-rust: venv ## Run the criterion bench of Pool::call (benches/pool_call.rs)
+	$(call section,benches/pool_call.rs)
+	$(IN_VENV) cargo bench --bench pool_call
+
 .PHONY: demo
 demo: build ## Build, then run examples/hello.py
 	$(VENV)/bin/python examples/hello.py
