@@ -50,11 +50,9 @@ fn describe(result: &Result<String, Error>) -> String {
     match result {
         Ok(text) => text.clone(),
         Err(Error::Python(e)) => {
-            let last_lines: Vec<&str> = e.traceback.lines().rev().take(3).collect();
-            format!(
-                "error: {e}\n      traceback ends with:\n        {}",
-                last_lines.into_iter().rev().collect::<Vec<_>>().join("\n        ")
-            )
+            let lines: Vec<&str> = e.traceback.lines().collect();
+            let tail = lines[lines.len().saturating_sub(3)..].join("\n        ");
+            format!("error: {e}\n      traceback ends with:\n        {tail}")
         }
         Err(e) => format!("error: {e}"),
     }
