@@ -348,7 +348,9 @@ impl Pool {
 
     /// Stops the pool: new calls fail with [`Error::Closed`], calls waiting for a slot too;
     /// calls already running finish. Waits up to `grace` for them and for every worker of the
-    /// pool to end.
+    /// pool to end. Workers abandoned by cancelled calls (stuck in C code) are not the pool's
+    /// any more and are not waited for; before finalizing Python itself, a host waits for them
+    /// with [`crate::worker_types::subinterpreter::wait_all_ended`].
     ///
     /// # Errors
     /// [`Error::ShutdownTimeout`] if some had not ended in time (a job still running, or a

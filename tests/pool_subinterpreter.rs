@@ -67,6 +67,27 @@ async fn values_cross_both_ways() {
         .await
         .unwrap();
     assert_eq!(echoed, (true, 1.5, vec![1, 2], None));
+    // What Python makes of serde-pickle's encoding (the job is one pickle stream: a hand-written
+    // global followed by serde-pickle's opcodes).
+    let repr: String = pool
+        .call(
+            "builtins:repr",
+            ((
+                -7,
+                "q'uote",
+                2.5,
+                false,
+                None::<i64>,
+                vec![1, 2],
+                BTreeMap::from([("k", (1, "v"))]),
+            ),),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        repr,
+        r#"(-7, "q'uote", 2.5, False, None, [1, 2], {'k': (1, 'v')})"#
+    );
     let big: i64 = pool.call("builtins:pow", (2, 62)).await.unwrap();
     assert_eq!(big, 1 << 62);
     // Beyond serde's data model (here: a 101-bit int), read the pickle as a serde_pickle::Value.
@@ -321,6 +342,48 @@ async fn dropping_a_call_interrupts_the_job_and_replaces_its_worker() {
     // The pool keeps working, on a new worker.
     let after: String = pool.call("pool_fixtures:worker_token", ()).await.unwrap();
     assert_ne!(after, before, "the interrupted worker is not reused");
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_a_slot_can_be_dropped_and_shutdown_reports_a_stuck_job() {
+    let Some(pool) = pool(1) else { return };
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let mut running = Box::pin(pool.call::<_, ()>(
+        "pool_fixtures:spin_until_interrupted",
+        (theirs.as_raw_fd(),),
+    ));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(running.as_mut().poll(&mut cx).is_pending());
+    let (mut ours, _) = tokio::task::spawn_blocking(move || {
+        let mut byte = [0u8];
+        ours.read_exact(&mut byte).unwrap();
+        (ours, byte)
+    })
+    .await
+    .unwrap();
+
+    // The only slot is taken: this call waits, and dropping it costs nothing.
+    let mut waiting = Box::pin(pool.call::<_, i64>("operator:add", (1, 2)));
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+    drop(waiting);
+    assert_eq!(pool.statistics().running_workers, 1);
+
+    // Shutting down with no grace finds the job still running.
+    let err = pool.shutdown(Duration::ZERO).await.unwrap_err();
+    assert!(
+        matches!(err, Error::ShutdownTimeout { not_ended } if not_ended >= 1),
+        "{err:?}"
+    );
+    // Its caller can still cancel it; then everything ends.
+    drop(running);
+    let interrupted = tokio::task::spawn_blocking(move || {
+        let mut byte = [0u8];
+        ours.read_exact(&mut byte).unwrap();
+        byte
+    });
+    assert_eq!(&interrupted.await.unwrap(), b"i");
+    drop(theirs);
     pool.shutdown(GRACE).await.unwrap();
 }
 
