@@ -17,7 +17,7 @@ OLD_VENV := .venv311
 FIND_PYTHON := PYTHON="$(PYTHON)" tools/find-python.sh
 IN_VENV := tools/in-venv.sh $(VENV)
 IN_OLD_VENV := tools/in-venv.sh $(OLD_VENV)
-PY_SOURCES := $(wildcard python python-tests benches examples)
+PY_SOURCES := $(wildcard python python-tests benches examples tests/python)
 
 section = @printf '\n==> %s\n' "$(1)"
 
@@ -92,10 +92,15 @@ bench-run-sync: build ## Build, then run benches/bench_run_sync.py (warm run_syn
 	$(call section,benches/bench_run_sync.py)
 	$(VENV)/bin/python benches/bench_run_sync.py
 
+.PHONY: plugin-host
+plugin-host: venv ## Run the Rust example host on examples/plugins/*.py (cargo run --release)
+	$(call section,examples/plugin_host.rs)
+	$(IN_VENV) cargo run --release --example plugin_host
+
 .PHONY: bench-rust
-bench-rust: venv ## Run the criterion benches of the Rust-side paths (no Python involved)
+bench-rust: venv ## Run the criterion benches: the Rust-side paths and Pool::call
 	$(call section,cargo bench)
-	$(IN_VENV) cargo bench --bench completion
+	$(IN_VENV) cargo bench --bench completion --bench pool_call
 
 .PHONY: demo
 demo: build ## Build, then run examples/hello.py
