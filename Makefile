@@ -17,7 +17,7 @@ OLD_VENV := .venv311
 FIND_PYTHON := PYTHON="$(PYTHON)" tools/find-python.sh
 IN_VENV := tools/in-venv.sh $(VENV)
 IN_OLD_VENV := tools/in-venv.sh $(OLD_VENV)
-PY_SOURCES := $(wildcard python python-tests benches examples tests/python)
+PY_SOURCES := $(wildcard python python-tests benches examples tests/python worker-types/src)
 
 section = @printf '\n==> %s\n' "$(1)"
 

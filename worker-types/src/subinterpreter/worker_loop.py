@@ -200,4 +200,3 @@ def run(payload):
         return kind, data, (RETIRE if _retire() else KEEP), None
     except BaseException as exc:
         return kind, data, RETIRE_FAILED, _exception_records(exc)
-
