@@ -17,7 +17,7 @@ OLD_VENV := .venv311
 FIND_PYTHON := PYTHON="$(PYTHON)" tools/find-python.sh
 IN_VENV := tools/in-venv.sh $(VENV)
 IN_OLD_VENV := tools/in-venv.sh $(OLD_VENV)
-PY_SOURCES := $(wildcard python python-tests benches examples)
+PY_SOURCES := $(wildcard python python-tests benches examples tests/python worker-types/src)
 
 section = @printf '\n==> %s\n' "$(1)"
 
@@ -25,7 +25,7 @@ section = @printf '\n==> %s\n' "$(1)"
 help: ## Show this help
 	@echo "usage: make TARGET [PYTHON=/path/to/python3.13]"
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-15s %s\n", $$1, $$2}'
 
 .PHONY: venv
 venv: ## Create .venv with CPython >= 3.13 and install the pinned dev tools
@@ -76,11 +76,31 @@ format: venv ## Format Rust and Python code, and apply ruff's safe fixes
 	$(VENV)/bin/ruff check --fix-only --quiet $(PY_SOURCES)
 	$(VENV)/bin/ruff format $(PY_SOURCES)
 
+# Extra arguments for `python -m interpool bench`, e.g. `make bench BENCH_ARGS=--quick`.
+BENCH_ARGS ?=
+
 .PHONY: bench
-bench: build ## Build, then run the benchmark (with trio-parallel as the peer)
+bench: build ## Build, then compare every worker type and the peers: python -m interpool bench
+	@py=$$($(FIND_PYTHON)); tools/venv.sh $(VENV) "$$py" requirements-dev.txt requirements-bench.txt
+	$(call section,python -m interpool bench $(BENCH_ARGS))
+	$(VENV)/bin/python -m interpool bench --json bench-results/latest.json \
+		--plot bench-results/latest.png $(BENCH_ARGS)
+
+.PHONY: bench-run-sync
+bench-run-sync: build ## Build, then run benches/bench_run_sync.py (warm run_sync vs trio-parallel)
 	@py=$$($(FIND_PYTHON)); tools/venv.sh $(VENV) "$$py" requirements-dev.txt requirements-bench.txt
 	$(call section,benches/bench_run_sync.py)
 	$(VENV)/bin/python benches/bench_run_sync.py
+
+.PHONY: plugin-host
+plugin-host: venv ## Run the Rust example host on examples/plugins/*.py (cargo run --release)
+	$(call section,examples/plugin_host.rs)
+	$(IN_VENV) cargo run --release --example plugin_host
+
+.PHONY: bench-rust
+bench-rust: venv ## Run the criterion benches: the Rust-side paths and Pool::call
+	$(call section,cargo bench)
+	$(IN_VENV) cargo bench --bench completion --bench pool_call
 
 .PHONY: demo
 demo: build ## Build, then run examples/hello.py

@@ -66,7 +66,10 @@ def workers_left():
 
 async def wait_dead(pid):
     """Waits until the process ``pid`` has exited (a zombie counts)."""
-    fd = os.pidfd_open(pid)
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already exited and reaped
     try:
         await trio.lowlevel.wait_readable(fd)
     finally:

@@ -1,10 +1,39 @@
 //! interpool: run Python callables in parallel on subinterpreters with their own GIL.
 //!
-//! This crate is the host side: the [`WorkerCache`] that reuses workers hottest-first and ends
-//! them on close, on top of the worker types of [`interpool_worker_types`] (subinterpreters with
-//! their own GIL; processes come next). Jobs are pickle payloads made in the caller's
-//! interpreter; a job's outcome comes back through a [`Completion`] that can be spun on, blocked
-//! on, or watched through a file descriptor by an event loop.
+//! # From Rust
+//!
+//! [`Pool`] runs `"module:function"` callables of plugins written in Python from any async Rust
+//! program (tokio or another runtime), in parallel, without unsafe code or PyO3 plumbing on the
+//! host's side. Arguments and results cross as pickle bytes made and read in Rust (serde-pickle),
+//! so the same path serves every worker type:
+//!
+//! ```no_run
+//! # async fn plugins() -> Result<(), interpool::Error> {
+//! let pool = interpool::Pool::builder()
+//!     .worker_type(interpool::WorkerKind::Auto)
+//!     .max_workers(4)
+//!     .idle_timeout(std::time::Duration::from_secs(60))
+//!     .python_path(["plugins"])
+//!     .init("setup_module:init")
+//!     .build()?;
+//! let n: i64 = pool.call("wordcount:count", ("some text",)).await?;
+//! pool.shutdown(std::time::Duration::from_secs(5)).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`PoolBuilder::build`] initializes the embedded interpreter if the host has not (the library
+//! this crate was built against, see `docs/rust.md`), releases its GIL at once and never finalizes
+//! it: a subinterpreter still alive at `Py_FinalizeEx` would abort the process. Worker types:
+//! [`WorkerKind`] (subinterpreters in this build; the process kinds answer
+//! [`Error::Unavailable`] until they are wired in).
+//!
+//! # The layers underneath
+//!
+//! The [`WorkerCache`] reuses workers hottest-first and ends them on close, on top of the worker
+//! types of [`interpool_worker_types`] (subinterpreters with their own GIL; processes come next).
+//! Jobs are pickle payloads; a job's outcome comes back through a [`Completion`] that can be spun
+//! on, blocked on, polled from an async task, or watched through a file descriptor by an event
+//! loop.
 //!
 //! With the `python` feature this crate is also the CPython extension module
 //! `interpool._interpool`, the engine under the Python package `interpool` (built by maturin).
@@ -14,14 +43,18 @@
 #![deny(unsafe_code)]
 
 mod cache;
+mod embed;
 mod error;
+mod pool;
 #[cfg(feature = "python")]
 mod python;
 pub mod scheduler;
+mod wire;
 
 pub use cache::{Lease, ShutdownReport, Statistics, WorkerCache};
-pub use error::{Error, Result};
+pub use error::{Error, PythonError, Result};
 pub use interpool_worker_types::{
     self as worker_types, Availability, Broken, Capabilities, Completion, Finished, Job, Outcome,
     Retire, WorkerType,
 };
+pub use pool::{Call, Pool, PoolBuilder, WorkerKind};

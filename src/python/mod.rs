@@ -31,7 +31,8 @@ const BROKEN: u8 = 3;
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let class = match &err {
         Error::Unavailable { .. } => "WorkerTypeUnavailableError",
-        Error::Closed | Error::Setup(_) | Error::Worker(_) => "BrokenWorkerError",
+        // Only these come from the cache; the rest belong to the Rust API.
+        _ => "BrokenWorkerError",
     };
     match py
         .import("interpool._types")

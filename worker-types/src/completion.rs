@@ -3,8 +3,9 @@
 //! Latency is the point of interpool, and what costs on this path is not moving bytes but waking a
 //! thread (research: a parked thread takes 5–60 µs to wake; an epoll wake-up of an event loop more).
 //! So a waiter first *spins* for a few microseconds on the slot's state, and only if the job is
-//! still running does it *park*: either on a file descriptor that an event loop watches
-//! ([`Completion::arm_fd`]) or by blocking the thread ([`Completion::wait`]). The worker pays a
+//! still running does it *park*: on a file descriptor that an event loop watches
+//! ([`Completion::arm_fd`]), by blocking the thread ([`Completion::wait`]), or as an async task
+//! whose [`Waker`] the worker calls ([`Completion::poll_done`]). The worker pays a
 //! system call only when somebody actually parked: publishing the outcome is one atomic swap, and
 //! the swap tells it whether a parked waiter must be woken.
 //!
@@ -21,6 +22,7 @@ use std::{
         atomic::{AtomicU8, Ordering},
         Mutex, PoisonError,
     },
+    task::{Context, Poll, Waker},
     thread::Thread,
     time::{Duration, Instant},
 };
@@ -40,6 +42,8 @@ enum Waiter {
     Fd { read: UnixStream, write: UnixStream },
     /// A thread blocked in [`Completion::wait`].
     Thread(Thread),
+    /// An async task that polled [`Completion::poll_done`] (its latest waker).
+    Task(Waker),
 }
 
 /// The outcome slot of one job. Shared by the worker (which completes it) and the caller.
@@ -105,7 +109,9 @@ impl Completion {
                 *waiter = Waiter::Fd { read, write };
                 fd
             }
-            Waiter::Thread(_) => unreachable!("a completion has one waiter at a time"),
+            Waiter::Thread(_) | Waiter::Task(_) => {
+                unreachable!("a completion has one kind of waiter")
+            }
         };
         // The worker reads `waiter` only after it swapped in DONE and saw PARKED, so publishing
         // PARKED while holding the waiter lock is race-free in both orders.
@@ -125,7 +131,7 @@ impl Completion {
         let deadline = timeout.map(|t| Instant::now() + t);
         {
             let mut waiter = self.waiter.lock().unwrap_or_else(PoisonError::into_inner);
-            if matches!(*waiter, Waiter::Fd { .. }) {
+            if matches!(*waiter, Waiter::Fd { .. } | Waiter::Task(_)) {
                 drop(waiter);
                 return self.wait_polling(deadline);
             }
@@ -156,7 +162,33 @@ impl Completion {
         }
     }
 
-    /// `wait` for a slot whose waiter is an fd (an event loop gave up on it): poll the state.
+    /// Polls for the outcome from an async task: `Ready` once it is in (then [`Completion::take`]
+    /// it), otherwise registers `cx`'s waker, which the worker wakes when it completes the slot.
+    /// Re-polling replaces the waker. The fast path (already done) takes no lock.
+    pub fn poll_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_done() {
+            return Poll::Ready(());
+        }
+        let mut waiter = self.waiter.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *waiter {
+            Waiter::Task(waker) => waker.clone_from(cx.waker()),
+            Waiter::None => *waiter = Waiter::Task(cx.waker().clone()),
+            Waiter::Fd { .. } | Waiter::Thread(_) => {
+                unreachable!("a completion has one kind of waiter")
+            }
+        }
+        // As in `arm_fd`: the worker reads `waiter` only after it swapped in DONE and saw PARKED,
+        // and the waker is stored under the lock before PARKED is published.
+        match self
+            .state
+            .compare_exchange(PENDING, PARKED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) | Err(PARKED) => Poll::Pending,
+            Err(_) => Poll::Ready(()),
+        }
+    }
+
+    /// `wait` for a slot whose waiter is an fd or a task (they gave up on it): poll the state.
     fn wait_polling(&self, deadline: Option<Instant>) -> bool {
         let mut pause = Duration::from_micros(50);
         while !self.is_done() {
@@ -191,6 +223,7 @@ impl Completion {
                     let _ = (&*write).write(&[1]);
                 }
                 Waiter::Thread(thread) => thread.unpark(),
+                Waiter::Task(waker) => waker.wake_by_ref(),
                 Waiter::None => unreachable!("PARKED is only set after a waiter is registered"),
             }
         }
@@ -266,6 +299,75 @@ mod tests {
         worker.join().unwrap();
         assert_eq!(c.take(), Some(value(b"v")));
     }
+
+    /// A waker that counts its wake-ups.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<CountingWaker>, Waker) {
+        let counter = Arc::new(CountingWaker(Default::default()));
+        (counter.clone(), Waker::from(counter))
+    }
+
+    #[test]
+    fn poll_after_completion_is_ready_without_registering_a_waker() {
+        let c = Completion::new();
+        c.complete(value(b"x"));
+        let (counter, waker) = counting_waker();
+        assert!(c.poll_done(&mut Context::from_waker(&waker)).is_ready());
+        assert!(matches!(*c.waiter.lock().unwrap(), Waiter::None));
+        assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+        assert_eq!(c.take(), Some(value(b"x")));
+    }
+
+    #[test]
+    fn a_pending_poll_is_woken_once_by_completion_from_another_thread() {
+        let c = Arc::new(Completion::new());
+        let (first, first_waker) = counting_waker();
+        let (second, second_waker) = counting_waker();
+        assert!(c
+            .poll_done(&mut Context::from_waker(&first_waker))
+            .is_pending());
+        // A re-poll replaces the waker: only the latest one is woken.
+        assert!(c
+            .poll_done(&mut Context::from_waker(&second_waker))
+            .is_pending());
+        let worker = {
+            let c = c.clone();
+            thread::spawn(move || c.complete(value(b"v")))
+        };
+        worker.join().unwrap();
+        assert_eq!(first.0.load(Ordering::SeqCst), 0);
+        assert_eq!(second.0.load(Ordering::SeqCst), 1);
+        assert!(c
+            .poll_done(&mut Context::from_waker(&second_waker))
+            .is_ready());
+        assert_eq!(c.take(), Some(value(b"v")));
+    }
+
+    #[test]
+    fn blocking_wait_after_a_task_gave_up_still_sees_the_outcome() {
+        let c = Arc::new(Completion::new());
+        let (_, waker) = counting_waker();
+        assert!(c.poll_done(&mut Context::from_waker(&waker)).is_pending());
+        let worker = {
+            let c = c.clone();
+            thread::spawn(move || c.complete(value(b"w")))
+        };
+        assert!(c.wait(TEN_SECONDS_FOR_TESTS));
+        worker.join().unwrap();
+        assert_eq!(c.take(), Some(value(b"w")));
+    }
+
+    const TEN_SECONDS_FOR_TESTS: Option<Duration> = Some(Duration::from_secs(10));
 
     #[test]
     fn blocking_wait_times_out_while_pending() {

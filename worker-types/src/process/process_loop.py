@@ -1,4 +1,3 @@
-
 # --- process workers (appended to worker_loop.py when it runs in a worker process) ------------
 #
 # A worker process talks to its parent over one socket (never stdin/stdout, so ``print`` works):

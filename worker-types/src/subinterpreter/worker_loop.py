@@ -145,15 +145,19 @@ class _ParentMain:
 
 def setup(config):
     """Prepares the interpreter; returns None, or ``(reason, exception_records)`` if it cannot
-    serve jobs. ``config`` is ``pickle((sys_path, argv, main_kind, main_ref, init, retire))``:
-    ``sys_path``/``argv`` replace the interpreter's (None: keep its own), ``main_kind`` is
-    ``"path"``, ``"module"`` or None, and ``init``/``retire`` are pickled callables."""
+    serve jobs. ``config`` is ``pickle((sys_path, argv, main_kind, main_ref, init, retire))``,
+    optionally followed by ``path_prepend``: ``sys_path``/``argv`` replace the interpreter's
+    (None: keep its own), ``main_kind`` is ``"path"``, ``"module"`` or None, ``init``/``retire``
+    are pickled callables, and ``path_prepend`` (a list, from the Rust API's ``python_path``)
+    goes in front of ``sys.path`` afterwards."""
     global _retire
     stage = "unpickling the worker configuration failed"
     try:
-        sys_path, argv, main_kind, main_ref, init, retire = pickle.loads(config)
+        sys_path, argv, main_kind, main_ref, init, retire, *path_prepend = pickle.loads(config)
         if sys_path is not None:
             sys.path[:] = sys_path
+        if path_prepend:
+            sys.path[:0] = path_prepend[0]
         if argv is not None:
             sys.argv[:] = argv
         # A forkserver child inherits the script, already loaded by the server.
@@ -196,4 +200,3 @@ def run(payload):
         return kind, data, (RETIRE if _retire() else KEEP), None
     except BaseException as exc:
         return kind, data, RETIRE_FAILED, _exception_records(exc)
-

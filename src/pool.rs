@@ -1,0 +1,544 @@
+//! The Rust embedding API: [`Pool`], its [`PoolBuilder`], and the [`Call`] future.
+//!
+//! A pool owns a [`WorkerCache`] of one worker type, a limiter (`max_workers` permits), and the
+//! setup payload every new worker gets. A call pickles its arguments in Rust, takes a permit,
+//! submits the job to the hottest idle worker, spins briefly for the outcome and otherwise parks
+//! on the completion's waker; the futures need no particular async runtime.
+
+use std::{
+    fmt,
+    future::Future,
+    marker::PhantomData,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Condvar, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use interpool_worker_types::{Availability, Finished, Job, Outcome, WorkerType};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{
+    cache::{Lease, Statistics, WorkerCache},
+    embed,
+    wire::{self, Target},
+    Error, Result,
+};
+
+/// How long a call spins for its outcome before it parks, by default.
+const DEFAULT_SPIN: Duration = Duration::from_micros(20);
+/// How long an idle worker waits for a job before it ends, by default (as in the Python API).
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Which kind of worker a [`Pool`] runs its calls on.
+///
+/// In this build only [`WorkerKind::Subinterpreter`] exists; the process kinds are accepted by
+/// the builder but [`PoolBuilder::build`] answers [`Error::Unavailable`] for them, with the reason,
+/// until the process worker types are wired in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum WorkerKind {
+    /// CPython subinterpreters with their own GIL (PEP 684), one OS thread each, in this process.
+    /// Needs CPython >= 3.13. Fast (µs round trips), but a crash takes the host down, code stuck
+    /// in C cannot be interrupted, and extension modules without per-interpreter-GIL support
+    /// (numpy, for one) refuse to import.
+    Subinterpreter,
+    /// Child processes forked from a clean server process (not in this build yet).
+    Forkserver,
+    /// Freshly spawned Python processes (not in this build yet).
+    Spawn,
+    /// The first available of `Subinterpreter`, `Forkserver`, `Spawn`, in that order. (Later:
+    /// falling back per call to a process type when a job cannot load in a subinterpreter.)
+    #[default]
+    Auto,
+}
+
+impl WorkerKind {
+    /// The stable lowercase name, as in the Python API (`"subinterpreter"`, …, `"auto"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Subinterpreter => "subinterpreter",
+            Self::Forkserver => "forkserver",
+            Self::Spawn => "spawn",
+            Self::Auto => "auto",
+        }
+    }
+
+    /// The worker type this kind stands for here, or why there is none.
+    fn resolve(self) -> Result<Arc<dyn WorkerType>> {
+        let unavailable = |reason: &str| Error::Unavailable {
+            worker_type: self.name(),
+            reason: reason.to_owned(),
+        };
+        match self {
+            Self::Subinterpreter => {
+                let kind = interpool_worker_types::worker_type(self.name())
+                    .ok_or_else(|| unavailable("not in this build"))?;
+                match kind.availability() {
+                    Availability::Available => Ok(kind),
+                    Availability::Unavailable(reason) => Err(unavailable(&reason)),
+                }
+            }
+            Self::Forkserver | Self::Spawn => {
+                Err(match interpool_worker_types::worker_type(self.name()) {
+                    None => unavailable("process worker types are not in this build yet"),
+                    Some(_) => {
+                        unavailable("process worker types are not wired into the Rust API yet")
+                    }
+                })
+            }
+            Self::Auto => {
+                let mut reasons = Vec::new();
+                for kind in [Self::Subinterpreter, Self::Forkserver, Self::Spawn] {
+                    match kind.resolve() {
+                        Ok(found) => return Ok(found),
+                        Err(Error::Unavailable {
+                            worker_type,
+                            reason,
+                        }) => reasons.push(format!("{worker_type}: {reason}")),
+                        Err(other) => return Err(other),
+                    }
+                }
+                Err(unavailable(&format!(
+                    "no worker type is available ({})",
+                    reasons.join("; ")
+                )))
+            }
+        }
+    }
+}
+
+/// Configures and builds a [`Pool`]; from [`Pool::builder`].
+#[derive(Debug, Clone)]
+pub struct PoolBuilder {
+    kind: WorkerKind,
+    max_workers: Option<usize>,
+    idle_timeout: Option<Duration>,
+    python_path: Vec<PathBuf>,
+    init: Option<String>,
+    python_executable: Option<PathBuf>,
+    spin: Duration,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        Self {
+            kind: WorkerKind::Auto,
+            max_workers: None,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            python_path: Vec::new(),
+            init: None,
+            python_executable: None,
+            spin: DEFAULT_SPIN,
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// The kind of worker (default [`WorkerKind::Auto`]).
+    pub fn worker_type(mut self, kind: WorkerKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// How many calls run at once, and so how many workers exist (default: the number of CPUs;
+    /// 0 counts as 1). Further calls wait for a free slot. A worker abandoned by a cancelled
+    /// call (stuck in C code) no longer counts.
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n.max(1));
+        self
+    }
+
+    /// How long an idle worker waits for a job before it ends (default 600 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Idle workers never end by themselves.
+    pub fn no_idle_timeout(mut self) -> Self {
+        self.idle_timeout = None;
+        self
+    }
+
+    /// Directories put in front of `sys.path` in every worker, in this order (relative paths are
+    /// made absolute against the current directory at [`PoolBuilder::build`]). May be called more
+    /// than once; entries add up.
+    pub fn python_path<I, P>(mut self, paths: I) -> Self
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<Path>,
+    {
+        self.python_path
+            .extend(paths.into_iter().map(|p| p.as_ref().to_path_buf()));
+        self
+    }
+
+    /// A callable `"module:function"` that every worker calls once, with no arguments, before
+    /// its first job. If it raises, that worker's first call fails with [`Error::Broken`]
+    /// (carrying the exception) and the worker ends.
+    pub fn init(mut self, callable: impl Into<String>) -> Self {
+        self.init = Some(callable.into());
+        self
+    }
+
+    /// The Python executable for the process worker types (not used by subinterpreters). When
+    /// it is not given, process workers will use `python{VERSION}` in the embedded
+    /// interpreter's `sysconfig` `BINDIR` (the interpreter the crate was built against), not
+    /// `sys.executable`, which in an embedded interpreter names the host program.
+    pub fn python_executable(mut self, path: impl Into<PathBuf>) -> Self {
+        self.python_executable = Some(path.into());
+        self
+    }
+
+    /// How long a call spins (yielding the core between checks) for its outcome before it parks
+    /// its task (default 20 µs). Spinning saves the wake-up of a parked task, which costs more
+    /// than a fast job; `Duration::ZERO` never spins. Spinning blocks the executor thread.
+    pub fn spin(mut self, budget: Duration) -> Self {
+        self.spin = budget;
+        self
+    }
+
+    /// Builds the pool: picks the worker type, initializes the embedded interpreter if nobody
+    /// has (see the crate docs), and prepares the workers' setup. Workers start on demand.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the worker type cannot run here, with the reason;
+    /// [`Error::InvalidTarget`] for a malformed `init`; [`Error::Setup`] for a `python_path`
+    /// entry that is not UTF-8 or cannot be made absolute.
+    pub fn build(self) -> Result<Pool> {
+        let init = self.init.as_deref().map(Target::parse).transpose()?;
+        let python_path = self
+            .python_path
+            .iter()
+            .map(|p| {
+                let absolute = std::path::absolute(p)
+                    .map_err(|e| Error::Setup(format!("python path {}: {e}", p.display())))?;
+                absolute.to_str().map(str::to_owned).ok_or_else(|| {
+                    Error::Setup(format!("python path {} is not UTF-8", p.display()))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let setup = wire::setup(init.as_ref(), &python_path)?;
+        let worker_type = self.kind.resolve()?;
+        embed::ensure_initialized();
+        let cache = WorkerCache::new(worker_type.clone(), self.idle_timeout)?;
+        let max_workers = self.max_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        });
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                cache,
+                worker_type: worker_type.name(),
+                limiter: Arc::new(Semaphore::new(max_workers)),
+                max_workers,
+                setup,
+                spin: self.spin,
+                python_executable: self.python_executable,
+                running: Mutex::new(0),
+                running_changed: Condvar::new(),
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    cache: WorkerCache,
+    worker_type: &'static str,
+    limiter: Arc<Semaphore>,
+    max_workers: usize,
+    setup: Vec<u8>,
+    spin: Duration,
+    python_executable: Option<PathBuf>,
+    /// Calls holding a worker, for `shutdown` to wait on.
+    running: Mutex<usize>,
+    running_changed: Condvar,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Every clone and every call is gone: idle workers end now (in the background).
+        self.cache.close();
+    }
+}
+
+/// A pool of Python workers that runs `"module:function"` callables with pickled arguments.
+///
+/// `Pool` is `Send + Sync` and cheap to clone (an `Arc`); clones share the workers, and any
+/// number of tasks may call at once (at most [`PoolBuilder::max_workers`] run at a time, the
+/// rest wait). Its futures work on any async runtime. Dropping the last clone (once no call is
+/// running) closes the workers in the background; [`Pool::shutdown`] does it and waits.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), interpool::Error> {
+/// let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
+/// runtime.block_on(async {
+///     let pool = interpool::Pool::builder()
+///         .worker_type(interpool::WorkerKind::Subinterpreter)
+///         .max_workers(2)
+///         .build()?;
+///     // Any module-level callable the worker can import; arguments are a tuple.
+///     let sum: i64 = pool.call("operator:add", (2, 3)).await?;
+///     assert_eq!(sum, 5);
+///     let words: Vec<String> = pool.call("builtins:str.split", ("two words",)).await?;
+///     assert_eq!(words, ["two", "words"]);
+///     // Python exceptions come back as errors, traceback included.
+///     match pool.call::<_, i64>("builtins:int", ("x",)).await {
+///         Err(interpool::Error::Python(e)) => assert_eq!(e.type_name, "ValueError"),
+///         other => panic!("expected a ValueError, got {other:?}"),
+///     }
+///     pool.shutdown(Duration::from_secs(5)).await
+/// })
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl Pool {
+    /// A builder with the defaults: [`WorkerKind::Auto`], one worker per CPU, 600 s idle
+    /// timeout, no extra `sys.path`, no `init`.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Calls `callable` (`"module:function"`, or `"module:Class.method"`) in a worker with
+    /// `args`, and converts its return value to `R`.
+    ///
+    /// `args` is pickled here, with serde-pickle: pass a tuple (`()` for no arguments, `(x,)`
+    /// for one). Rust strings become `str`, integers `int`, `Vec`s `list`, maps `dict`, structs
+    /// `dict`; the return value is read back the same way (use `serde_pickle::Value` to take
+    /// anything). The module is imported in the worker from its `sys.path` (see
+    /// [`PoolBuilder::python_path`]).
+    ///
+    /// The future is `Send + 'static` when `R` is. **Dropping it cancels the call**: a
+    /// subinterpreter running Python is interrupted (`KeyboardInterrupt` at the next bytecode)
+    /// and its worker replaced; one stuck in C code is abandoned (never reused; it ends when the
+    /// C call returns).
+    ///
+    /// # Errors
+    /// [`Error::Python`] if it raised, [`Error::Load`] if the job could not be loaded in the
+    /// worker, [`Error::Broken`] if the worker failed, [`Error::Conversion`] if the value is not
+    /// an `R`, [`Error::Closed`] after [`Pool::shutdown`], [`Error::InvalidTarget`] /
+    /// [`Error::Arguments`] for a bad callable name or arguments.
+    pub fn call<A, R>(&self, callable: &str, args: A) -> Call<R>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let payload = Target::parse(callable).and_then(|target| wire::job(&target, &args));
+        Call::new(self.clone(), payload, |pickled| wire::value::<R>(&pickled))
+    }
+
+    /// Like [`Pool::call`], with the arguments already pickled (a pickle of the argument tuple,
+    /// any protocol) and the pickled return value (protocol 5) handed back as is.
+    pub fn call_pickled(&self, callable: &str, pickled_args: impl AsRef<[u8]>) -> Call<Vec<u8>> {
+        let payload = Target::parse(callable)
+            .and_then(|target| wire::job_pickled(&target, pickled_args.as_ref()));
+        Call::new(self.clone(), payload, Ok)
+    }
+
+    /// Stops the pool: new calls fail with [`Error::Closed`], calls waiting for a slot too;
+    /// calls already running finish. Waits up to `grace` for them and for every worker of the
+    /// pool to end. Workers abandoned by cancelled calls (stuck in C code) are not the pool's
+    /// any more and are not waited for; before finalizing Python itself, a host waits for them
+    /// with [`crate::worker_types::subinterpreter::wait_all_ended`].
+    ///
+    /// # Errors
+    /// [`Error::ShutdownTimeout`] if some had not ended in time (a job still running, or a
+    /// subinterpreter stuck in C code); they end by themselves later.
+    pub async fn shutdown(&self, grace: Duration) -> Result<()> {
+        self.inner.limiter.close();
+        self.inner.cache.close();
+        let inner = self.inner.clone();
+        let (done, result) = tokio::sync::oneshot::channel();
+        // Waiting for threads is blocking: do it off the caller's executor.
+        std::thread::Builder::new()
+            .name("interpool-shutdown".into())
+            .spawn(move || {
+                let deadline = Instant::now() + grace;
+                let running = {
+                    let mut running = inner.running.lock().unwrap_or_else(PoisonError::into_inner);
+                    while *running > 0 {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        running = inner
+                            .running_changed
+                            .wait_timeout(running, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                    *running
+                };
+                let left = deadline.saturating_duration_since(Instant::now());
+                let report = inner.cache.wait_closed(Some(left));
+                let _ = done.send(running + report.not_ended);
+            })
+            .map_err(|e| Error::Setup(format!("cannot start the shutdown thread: {e}")))?;
+        match result.await {
+            Ok(0) => Ok(()),
+            Ok(not_ended) => Err(Error::ShutdownTimeout { not_ended }),
+            Err(_) => Err(Error::Setup("the shutdown thread panicked".into())),
+        }
+    }
+
+    /// Counts of idle workers and running calls.
+    pub fn statistics(&self) -> Statistics {
+        self.inner.cache.statistics()
+    }
+
+    /// The name of the worker type the pool runs on (`"subinterpreter"`, …), after
+    /// [`WorkerKind::Auto`] was resolved.
+    pub fn worker_type(&self) -> &'static str {
+        self.inner.worker_type
+    }
+
+    /// How many calls may run at once.
+    pub fn max_workers(&self) -> usize {
+        self.inner.max_workers
+    }
+
+    /// The Python executable given with [`PoolBuilder::python_executable`], if any.
+    pub fn python_executable(&self) -> Option<&Path> {
+        self.inner.python_executable.as_deref()
+    }
+
+    /// Runs one job: takes a slot, submits, waits. Not generic, so it is compiled once.
+    async fn run(self, payload: Result<Vec<u8>>) -> Result<Vec<u8>> {
+        let payload = payload?;
+        let limiter = self.inner.limiter.clone();
+        let permit = match limiter.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                limiter.acquire_owned().await.map_err(|_| Error::Closed)?
+            }
+        };
+        let setup = || Ok(self.inner.setup.clone());
+        let lease = self.inner.cache.submit(Job { payload }, &setup)?;
+        let finished = InFlight::new(&self.inner, lease, permit).await;
+        match finished.outcome {
+            Outcome::Value(value) => Ok(value),
+            Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
+            Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
+            Outcome::Broken(broken) => Err(Error::Broken {
+                reason: broken.reason,
+                exit_code: None,
+                exception: broken
+                    .exception
+                    .filter(|records| !records.is_empty())
+                    .map(|records| Box::new(wire::exception(&records))),
+            }),
+        }
+    }
+}
+
+/// A job holding a worker. Dropping it before the outcome is in cancels the job.
+struct InFlight<'a> {
+    inner: &'a Inner,
+    lease: Option<Lease>,
+    spin: Duration,
+    spun: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(inner: &'a Inner, lease: Lease, permit: OwnedSemaphorePermit) -> Self {
+        *inner.running.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        Self {
+            inner,
+            lease: Some(lease),
+            spin: inner.spin,
+            spun: false,
+            _permit: permit,
+        }
+    }
+}
+
+impl Future for InFlight<'_> {
+    type Output = Finished;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finished> {
+        let this = self.get_mut();
+        let lease = this.lease.as_mut().expect("polled after completion");
+        let completion = lease.completion();
+        // Spin once, on the first poll: a fast job is then done without any wake-up.
+        let spun_to_done = !this.spun && completion.spin(this.spin);
+        this.spun = true;
+        if !spun_to_done && completion.poll_done(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let finished = lease.finish().expect("the completion is done");
+        this.lease = None;
+        Poll::Ready(finished)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            // Cancelled: the outcome is not in (or nobody took it). Interrupt a running job; the
+            // lease's drop then hands back a finished worker or abandons a busy one.
+            if !lease.completion().is_done() {
+                lease.interrupt();
+            }
+            drop(lease);
+        }
+        let mut running = self
+            .inner
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *running -= 1;
+        self.inner.running_changed.notify_all();
+    }
+}
+
+/// The future of [`Pool::call`] / [`Pool::call_pickled`]: resolves to the converted result.
+///
+/// Dropping it before it resolves cancels the call (see [`Pool::call`]).
+#[must_use = "a call does nothing unless awaited, and dropping it cancels it"]
+pub struct Call<R> {
+    run: Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>,
+    convert: fn(Vec<u8>) -> Result<R>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> Call<R> {
+    fn new(pool: Pool, payload: Result<Vec<u8>>, convert: fn(Vec<u8>) -> Result<R>) -> Self {
+        Self {
+            run: Box::pin(pool.run(payload)),
+            convert,
+            _result: PhantomData,
+        }
+    }
+}
+
+impl<R> Future for Call<R> {
+    type Output = Result<R>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<R>> {
+        match self.run.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => Poll::Ready(result.and_then(self.convert)),
+        }
+    }
+}
+
+impl<R> fmt::Debug for Call<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("result", &std::any::type_name::<R>())
+            .finish_non_exhaustive()
+    }
+}
