@@ -7,8 +7,14 @@ those), which is what docs/benchmarks.md quotes. Measured:
 - warm sequential ``await run_sync(noop)``: SUBINTERPRETER, SPAWN and FORKSERVER against
   trio-parallel's spawn and forkserver (and two concurrent callers' jobs per second);
 - the cost of the AUTO decision: an AUTO context against the explicit type it picks, in the same
-  rounds: plain calls (subinterpreter), calls while a route exists (a pin elsewhere: the
-  memoized per-callable lookup), and ``kill_on_cancel=True`` calls (forkserver);
+  run, batches alternating: plain calls (subinterpreter), calls while a route exists (a pin
+  elsewhere: the memoized per-callable lookup) and ``kill_on_cancel=True`` calls (forkserver).
+  Each trial opens fresh contexts: where the OS places a worker thread moves a warm call's
+  latency far more than the decision costs (about 7 vs 13 us on 2 CPUs), for the thread's whole
+  life, and on 2 CPUs the two contexts' workers mostly land apart (per-trial ratios near 0.55 or
+  1.8, symmetrically). The figure is the geometric mean over trials of AUTO's median / the
+  explicit type's median (symmetric placement noise cancels in log space); the median over the
+  trials whose two workers landed alike (ratio within 0.8..1.25) is printed too;
 - a new worker per call (``retire=object``: always truthy) while the forkserver is up, with
   ``os.getpid`` as the job (stdlib callables: no main script to load where it is lazy);
 - a 64 MiB ``bytes`` round trip (``bytes(payload)``), in MB/s of payload.
@@ -183,9 +189,14 @@ async def auto_vs_explicit(args: argparse.Namespace) -> dict:
                     for i in order:
                         medians[i].append(statistics.median(await one_round(runs[i], args.calls)))
                 ratios.append(statistics.median(medians[1]) / statistics.median(medians[0]))
+        # Trials where both workers landed alike (within 25 %): placement cancels out there.
+        matched = [r for r in ratios if 0.8 <= r <= 1.25]
         result[case] = {
             "explicit": explicit,
             "median_ratio": statistics.median(ratios),
+            "geometric_mean_ratio": statistics.geometric_mean(ratios),
+            "matched_median_ratio": statistics.median(matched) if matched else None,
+            "matched_trials": len(matched),
             "trial_ratios": ratios,
         }
     return result
@@ -268,13 +279,16 @@ def print_table(result: dict) -> None:
             f"{name:28} {lat['median_us']:7.1f}µs {lat['p10_us']:6.1f}µs {lat['p90_us']:6.1f}µs "
             f"{lat['p99_us']:6.1f}µs {jobs:9.0f}/s"
         )
-    print("AUTO / the explicit type it picks (warm noop; median over fresh-context trials):")
+    print("AUTO / the explicit type it picks (warm noop, fresh contexts per trial):")
     for case, ab in result["auto_over_explicit"].items():
-        ratio = ab["median_ratio"]
+        ratio = ab["geometric_mean_ratio"]
         spread = sorted(ab["trial_ratios"])
+        matched = ab["matched_median_ratio"]
+        matched = f"{matched:.3f}x" if matched else "n/a"
         print(
-            f"  {case:15} vs {ab['explicit']:15} {ratio:.3f}x ({(ratio - 1) * 100:+.1f}%; "
-            f"trials {spread[0]:.2f}..{spread[-1]:.2f}, n={len(spread)})"
+            f"  {case:15} vs {ab['explicit']:15} {ratio:.3f}x ({(ratio - 1) * 100:+.1f}%, "
+            f"geometric mean of {len(spread)} trials, {spread[0]:.2f}..{spread[-1]:.2f}); "
+            f"median of the {ab['matched_trials']} placement-matched trials {matched}"
         )
     if "speedup_vs_trio_parallel" in result:
         print(
