@@ -1,4 +1,5 @@
-//! `pool.call` round trip on a warm worker, per worker type: subinterpreter, forkserver, spawn.
+//! `pool.call` round trip on a warm worker, per worker type: subinterpreter, forkserver, spawn,
+//! and auto (on subinterpreters, with its fallback's bookkeeping).
 //!
 //! Run with `tools/in-venv.sh .venv cargo bench --bench pool_call` (or `make bench-rust`); one
 //! kind: `... --bench pool_call -- spawn`. The goal is a median of at most 10 µs for
@@ -17,10 +18,13 @@ fn pool_call(c: &mut Criterion) {
         .build()
         .expect("a tokio runtime");
     let mut group = c.benchmark_group("pool_call");
+    // Auto: subinterpreters plus the bookkeeping of its per-call fallback (the callable's module
+    // looked up, a copy of the payload kept while the job runs).
     for kind in [
         WorkerKind::Subinterpreter,
         WorkerKind::Forkserver,
         WorkerKind::Spawn,
+        WorkerKind::Auto,
     ] {
         let pool = match Pool::builder().worker_type(kind).max_workers(1).build() {
             Ok(pool) => pool,
