@@ -62,12 +62,12 @@ pub enum WorkerKind {
     /// in C cannot be interrupted, and extension modules without per-interpreter-GIL support
     /// (numpy, for one) refuse to import.
     Subinterpreter,
-    /// Child processes forked from one server process per host (started by the first worker, in
-    /// a few tens of ms; then a worker is a fork: a few ms). Unix only. A crash kills only that
+    /// Child processes forked from one server process per host (started by the first worker;
+    /// then a new worker is a fork, ~10 ms). Unix only. A crash kills only that
     /// worker ([`Error::Broken`] with the exit code), a cancelled call's process is SIGKILLed, and
     /// every extension module loads.
     Forkserver,
-    /// A freshly started Python process per worker (~30 ms plus imports). Unix only; otherwise
+    /// A freshly started Python process per worker (~30–70 ms plus imports). Unix only; otherwise
     /// as [`WorkerKind::Forkserver`].
     Spawn,
     /// The first available of `Subinterpreter`, `Forkserver`, `Spawn`, in that order, plus a
