@@ -738,3 +738,40 @@ impl<R> fmt::Debug for Call<R> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(message: &str, traceback: &str) -> PythonError {
+        PythonError {
+            type_name: "ImportError".into(),
+            message: message.into(),
+            traceback: traceback.into(),
+            pickled: None,
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_found_in_the_message_or_anywhere_in_the_chain() {
+        for marker in REFUSES_SUBINTERPRETERS {
+            assert!(refuses_subinterpreters(&error(
+                &format!("module x {marker}"),
+                ""
+            )));
+        }
+        // numpy wraps the refusal: it is in the chained traceback, not the message.
+        let numpy = error(
+            "Error importing numpy: you should not try to import numpy from its source directory",
+            "ImportError: module numpy._core._multiarray_umath does not support loading in \
+             subinterpreters\n\nThe above exception was the direct cause of the following \
+             exception:\n\nImportError: Error importing numpy",
+        );
+        assert!(refuses_subinterpreters(&numpy));
+        let missing = error(
+            "No module named 'plugin'",
+            "ModuleNotFoundError: No module named 'plugin'",
+        );
+        assert!(!refuses_subinterpreters(&missing));
+    }
+}
