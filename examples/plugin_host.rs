@@ -1,9 +1,13 @@
 //! A Rust host that runs every Python plugin in `examples/plugins/` concurrently.
 //!
 //! Each `*.py` there is a plugin module with a `run()` function returning a string. The host
-//! calls them all at once on a pool (at least one worker per plugin), prints each result (or
-//! error) with its timing, then times the CPU-bound `primes` plugin alone and once per CPU at
-//! once.
+//! calls them all at once on a `WorkerKind::Auto` pool (at least one worker per plugin), prints
+//! each result (or error) with its timing, then times the CPU-bound `primes`
+//! plugin alone and once per CPU at once.
+//!
+//! On subinterpreters, `Auto` falls back to a process worker for a plugin whose imports refuse
+//! subinterpreters: the `numpy_stats` plugin runs that way where numpy is installed (and says
+//! "skipped" otherwise).
 //!
 //! ```text
 //! make plugin-host
@@ -13,8 +17,8 @@
 //!
 //! `tools/in-venv.sh` points the build at the venv's Python and puts its `libpython` on
 //! `LD_LIBRARY_PATH`. If `VIRTUAL_ENV` is set, the venv's site-packages goes on the workers'
-//! `sys.path` too (the embedded interpreter does not know about venvs), so a numpy installed
-//! there is found.
+//! `sys.path` too (neither the embedded interpreter nor the process workers' Python, which is the
+//! installation's `python3.X`, know about venvs), so a numpy installed there is found.
 
 use std::{
     path::{Path, PathBuf},
@@ -78,6 +82,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool.worker_type(),
         started.elapsed()
     );
+    if let (Some(fallback), Some(python)) = (pool.fallback_worker_type(), pool.python_executable())
+    {
+        println!(
+            "  plugins that refuse subinterpreters fall back to {fallback:?} workers running {}",
+            python.display()
+        );
+    }
 
     println!("\nevery plugin once, concurrently:");
     let started = Instant::now();

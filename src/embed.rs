@@ -17,10 +17,17 @@
 //!    finalizes Python itself must shut its pools down first.
 //! 4. Signal handlers are not installed (`Py_InitializeEx(0)`): Ctrl-C stays the host's.
 //! 5. PyO3's safe API is not used here (the root crate's `pyo3` is only for the extension module).
+//! 6. **Ask the main interpreter only through `PyGILState_Ensure`/`Release`**, on whatever thread
+//!    builds a pool, leaving no exception set and no reference behind
+//!    ([`python_executable`]).
 
 #![allow(unsafe_code)]
 
-use std::sync::Mutex;
+use std::{
+    ffi::CStr,
+    path::{Path, PathBuf},
+    sync::{Mutex, OnceLock},
+};
 
 use pyo3_ffi as ffi;
 
@@ -45,4 +52,98 @@ pub(crate) fn ensure_initialized() -> bool {
         ffi::PyEval_SaveThread();
     }
     true
+}
+
+/// The Python executable that process workers run when the host names none: `python{VERSION}`
+/// (e.g. `python3.13`), else `python3`, in the embedded interpreter's
+/// `sysconfig.get_config_var("BINDIR")`, i.e. the installation the crate was built and linked
+/// against. Not `sys.executable` / `sys._base_executable`: in an embedded interpreter those are
+/// derived from the host program. Found once per process (initializing the interpreter if
+/// needed); the error says why there is none.
+pub(crate) fn python_executable() -> Result<PathBuf, String> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            ensure_initialized();
+            let [bindir, version, exe] = config_vars([c"BINDIR", c"VERSION", c"EXE"]);
+            let (Some(bindir), Some(version)) = (bindir, version) else {
+                return Err("the embedded interpreter's sysconfig has no BINDIR or VERSION".into());
+            };
+            let exe = exe.unwrap_or_default();
+            [format!("python{version}{exe}"), format!("python3{exe}")]
+                .iter()
+                .map(|name| Path::new(&bindir).join(name))
+                .find(|path| is_executable(path))
+                .ok_or_else(|| {
+                    format!(
+                        "neither python{version}{exe} nor python3{exe} is an executable in the \
+                         embedded interpreter's BINDIR {bindir}; name one with \
+                         PoolBuilder::python_executable"
+                    )
+                })
+        })
+        .clone()
+}
+
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+/// `sysconfig.get_config_var(name)` for each name, from the main interpreter: `None` where it is
+/// not a `str` (or anything failed).
+fn config_vars<const N: usize>(names: [&CStr; N]) -> [Option<String>; N] {
+    // SAFETY: the interpreter is initialized (the caller made sure) and PyGILState_Ensure attaches
+    // this thread to the main interpreter whatever it held before (rule 6). Every object made here
+    // is released before PyGILState_Release; a failure clears its exception and yields None.
+    unsafe {
+        let gil = ffi::PyGILState_Ensure();
+        let module = ffi::PyImport_ImportModule(c"sysconfig".as_ptr());
+        let get = if module.is_null() {
+            std::ptr::null_mut()
+        } else {
+            ffi::PyObject_GetAttrString(module, c"get_config_var".as_ptr())
+        };
+        let values = names.map(|name| {
+            if get.is_null() {
+                return None;
+            }
+            let key = ffi::PyUnicode_FromString(name.as_ptr());
+            if key.is_null() {
+                return None;
+            }
+            let value = ffi::PyObject_CallOneArg(get, key);
+            ffi::Py_DECREF(key);
+            if value.is_null() {
+                return None;
+            }
+            let mut text = None;
+            if ffi::PyUnicode_Check(value) != 0 {
+                let mut len: ffi::Py_ssize_t = 0;
+                let data = ffi::PyUnicode_AsUTF8AndSize(value, &mut len);
+                if !data.is_null() {
+                    let bytes = std::slice::from_raw_parts(
+                        data.cast::<u8>(),
+                        usize::try_from(len).unwrap_or(0),
+                    );
+                    text = std::str::from_utf8(bytes).ok().map(str::to_owned);
+                }
+            }
+            ffi::Py_DECREF(value);
+            text
+        });
+        ffi::Py_XDECREF(get);
+        ffi::Py_XDECREF(module);
+        ffi::PyErr_Clear();
+        ffi::PyGILState_Release(gil);
+        values
+    }
 }

@@ -24,13 +24,14 @@
 //! [`PoolBuilder::build`] initializes the embedded interpreter if the host has not (the library
 //! this crate was built against, see `docs/rust.md`), releases its GIL at once and never finalizes
 //! it: a subinterpreter still alive at `Py_FinalizeEx` would abort the process. Worker types:
-//! [`WorkerKind`] (subinterpreters in this build; the process kinds answer
-//! [`Error::Unavailable`] until they are wired in).
+//! [`WorkerKind`]: subinterpreters, forkserver and spawn processes (which run the Python
+//! executable of the embedded interpreter's installation, see [`PoolBuilder::python_executable`]),
+//! and `Auto`, which falls back per call to a process for modules that refuse subinterpreters.
 //!
 //! # The layers underneath
 //!
 //! The [`WorkerCache`] reuses workers hottest-first and ends them on close, on top of the worker
-//! types of [`interpool_worker_types`] (subinterpreters with their own GIL; processes come next).
+//! types of [`interpool_worker_types`] (subinterpreters with their own GIL; worker processes).
 //! Jobs are pickle payloads; a job's outcome comes back through a [`Completion`] that can be spun
 //! on, blocked on, polled from an async task, or watched through a file descriptor by an event
 //! loop.

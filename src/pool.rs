@@ -4,27 +4,32 @@
 //! setup payload every new worker gets. A call pickles its arguments in Rust, takes a permit,
 //! submits the job to the hottest idle worker, spins briefly for the outcome and otherwise parks
 //! on the completion's waker; the futures need no particular async runtime.
+//!
+//! A [`WorkerKind::Auto`] pool on subinterpreters also has a second cache of process workers, the
+//! *fallback*: a job whose module refuses to load in a subinterpreter runs again there once, and
+//! later calls to that module go there directly.
 
 use std::{
+    collections::HashSet,
     fmt,
     future::Future,
     marker::PhantomData,
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, Condvar, Mutex, PoisonError},
+    sync::{Arc, Condvar, Mutex, PoisonError, RwLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use interpool_worker_types::{Availability, Finished, Job, Outcome, WorkerType};
+use interpool_worker_types::{process, Availability, Finished, Job, Outcome, WorkerType};
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::{
     cache::{Lease, Statistics, WorkerCache},
     embed,
     wire::{self, Target},
-    Error, Result,
+    Error, PythonError, Result,
 };
 
 /// How long a call spins for its outcome before it parks, by default.
@@ -32,11 +37,23 @@ const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 /// How long an idle worker waits for a job before it ends, by default (as in the Python API).
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// What an extension module says when it refuses to load in a subinterpreter (CPython's own
+/// check, its single-phase-init check, PyO3's two). A load error whose exception chain mentions one
+/// of these sends [`WorkerKind::Auto`]'s call to a process worker.
+const REFUSES_SUBINTERPRETERS: [&str; 4] = [
+    "does not support loading in subinterpreters",
+    "cannot load module more than once per process",
+    "PyO3 modules do not yet support subinterpreters",
+    "Interpreter change detected",
+];
+
 /// Which kind of worker a [`Pool`] runs its calls on.
 ///
-/// In this build only [`WorkerKind::Subinterpreter`] exists; the process kinds are accepted by
-/// the builder but [`PoolBuilder::build`] answers [`Error::Unavailable`] for them, with the reason,
-/// until the process worker types are wired in.
+/// The process kinds need a Python executable: the one given with
+/// [`PoolBuilder::python_executable`], else the process-wide one set with
+/// [`interpool_worker_types::process::set_python_executable`], else `python{VERSION}` (then
+/// `python3`) in the embedded interpreter's `sysconfig` `BINDIR`. [`PoolBuilder::build`] answers
+/// [`Error::Unavailable`], with the reason, for a kind that cannot run here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum WorkerKind {
@@ -45,15 +62,28 @@ pub enum WorkerKind {
     /// in C cannot be interrupted, and extension modules without per-interpreter-GIL support
     /// (numpy, for one) refuse to import.
     Subinterpreter,
-    /// Child processes forked from a clean server process (not in this build yet).
+    /// Child processes forked from one server process per host (started by the first worker;
+    /// then a new worker is a fork, ~10 ms). Unix only. A crash kills only that
+    /// worker ([`Error::Broken`] with the exit code), a cancelled call's process is SIGKILLed, and
+    /// every extension module loads.
     Forkserver,
-    /// Freshly spawned Python processes (not in this build yet).
+    /// A freshly started Python process per worker (~30–70 ms plus imports). Unix only; otherwise
+    /// as [`WorkerKind::Forkserver`].
     Spawn,
-    /// The first available of `Subinterpreter`, `Forkserver`, `Spawn`, in that order. (Later:
-    /// falling back per call to a process type when a job cannot load in a subinterpreter.)
+    /// The first available of `Subinterpreter`, `Forkserver`, `Spawn`, in that order, plus a
+    /// per-call fallback: on subinterpreters, a call whose job fails to load because a module
+    /// refuses subinterpreters (numpy, most PyO3 and Cython packages; the [`Error::Load`] chain
+    /// says "does not support loading in subinterpreters", "cannot load module more than once per
+    /// process", "PyO3 modules do not yet support subinterpreters" or "Interpreter change
+    /// detected") runs once more on the first available process kind (`Forkserver`, then
+    /// `Spawn`), and later calls to the same module go there directly. Only load errors: an
+    /// exception raised by the function itself is never retried.
     #[default]
     Auto,
 }
+
+/// A process worker type that [`WorkerKind::Auto`] falls back to.
+type ProcessFallback = Arc<dyn WorkerType>;
 
 impl WorkerKind {
     /// The stable lowercase name, as in the Python API (`"subinterpreter"`, …, `"auto"`).
@@ -66,47 +96,63 @@ impl WorkerKind {
         }
     }
 
-    /// The worker type this kind stands for here, or why there is none.
-    fn resolve(self) -> Result<Arc<dyn WorkerType>> {
-        let unavailable = |reason: &str| Error::Unavailable {
+    /// The worker type of a concrete kind (not `Auto`) here, or why there is none. `python` is
+    /// the executable for the process kinds.
+    fn worker_type(
+        self,
+        python: &dyn Fn() -> Result<PathBuf, String>,
+    ) -> Result<Arc<dyn WorkerType>> {
+        let unavailable = |reason: String| Error::Unavailable {
             worker_type: self.name(),
-            reason: reason.to_owned(),
+            reason,
         };
-        match self {
-            Self::Subinterpreter => {
-                let kind = interpool_worker_types::worker_type(self.name())
-                    .ok_or_else(|| unavailable("not in this build"))?;
-                match kind.availability() {
-                    Availability::Available => Ok(kind),
-                    Availability::Unavailable(reason) => Err(unavailable(&reason)),
-                }
-            }
-            Self::Forkserver | Self::Spawn => {
-                Err(match interpool_worker_types::worker_type(self.name()) {
-                    None => unavailable("process worker types are not in this build yet"),
-                    Some(_) => {
-                        unavailable("process worker types are not wired into the Rust API yet")
-                    }
-                })
-            }
-            Self::Auto => {
-                let mut reasons = Vec::new();
-                for kind in [Self::Subinterpreter, Self::Forkserver, Self::Spawn] {
-                    match kind.resolve() {
-                        Ok(found) => return Ok(found),
-                        Err(Error::Unavailable {
-                            worker_type,
-                            reason,
-                        }) => reasons.push(format!("{worker_type}: {reason}")),
-                        Err(other) => return Err(other),
-                    }
-                }
-                Err(unavailable(&format!(
-                    "no worker type is available ({})",
-                    reasons.join("; ")
-                )))
+        let kind: Arc<dyn WorkerType> = match self {
+            Self::Subinterpreter => interpool_worker_types::worker_type(self.name())
+                .ok_or_else(|| unavailable("not in this build".into()))?,
+            Self::Forkserver => Arc::new(process::Forkserver::with_python(
+                python().map_err(unavailable)?,
+            )),
+            Self::Spawn => Arc::new(process::Spawn::with_python(python().map_err(unavailable)?)),
+            Self::Auto => unreachable!("Auto is resolved by WorkerKind::resolve"),
+        };
+        match kind.availability() {
+            Availability::Available => Ok(kind),
+            Availability::Unavailable(reason) => Err(unavailable(reason)),
+        }
+    }
+
+    /// The worker type this kind stands for here and, for `Auto` on subinterpreters, the
+    /// process type of its fallback (if one is available); or why there is none.
+    fn resolve(
+        self,
+        python: &dyn Fn() -> Result<PathBuf, String>,
+    ) -> Result<(Arc<dyn WorkerType>, Option<ProcessFallback>)> {
+        if self != Self::Auto {
+            return Ok((self.worker_type(python)?, None));
+        }
+        let mut reasons = Vec::new();
+        let mut available = Vec::new();
+        for kind in [Self::Subinterpreter, Self::Forkserver, Self::Spawn] {
+            match kind.worker_type(python) {
+                Ok(found) => available.push(found),
+                Err(Error::Unavailable {
+                    worker_type,
+                    reason,
+                }) => reasons.push(format!("{worker_type}: {reason}")),
+                Err(other) => return Err(other),
             }
         }
+        let mut available = available.into_iter();
+        let first = available.next().ok_or_else(|| Error::Unavailable {
+            worker_type: self.name(),
+            reason: format!("no worker type is available ({})", reasons.join("; ")),
+        })?;
+        let fallback = if first.name() == Self::Subinterpreter.name() {
+            available.next()
+        } else {
+            None
+        };
+        Ok((first, fallback))
     }
 }
 
@@ -184,10 +230,20 @@ impl PoolBuilder {
         self
     }
 
-    /// The Python executable for the process worker types (not used by subinterpreters). When
-    /// it is not given, process workers will use `python{VERSION}` in the embedded
-    /// interpreter's `sysconfig` `BINDIR` (the interpreter the crate was built against), not
-    /// `sys.executable`, which in an embedded interpreter names the host program.
+    /// The Python executable for the process worker types (and `Auto`'s fallback; not used by
+    /// subinterpreters). It should be the Python the crate was built against (same version):
+    /// workers run the same loop and exchange pickles with it.
+    ///
+    /// When it is not given: the one set process-wide with
+    /// [`interpool_worker_types::process::set_python_executable`] if the host did, else
+    /// `python{VERSION}` (e.g. `python3.13`), else `python3`, in the embedded interpreter's
+    /// `sysconfig.get_config_var("BINDIR")`: the installation the crate was built and linked
+    /// against. Never `sys.executable` or `sys._base_executable`, which in an embedded
+    /// interpreter are derived from the host program. If none of these exists, the process kinds
+    /// are [`Error::Unavailable`] with that reason (and `Auto` has no fallback).
+    ///
+    /// That executable does not see a virtual environment's packages: put its `site-packages` on
+    /// [`PoolBuilder::python_path`], as for the embedded interpreter.
     pub fn python_executable(mut self, path: impl Into<PathBuf>) -> Self {
         self.python_executable = Some(path.into());
         self
@@ -205,7 +261,8 @@ impl PoolBuilder {
     /// has (see the crate docs), and prepares the workers' setup. Workers start on demand.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] when the worker type cannot run here, with the reason;
+    /// [`Error::Unavailable`] when the worker type cannot run here, with the reason (for the
+    /// process kinds: no Python executable, see [`PoolBuilder::python_executable`]);
     /// [`Error::InvalidTarget`] for a malformed `init`; [`Error::Setup`] for a `python_path`
     /// entry that is not UTF-8 or cannot be made absolute.
     pub fn build(self) -> Result<Pool> {
@@ -222,9 +279,26 @@ impl PoolBuilder {
             })
             .collect::<Result<Vec<_>>>()?;
         let setup = wire::setup(init.as_ref(), &python_path)?;
-        let worker_type = self.kind.resolve()?;
         embed::ensure_initialized();
+        let given = self.python_executable.clone();
+        let python = move || match &given {
+            Some(path) => Ok(path.clone()),
+            None => process::python_executable().map_or_else(embed::python_executable, Ok),
+        };
+        let (worker_type, fallback) = self.kind.resolve(&python)?;
+        let uses_processes =
+            worker_type.name() != WorkerKind::Subinterpreter.name() || fallback.is_some();
+        let python_executable = uses_processes.then(|| python().ok()).flatten();
         let cache = WorkerCache::new(worker_type.clone(), self.idle_timeout)?;
+        let fallback = fallback
+            .map(|kind| -> Result<_> {
+                Ok(Fallback {
+                    worker_type: kind.name(),
+                    cache: WorkerCache::new(kind, self.idle_timeout)?,
+                    modules: RwLock::new(HashSet::new()),
+                })
+            })
+            .transpose()?;
         let max_workers = self.max_workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
@@ -232,11 +306,12 @@ impl PoolBuilder {
             inner: Arc::new(Inner {
                 cache,
                 worker_type: worker_type.name(),
+                fallback,
                 limiter: Arc::new(Semaphore::new(max_workers)),
                 max_workers,
                 setup,
                 spin: self.spin,
-                python_executable: self.python_executable,
+                python_executable,
                 running: Mutex::new(0),
                 running_changed: Condvar::new(),
             }),
@@ -248,20 +323,88 @@ impl PoolBuilder {
 struct Inner {
     cache: WorkerCache,
     worker_type: &'static str,
+    /// `Auto` on subinterpreters: the process workers for modules that refuse subinterpreters.
+    fallback: Option<Fallback>,
     limiter: Arc<Semaphore>,
     max_workers: usize,
     setup: Vec<u8>,
     spin: Duration,
+    /// The executable the pool's process workers run, if it has any.
     python_executable: Option<PathBuf>,
     /// Calls holding a worker, for `shutdown` to wait on.
     running: Mutex<usize>,
     running_changed: Condvar,
 }
 
+/// [`WorkerKind::Auto`]'s process workers, and the modules whose calls go to them.
+#[derive(Debug)]
+struct Fallback {
+    worker_type: &'static str,
+    cache: WorkerCache,
+    /// Modules that refused to load in a subinterpreter: their calls skip the subinterpreters.
+    modules: RwLock<HashSet<String>>,
+}
+
+impl Fallback {
+    fn takes(&self, module: &str) -> bool {
+        self.modules
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(module)
+    }
+
+    fn remember(&self, module: String) {
+        self.modules
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(module);
+    }
+}
+
+/// Whether a load error says that a module refuses to load in a subinterpreter (anywhere in its
+/// chain: numpy, for one, wraps the refusal in an `ImportError` of its own).
+fn refuses_subinterpreters(error: &PythonError) -> bool {
+    REFUSES_SUBINTERPRETERS
+        .iter()
+        .any(|marker| error.message.contains(marker) || error.traceback.contains(marker))
+}
+
+impl Inner {
+    fn caches(&self) -> impl Iterator<Item = &WorkerCache> {
+        std::iter::once(&self.cache).chain(self.fallback.as_ref().map(|f| &f.cache))
+    }
+
+    /// Runs `payload` on a worker of `cache` and waits for it. Dropping the future cancels it.
+    async fn attempt(&self, cache: &WorkerCache, payload: Vec<u8>) -> Result<Finished> {
+        let setup = || Ok(self.setup.clone());
+        let lease = cache.submit(Job { payload }, &setup)?;
+        Ok(InFlight::new(self, lease).await)
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         // Every clone and every call is gone: idle workers end now (in the background).
-        self.cache.close();
+        for cache in self.caches() {
+            cache.close();
+        }
+    }
+}
+
+/// A job's outcome as the caller's result.
+fn into_result(outcome: Outcome) -> Result<Vec<u8>> {
+    match outcome {
+        Outcome::Value(value) => Ok(value),
+        Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
+        Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
+        Outcome::Broken(broken) => Err(Error::Broken {
+            reason: broken.reason,
+            exit_code: broken.exit_code,
+            exception: broken
+                .exception
+                .filter(|records| !records.is_empty())
+                .map(|records| Box::new(wire::exception(&records))),
+        }),
     }
 }
 
@@ -319,15 +462,21 @@ impl Pool {
     /// anything). The module is imported in the worker from its `sys.path` (see
     /// [`PoolBuilder::python_path`]).
     ///
-    /// The future is `Send + 'static` when `R` is. **Dropping it cancels the call**: a
+    /// The future is `Send + 'static` when `R` is. **Dropping it cancels the call**: a process
+    /// worker is killed (SIGKILL, whatever it was doing) and replaced on demand; a
     /// subinterpreter running Python is interrupted (`KeyboardInterrupt` at the next bytecode)
     /// and its worker replaced; one stuck in C code is abandoned (never reused; it ends when the
     /// C call returns).
     ///
+    /// On a [`WorkerKind::Auto`] pool a call whose module refuses to load in a subinterpreter
+    /// runs again on a process worker (see [`WorkerKind::Auto`]); until its module is known to
+    /// need that, such a pool keeps a copy of the job's payload while it runs.
+    ///
     /// # Errors
     /// [`Error::Python`] if it raised, [`Error::Load`] if the job could not be loaded in the
-    /// worker, [`Error::Broken`] if the worker failed, [`Error::Conversion`] if the value is not
-    /// an `R`, [`Error::Closed`] after [`Pool::shutdown`], [`Error::InvalidTarget`] /
+    /// worker, [`Error::Broken`] if the worker failed (a process worker's exit code or killing
+    /// signal in `exit_code`), [`Error::Conversion`] if the value is not an `R`,
+    /// [`Error::Closed`] after [`Pool::shutdown`], [`Error::InvalidTarget`] /
     /// [`Error::Arguments`] for a bad callable name or arguments.
     pub fn call<A, R>(&self, callable: &str, args: A) -> Call<R>
     where
@@ -335,7 +484,12 @@ impl Pool {
         R: DeserializeOwned,
     {
         let payload = Target::parse(callable).and_then(|target| wire::job(&target, &args));
-        Call::new(self.clone(), payload, |pickled| wire::value::<R>(&pickled))
+        Call::new(
+            self.clone(),
+            payload,
+            self.module_to_route(callable),
+            |pickled| wire::value::<R>(&pickled),
+        )
     }
 
     /// Like [`Pool::call`], with the arguments already pickled (a pickle of the argument tuple,
@@ -343,21 +497,33 @@ impl Pool {
     pub fn call_pickled(&self, callable: &str, pickled_args: impl AsRef<[u8]>) -> Call<Vec<u8>> {
         let payload = Target::parse(callable)
             .and_then(|target| wire::job_pickled(&target, pickled_args.as_ref()));
-        Call::new(self.clone(), payload, Ok)
+        Call::new(self.clone(), payload, self.module_to_route(callable), Ok)
+    }
+
+    /// The callable's module, where `Auto`'s fallback may have to route it.
+    fn module_to_route(&self, callable: &str) -> Option<String> {
+        self.inner.fallback.as_ref()?;
+        callable
+            .split_once(':')
+            .map(|(module, _)| module.to_owned())
     }
 
     /// Stops the pool: new calls fail with [`Error::Closed`], calls waiting for a slot too;
     /// calls already running finish. Waits up to `grace` for them and for every worker of the
     /// pool to end. Workers abandoned by cancelled calls (stuck in C code) are not the pool's
     /// any more and are not waited for; before finalizing Python itself, a host waits for them
-    /// with [`crate::worker_types::subinterpreter::wait_all_ended`].
+    /// with [`crate::worker_types::subinterpreter::wait_all_ended`]. Process workers still alive
+    /// when `grace` runs out are killed. On an `Auto` pool, a call whose fallback to a process
+    /// worker would start after shutdown began fails with [`Error::Closed`].
     ///
     /// # Errors
     /// [`Error::ShutdownTimeout`] if some had not ended in time (a job still running, or a
     /// subinterpreter stuck in C code); they end by themselves later.
     pub async fn shutdown(&self, grace: Duration) -> Result<()> {
         self.inner.limiter.close();
-        self.inner.cache.close();
+        for cache in self.inner.caches() {
+            cache.close();
+        }
         let inner = self.inner.clone();
         let (done, result) = tokio::sync::oneshot::channel();
         // Waiting for threads is blocking: do it off the caller's executor.
@@ -380,9 +546,14 @@ impl Pool {
                     }
                     *running
                 };
-                let left = deadline.saturating_duration_since(Instant::now());
-                let report = inner.cache.wait_closed(Some(left));
-                let _ = done.send(running + report.not_ended);
+                let not_ended: usize = inner
+                    .caches()
+                    .map(|cache| {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        cache.wait_closed(Some(left)).not_ended
+                    })
+                    .sum();
+                let _ = done.send(running + not_ended);
             })
             .map_err(|e| Error::Setup(format!("cannot start the shutdown thread: {e}")))?;
         match result.await {
@@ -392,9 +563,15 @@ impl Pool {
         }
     }
 
-    /// Counts of idle workers and running calls.
+    /// Counts of idle workers and running calls (`Auto`: its fallback's included).
     pub fn statistics(&self) -> Statistics {
-        self.inner.cache.statistics()
+        self.inner
+            .caches()
+            .map(WorkerCache::statistics)
+            .fold(Statistics::default(), |sum, s| Statistics {
+                idle_workers: sum.idle_workers + s.idle_workers,
+                running_workers: sum.running_workers + s.running_workers,
+            })
     }
 
     /// The name of the worker type the pool runs on (`"subinterpreter"`, …), after
@@ -403,42 +580,57 @@ impl Pool {
         self.inner.worker_type
     }
 
+    /// The process worker type (`"forkserver"` or `"spawn"`) that a [`WorkerKind::Auto`] pool on
+    /// subinterpreters falls back to for modules that refuse subinterpreters; `None` for other
+    /// pools, or where no process type is available.
+    pub fn fallback_worker_type(&self) -> Option<&'static str> {
+        self.inner.fallback.as_ref().map(|f| f.worker_type)
+    }
+
     /// How many calls may run at once.
     pub fn max_workers(&self) -> usize {
         self.inner.max_workers
     }
 
-    /// The Python executable given with [`PoolBuilder::python_executable`], if any.
+    /// The Python executable the pool's process workers run (given with
+    /// [`PoolBuilder::python_executable`], or found as it describes); `None` if the pool has no
+    /// process workers.
     pub fn python_executable(&self) -> Option<&Path> {
         self.inner.python_executable.as_deref()
     }
 
-    /// Runs one job: takes a slot, submits, waits. Not generic, so it is compiled once.
-    async fn run(self, payload: Result<Vec<u8>>) -> Result<Vec<u8>> {
+    /// Runs one job: takes a slot, submits, waits; on an `Auto` pool, routes it by `module` and
+    /// falls back to a process worker. Not generic, so it is compiled once.
+    async fn run(self, payload: Result<Vec<u8>>, module: Option<String>) -> Result<Vec<u8>> {
         let payload = payload?;
         let limiter = self.inner.limiter.clone();
-        let permit = match limiter.clone().try_acquire_owned() {
+        // Held across a fallback's second attempt too; dropped after the attempt in flight (the
+        // later local), so a cancelled job gives its slot back once it is interrupted.
+        let _permit = match limiter.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 limiter.acquire_owned().await.map_err(|_| Error::Closed)?
             }
         };
-        let setup = || Ok(self.inner.setup.clone());
-        let lease = self.inner.cache.submit(Job { payload }, &setup)?;
-        let finished = InFlight::new(&self.inner, lease, permit).await;
-        match finished.outcome {
-            Outcome::Value(value) => Ok(value),
-            Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
-            Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
-            Outcome::Broken(broken) => Err(Error::Broken {
-                reason: broken.reason,
-                exit_code: None,
-                exception: broken
-                    .exception
-                    .filter(|records| !records.is_empty())
-                    .map(|records| Box::new(wire::exception(&records))),
-            }),
+        let inner = &*self.inner;
+        let Some((fallback, module)) = inner.fallback.as_ref().zip(module) else {
+            return into_result(inner.attempt(&inner.cache, payload).await?.outcome);
+        };
+        if fallback.takes(&module) {
+            return into_result(inner.attempt(&fallback.cache, payload).await?.outcome);
+        }
+        let retry = payload.clone();
+        match inner.attempt(&inner.cache, payload).await?.outcome {
+            Outcome::LoadError(records) => {
+                let error = wire::exception(&records);
+                if !refuses_subinterpreters(&error) {
+                    return Err(Error::Load(Box::new(error)));
+                }
+                fallback.remember(module);
+                into_result(inner.attempt(&fallback.cache, retry).await?.outcome)
+            }
+            outcome => into_result(outcome),
         }
     }
 }
@@ -449,18 +641,16 @@ struct InFlight<'a> {
     lease: Option<Lease>,
     spin: Duration,
     spun: bool,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(inner: &'a Inner, lease: Lease, permit: OwnedSemaphorePermit) -> Self {
+    fn new(inner: &'a Inner, lease: Lease) -> Self {
         *inner.running.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         Self {
             inner,
             lease: Some(lease),
             spin: inner.spin,
             spun: false,
-            _permit: permit,
         }
     }
 }
@@ -487,8 +677,9 @@ impl Future for InFlight<'_> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
-            // Cancelled: the outcome is not in (or nobody took it). Interrupt a running job; the
-            // lease's drop then hands back a finished worker or abandons a busy one.
+            // Cancelled: the outcome is not in (or nobody took it). Interrupt a running job (a
+            // process worker is SIGKILLed); the lease's drop then hands back a finished worker or
+            // abandons a busy one (a killed process is reaped by its own thread).
             if !lease.completion().is_done() {
                 lease.interrupt();
             }
@@ -515,9 +706,14 @@ pub struct Call<R> {
 }
 
 impl<R> Call<R> {
-    fn new(pool: Pool, payload: Result<Vec<u8>>, convert: fn(Vec<u8>) -> Result<R>) -> Self {
+    fn new(
+        pool: Pool,
+        payload: Result<Vec<u8>>,
+        module: Option<String>,
+        convert: fn(Vec<u8>) -> Result<R>,
+    ) -> Self {
         Self {
-            run: Box::pin(pool.run(payload)),
+            run: Box::pin(pool.run(payload, module)),
             convert,
             _result: PhantomData,
         }
@@ -540,5 +736,42 @@ impl<R> fmt::Debug for Call<R> {
         f.debug_struct("Call")
             .field("result", &std::any::type_name::<R>())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(message: &str, traceback: &str) -> PythonError {
+        PythonError {
+            type_name: "ImportError".into(),
+            message: message.into(),
+            traceback: traceback.into(),
+            pickled: None,
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_found_in_the_message_or_anywhere_in_the_chain() {
+        for marker in REFUSES_SUBINTERPRETERS {
+            assert!(refuses_subinterpreters(&error(
+                &format!("module x {marker}"),
+                ""
+            )));
+        }
+        // numpy wraps the refusal: it is in the chained traceback, not the message.
+        let numpy = error(
+            "Error importing numpy: you should not try to import numpy from its source directory",
+            "ImportError: module numpy._core._multiarray_umath does not support loading in \
+             subinterpreters\n\nThe above exception was the direct cause of the following \
+             exception:\n\nImportError: Error importing numpy",
+        );
+        assert!(refuses_subinterpreters(&numpy));
+        let missing = error(
+            "No module named 'plugin'",
+            "ModuleNotFoundError: No module named 'plugin'",
+        );
+        assert!(!refuses_subinterpreters(&missing));
     }
 }

@@ -458,25 +458,6 @@ async fn a_shut_down_pool_refuses_calls() {
 }
 
 #[test]
-fn process_kinds_are_unavailable_in_this_build_with_the_reason() {
-    for kind in [WorkerKind::Forkserver, WorkerKind::Spawn] {
-        let err = Pool::builder().worker_type(kind).build().unwrap_err();
-        let Error::Unavailable {
-            worker_type,
-            reason,
-        } = &err
-        else {
-            panic!("expected unavailable, got {err:?}")
-        };
-        assert_eq!(*worker_type, kind.name());
-        assert!(reason.contains("process worker types"), "{reason}");
-        assert!(err
-            .to_string()
-            .starts_with(&format!("worker type \"{}\" is unavailable: ", kind.name())));
-    }
-}
-
-#[test]
 fn auto_picks_the_first_available_type() {
     match Pool::builder().worker_type(WorkerKind::Auto).build() {
         Ok(pool) => assert_eq!(pool.worker_type(), "subinterpreter"),

@@ -2,7 +2,7 @@
 
 numpy does not support subinterpreters with their own GIL: there the import itself fails
 (ImportError, not ModuleNotFoundError), so loading this plugin fails and the host reports a load
-error; process worker types (and AUTO's fallback to them) will run it.
+error; process worker types, and AUTO's per-call fallback to them, run it.
 """
 
 try:

@@ -49,3 +49,47 @@ def chained():
         {}["missing"]
     except KeyError:
         raise ValueError("lookup failed")  # noqa: B904 -- the implicit context is the point
+
+
+def report_and_block(path):
+    """Connects to the Unix socket at path, sends this process's pid and a newline, then blocks
+    in C (time.sleep) for an hour: only killing the process ends it early."""
+    import socket
+    import time
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.sendall(b"%d\n" % os.getpid())
+    time.sleep(3600)
+
+
+def exit_with(code):
+    """Ends the worker's process at once, as a crashing plugin would."""
+    os._exit(code)
+
+
+def segfault():
+    """Dereferences NULL: SIGSEGV."""
+    import ctypes
+
+    return ctypes.string_at(0)
+
+
+def raise_refusal():
+    """Raises, from the function itself, the message of a module refusing subinterpreters: a
+    user's exception, which AUTO must not retry on a process."""
+    raise ImportError(
+        f"module fake does not support loading in subinterpreters (pid {os.getpid()})"
+    )
+
+
+def executable_and_version():
+    import sys
+
+    return sys.executable, tuple(sys.version_info[:2])
+
+
+def can_import(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

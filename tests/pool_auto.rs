@@ -1,0 +1,269 @@
+//! The Rust API (`interpool::Pool`) with `WorkerKind::Auto`: subinterpreters first, and the
+//! per-call fallback to a process worker for modules that refuse subinterpreters.
+//!
+//! The hostile module is CPython's `_testsinglephase` (a single-phase-init test extension that
+//! refuses isolated subinterpreters), imported by `tests/python/single_phase_plugin.py`; each test
+//! copies that plugin into a directory of its own, where it logs the pid of every process that
+//! tries to import it. Tests skip (with a message) where subinterpreters or `_testsinglephase`
+//! are missing.
+
+mod support;
+
+use std::path::Path;
+
+use interpool::{Error, Pool, PoolBuilder, WorkerKind};
+use support::{fixtures, plugins, process_gone, TempDir, GRACE};
+
+/// A builder with a private copy of the single-phase plugin (and its empty import log) in `dir`
+/// first on its path, then the fixtures and the example plugins.
+fn builder(dir: &TempDir, kind: WorkerKind, max_workers: usize) -> PoolBuilder {
+    std::fs::copy(
+        Path::new(&fixtures()).join("single_phase_plugin.py"),
+        dir.path().join("single_phase_plugin.py"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("attempts.txt"), "").unwrap();
+    Pool::builder()
+        .worker_type(kind)
+        .max_workers(max_workers)
+        .python_path([
+            dir.path().to_str().unwrap().to_owned(),
+            fixtures(),
+            plugins(),
+        ])
+}
+
+/// An `Auto` pool made by [`builder`], or `None` (skipped) where it would not run on
+/// subinterpreters.
+fn auto_pool(dir: &TempDir, max_workers: usize) -> Option<Pool> {
+    let pool = builder(dir, WorkerKind::Auto, max_workers).build().unwrap();
+    if pool.worker_type() != "subinterpreter" {
+        eprintln!("skipped: Auto runs on {} here", pool.worker_type());
+        return None;
+    }
+    Some(pool)
+}
+
+/// The pids that tried to import the plugin copy in `dir`, in order.
+fn attempts(dir: &TempDir) -> Vec<u32> {
+    std::fs::read_to_string(dir.path().join("attempts.txt"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect()
+}
+
+/// Whether this Python has `_testsinglephase` (pyenv and python.org builds do; some
+/// distributions leave the test modules out).
+async fn has_single_phase_module(pool: &Pool) -> bool {
+    let found: bool = pool
+        .call("pool_fixtures:can_import", ("_testsinglephase",))
+        .await
+        .unwrap();
+    if !found {
+        eprintln!("skipped: no _testsinglephase in this Python");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke() {
+    let dir = TempDir::new("auto-smoke");
+    let Some(pool) = auto_pool(&dir, 1) else {
+        return;
+    };
+    assert_eq!(pool.fallback_worker_type(), Some("forkserver"));
+    assert!(pool.python_executable().is_some_and(Path::is_file));
+    let sum: i64 = pool.call("operator:add", (2, 40)).await.unwrap();
+    assert_eq!(sum, 42);
+    // Plain calls stay on subinterpreters, in this process.
+    let pid: u32 = pool.call("os:getpid", ()).await.unwrap();
+    assert_eq!(pid, std::process::id());
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_refusing_subinterpreters_falls_back_to_a_process_and_stays_there() {
+    let dir = TempDir::new("auto-fallback");
+    let Some(pool) = auto_pool(&dir, 2) else {
+        return;
+    };
+    if !has_single_phase_module(&pool).await {
+        return;
+    }
+    // On subinterpreters alone, the plugin cannot load.
+    let only_subinterpreters = Pool::builder()
+        .worker_type(WorkerKind::Subinterpreter)
+        .max_workers(1)
+        .python_path([fixtures()])
+        .build()
+        .unwrap();
+    let err = only_subinterpreters
+        .call::<_, String>("single_phase_plugin:run", ())
+        .await
+        .unwrap_err();
+    let Error::Load(e) = &err else {
+        panic!("expected a load error, got {err:?}")
+    };
+    assert!(
+        e.traceback
+            .contains("does not support loading in subinterpreters"),
+        "{}",
+        e.traceback
+    );
+    only_subinterpreters.shutdown(GRACE).await.unwrap();
+
+    let host = std::process::id();
+    let text: String = pool.call("single_phase_plugin:run", ()).await.unwrap();
+    let tried = attempts(&dir);
+    assert_eq!(
+        tried.len(),
+        2,
+        "one subinterpreter, then one process: {tried:?}"
+    );
+    assert_eq!(tried[0], host, "first tried on a subinterpreter");
+    let worker = tried[1];
+    assert_ne!(worker, host);
+    assert_eq!(text, format!("_testsinglephase loaded in process {worker}"));
+
+    // Later calls to the module go to the process worker directly: no new attempt anywhere.
+    let pids: Vec<u32> = futures_join(&pool).await;
+    assert!(pids.iter().all(|&pid| pid != host), "{pids:?}");
+    assert_eq!(attempts(&dir).iter().filter(|&&pid| pid == host).count(), 1);
+    // Other modules still run on subinterpreters.
+    let pid: u32 = pool.call("os:getpid", ()).await.unwrap();
+    assert_eq!(pid, host);
+    pool.shutdown(GRACE).await.unwrap();
+    assert!(
+        process_gone(worker),
+        "the fallback's workers end with the pool"
+    );
+}
+
+/// Two concurrent calls to the remembered module.
+async fn futures_join(pool: &Pool) -> Vec<u32> {
+    let (a, b) = tokio::join!(
+        pool.call::<_, u32>("single_phase_plugin:pid", ()),
+        pool.call::<_, u32>("single_phase_plugin:pid", ())
+    );
+    vec![a.unwrap(), b.unwrap()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exception_raised_by_the_function_is_never_retried() {
+    let dir = TempDir::new("auto-raised");
+    let Some(pool) = auto_pool(&dir, 1) else {
+        return;
+    };
+    // The function itself raises the refusal's message: a user's error, seen as it is.
+    let err = pool
+        .call::<_, ()>("pool_fixtures:raise_refusal", ())
+        .await
+        .unwrap_err();
+    let Error::Python(e) = &err else {
+        panic!("expected the Python error, got {err:?}")
+    };
+    assert_eq!(e.type_name, "ImportError");
+    assert!(
+        e.message
+            .ends_with(&format!("(pid {})", std::process::id())),
+        "raised on the subinterpreter, not retried: {}",
+        e.message
+    );
+    // Other load errors are not retried either: no process worker was started.
+    let err = pool
+        .call::<_, i64>("no_such_module:f", ())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Load(e) if e.type_name == "ModuleNotFoundError"),
+        "{err:?}"
+    );
+    assert_eq!(
+        pool.statistics().idle_workers,
+        1,
+        "one subinterpreter, no process"
+    );
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_call_on_the_fallback_kills_its_process() {
+    let dir = TempDir::new("auto-drop");
+    let Some(pool) = auto_pool(&dir, 1) else {
+        return;
+    };
+    if !has_single_phase_module(&pool).await {
+        return;
+    }
+    let worker: u32 = pool.call("single_phase_plugin:pid", ()).await.unwrap();
+    assert_ne!(worker, std::process::id());
+
+    let path = dir.path().join("job.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let call = tokio::spawn(pool.call::<_, ()>(
+        "single_phase_plugin:report_and_block",
+        (path.to_str().unwrap().to_owned(),),
+    ));
+    let (mut connection, pid) = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let (connection, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(&connection)
+            .read_line(&mut line)
+            .unwrap();
+        (connection, line.trim().parse::<u32>().unwrap())
+    })
+    .await
+    .unwrap();
+    assert_eq!(pid, worker, "routed straight to the warm process worker");
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut rest = Vec::new();
+        connection.read_to_end(&mut rest).unwrap();
+    })
+    .await
+    .unwrap();
+    // The process died; the module still goes to (a new) process worker.
+    let next: u32 = pool.call("single_phase_plugin:pid", ()).await.unwrap();
+    assert!(next != worker && next != std::process::id());
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_python_executable_auto_has_no_fallback() {
+    let dir = TempDir::new("auto-nopython");
+    let pool = builder(&dir, WorkerKind::Auto, 1)
+        .python_executable("/nonexistent/python3")
+        .build()
+        .unwrap();
+    if pool.worker_type() != "subinterpreter" {
+        return;
+    }
+    assert_eq!(pool.fallback_worker_type(), None);
+    assert_eq!(pool.python_executable(), None);
+    let err = pool
+        .call::<_, String>("single_phase_plugin:run", ())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Load(_)), "{err:?}");
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_numpy_plugin_runs_or_is_skipped() {
+    let dir = TempDir::new("auto-numpy");
+    let Some(pool) = auto_pool(&dir, 1) else {
+        return;
+    };
+    // Where numpy is installed for the workers' Python it loads in a process; otherwise the
+    // plugin says it is skipped. Either way the call succeeds.
+    let text: String = pool.call("numpy_stats:run", ()).await.unwrap();
+    assert!(
+        text == "skipped: numpy is not installed" || text.starts_with("numpy "),
+        "{text}"
+    );
+    pool.shutdown(GRACE).await.unwrap();
+}

@@ -1,0 +1,399 @@
+//! Cases shared by the process worker types' test files (`pool_spawn.rs`, `pool_forkserver.rs`)
+//! and helpers for `pool_auto.rs`.
+//!
+//! No case sleeps to synchronize or asserts on timing: a job that must be running before it is
+//! cancelled says so through a Unix socket, and its death shows as end of file there.
+
+// Each test file uses only some of these.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    io::{BufRead, BufReader, Read},
+    os::unix::net::{UnixListener, UnixStream},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicUsize, Ordering},
+    task::{Context, Waker},
+    time::Duration,
+};
+
+use interpool::{Error, Pool, WorkerKind};
+
+pub(crate) const GRACE: Duration = Duration::from_secs(10);
+
+pub(crate) fn fixtures() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python").to_owned()
+}
+
+pub(crate) fn plugins() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/examples/plugins").to_owned()
+}
+
+/// A fresh empty directory, removed when dropped.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "interpool-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A pool of `kind` with the fixtures and example plugins on its path.
+pub(crate) fn pool(kind: WorkerKind, max_workers: usize) -> Pool {
+    Pool::builder()
+        .worker_type(kind)
+        .max_workers(max_workers)
+        .python_path([fixtures(), plugins()])
+        .build()
+        .unwrap_or_else(|e| panic!("building a {} pool failed: {e}", kind.name()))
+}
+
+/// Whether process `pid` is gone (reaped; a zombie still counts as there).
+pub(crate) fn process_gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub(crate) async fn smoke(kind: WorkerKind) {
+    let pool = pool(kind, 1);
+    assert_eq!(pool.worker_type(), kind.name());
+    assert_eq!(pool.fallback_worker_type(), None);
+    let python = pool
+        .python_executable()
+        .expect("a process pool has a Python");
+    assert!(python.is_file(), "{}", python.display());
+    let sum: i64 = pool.call("operator:add", (2, 40)).await.unwrap();
+    assert_eq!(sum, 42);
+    let pid: u32 = pool.call("os:getpid", ()).await.unwrap();
+    assert_ne!(pid, std::process::id(), "the job ran in another process");
+    pool.shutdown(GRACE).await.unwrap();
+    assert!(process_gone(pid), "shutdown ended and reaped the worker");
+}
+
+pub(crate) async fn values_cross_both_ways(kind: WorkerKind) {
+    let pool = pool(kind, 2);
+    let text: String = pool.call("builtins:str.upper", ("héllo",)).await.unwrap();
+    assert_eq!(text, "HÉLLO");
+    let echoed: (bool, f64, Vec<u8>, Option<String>) = pool
+        .call(
+            "pool_fixtures:echo",
+            (true, 1.5, vec![1u8, 2], None::<String>),
+        )
+        .await
+        .unwrap();
+    assert_eq!(echoed, (true, 1.5, vec![1, 2], None));
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Record {
+        name: String,
+        count: i64,
+        ratio: f64,
+        tags: Vec<String>,
+    }
+    let record: Record = pool
+        .call("pool_fixtures:record", ("ab", 21, 3.0, ["y", "x"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        record,
+        Record {
+            name: "AB".into(),
+            count: 42,
+            ratio: 1.5,
+            tags: vec!["x".into(), "y".into()],
+        }
+    );
+    // Already pickled arguments (protocol 2, with memo opcodes) and the raw result.
+    let proto2: &[u8] = b"\x80\x02X\x02\x00\x00\x00abq\x00K\x03\x86q\x01.";
+    let raw = pool.call_pickled("operator:mul", proto2).await.unwrap();
+    let value: String = serde_pickle::from_slice(&raw, Default::default()).unwrap();
+    assert_eq!(value, "ababab");
+    // A payload of a few MiB crosses the socket both ways.
+    let big = "x".repeat(4 << 20);
+    let length: usize = pool.call("builtins:len", (&big,)).await.unwrap();
+    assert_eq!(length, big.len());
+    let answer: String = pool.call("primes:run", ()).await.unwrap();
+    assert_eq!(answer, "148933 primes below 2,000,000");
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+pub(crate) async fn errors_come_back_with_their_traceback(kind: WorkerKind) {
+    let pool = pool(kind, 1);
+    let err = pool.call::<_, String>("faulty:run", ()).await.unwrap_err();
+    let Error::Python(e) = &err else {
+        panic!("expected a Python error, got {err:?}")
+    };
+    assert_eq!(e.type_name, "RuntimeError");
+    assert_eq!(e.message, "the faulty plugin could not parse its input");
+    for needle in [
+        "ValueError: invalid literal for int() with base 10: 'forty-two'",
+        "The above exception was the direct cause of the following exception:",
+        "faulty.py",
+        "in parse",
+    ] {
+        assert!(
+            e.traceback.contains(needle),
+            "{needle:?} in\n{}",
+            e.traceback
+        );
+    }
+    assert!(e.pickled.is_some());
+
+    let err = pool
+        .call::<_, i64>("no_such_module:f", ())
+        .await
+        .unwrap_err();
+    let Error::Load(e) = &err else {
+        panic!("expected a load error, got {err:?}")
+    };
+    assert_eq!(e.type_name, "ModuleNotFoundError");
+
+    let err = pool.call::<_, i64>("builtins:str", (5,)).await.unwrap_err();
+    assert!(matches!(err, Error::Conversion { .. }), "{err:?}");
+
+    // The worker survives all of that.
+    let before: u32 = pool.call("os:getpid", ()).await.unwrap();
+    let sum: i64 = pool.call("operator:add", (1, 1)).await.unwrap();
+    assert_eq!(sum, 2);
+    let after: u32 = pool.call("os:getpid", ()).await.unwrap();
+    assert_eq!(before, after);
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+pub(crate) async fn init_runs_in_every_worker_and_its_failure_breaks_the_call(kind: WorkerKind) {
+    let pool = Pool::builder()
+        .worker_type(kind)
+        .max_workers(2)
+        .python_path([fixtures()])
+        .init("pool_fixtures:init")
+        .build()
+        .unwrap();
+    let (a, b) = tokio::join!(
+        pool.call::<_, bool>("pool_fixtures:initialized", ()),
+        pool.call::<_, bool>("pool_fixtures:initialized", ())
+    );
+    assert!(a.unwrap() && b.unwrap());
+    pool.shutdown(GRACE).await.unwrap();
+
+    let pool = Pool::builder()
+        .worker_type(kind)
+        .python_path([fixtures()])
+        .init("pool_fixtures:init_fails")
+        .build()
+        .unwrap();
+    let err = pool
+        .call::<_, i64>("operator:add", (1, 2))
+        .await
+        .unwrap_err();
+    let Error::Broken {
+        reason, exception, ..
+    } = &err
+    else {
+        panic!("expected a broken worker, got {err:?}")
+    };
+    assert!(reason.contains("init"), "{reason}");
+    let exception = exception.as_ref().expect("the init's exception");
+    assert_eq!(exception.type_name, "OSError");
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+/// Starts `pool_fixtures:report_and_block` and returns the call (polled once, so submitted), the
+/// connection on which the job reported, and the job's pid.
+async fn start_blocking_job(
+    pool: &Pool,
+    dir: &TempDir,
+) -> (std::pin::Pin<Box<interpool::Call<()>>>, UnixStream, u32) {
+    let path = dir.path().join("job.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut call =
+        Box::pin(pool.call::<_, ()>("pool_fixtures:report_and_block", (path.to_str().unwrap(),)));
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(call.as_mut().poll(&mut cx).is_pending());
+    let (connection, pid) = tokio::task::spawn_blocking(move || {
+        let (connection, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&connection).read_line(&mut line).unwrap();
+        (connection, line.trim().parse::<u32>().unwrap())
+    })
+    .await
+    .unwrap();
+    (call, connection, pid)
+}
+
+/// Reads `connection` to its end: returns once every holder of the other end is gone.
+async fn until_closed(mut connection: UnixStream) {
+    tokio::task::spawn_blocking(move || {
+        let mut rest = Vec::new();
+        connection.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    })
+    .await
+    .unwrap();
+}
+
+pub(crate) async fn dropping_a_call_kills_its_process(kind: WorkerKind) {
+    let pool = pool(kind, 1);
+    let first: u32 = pool.call("os:getpid", ()).await.unwrap();
+    let dir = TempDir::new("drop");
+    let (call, connection, pid) = start_blocking_job(&pool, &dir).await;
+    assert_eq!(pid, first, "the warm worker runs the job");
+    assert_eq!(pool.statistics().running_workers, 1);
+
+    drop(call); // cancels: SIGKILL, although the job is blocked in C (time.sleep)
+    until_closed(connection).await; // the process died
+    assert_eq!(pool.statistics().running_workers, 0);
+
+    // The pool keeps working, on a new process.
+    let after: u32 = pool.call("os:getpid", ()).await.unwrap();
+    assert_ne!(after, pid, "the killed worker is not reused");
+    pool.shutdown(GRACE).await.unwrap();
+    assert!(process_gone(after));
+}
+
+pub(crate) async fn a_crashing_plugin_breaks_only_its_call(kind: WorkerKind) {
+    let pool = pool(kind, 1);
+    let first: u32 = pool.call("os:getpid", ()).await.unwrap();
+    let err = pool
+        .call::<_, ()>("pool_fixtures:exit_with", (42,))
+        .await
+        .unwrap_err();
+    let Error::Broken {
+        reason, exit_code, ..
+    } = &err
+    else {
+        panic!("expected a broken worker, got {err:?}")
+    };
+    assert_eq!(*exit_code, Some(42));
+    assert!(
+        reason.contains("died unexpectedly during the job (exit code 42)"),
+        "{reason}"
+    );
+    let second: u32 = pool.call("os:getpid", ()).await.unwrap();
+    assert_ne!(second, first, "a fresh worker");
+
+    let err = pool
+        .call::<_, ()>("pool_fixtures:segfault", ())
+        .await
+        .unwrap_err();
+    let Error::Broken {
+        reason, exit_code, ..
+    } = &err
+    else {
+        panic!("expected a broken worker, got {err:?}")
+    };
+    assert_eq!(*exit_code, Some(-11), "{reason}");
+    assert!(reason.contains("SIGSEGV"), "{reason}");
+    let sum: i64 = pool.call("operator:add", (2, 3)).await.unwrap();
+    assert_eq!(sum, 5);
+    pool.shutdown(GRACE).await.unwrap();
+    assert!(process_gone(first) && process_gone(second));
+}
+
+pub(crate) async fn many_tasks_call_at_once_within_max_workers(kind: WorkerKind) {
+    let pool = pool(kind, 3);
+    let tasks: Vec<_> = (0..12i64)
+        .map(|task| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut pids = HashSet::new();
+                for i in 0..15i64 {
+                    let sum: i64 = pool.call("operator:add", (task, i)).await.unwrap();
+                    assert_eq!(sum, task + i);
+                    pids.insert(pool.call::<_, u32>("os:getpid", ()).await.unwrap());
+                }
+                pids
+            })
+        })
+        .collect();
+    let mut pids = HashSet::new();
+    for task in tasks {
+        pids.extend(task.await.unwrap());
+    }
+    assert!(
+        (1..=3).contains(&pids.len()),
+        "max_workers bounds the workers: {pids:?}"
+    );
+    let stats = pool.statistics();
+    assert_eq!(stats.running_workers, 0);
+    assert!(stats.idle_workers <= 3);
+    pool.shutdown(GRACE).await.unwrap();
+    for pid in pids {
+        assert!(process_gone(pid), "worker {pid} ended with the pool");
+    }
+}
+
+pub(crate) async fn a_shut_down_pool_refuses_calls(kind: WorkerKind) {
+    let pool = pool(kind, 1);
+    let clone = pool.clone();
+    let _: i64 = pool.call("operator:add", (1, 2)).await.unwrap();
+    pool.shutdown(GRACE).await.unwrap();
+    let err = clone
+        .call::<_, i64>("operator:add", (1, 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Closed), "{err:?}");
+    assert_eq!(clone.statistics().idle_workers, 0);
+}
+
+pub(crate) fn a_missing_executable_makes_the_kind_unavailable(kind: WorkerKind) {
+    let err = Pool::builder()
+        .worker_type(kind)
+        .python_executable("/nonexistent/python3")
+        .build()
+        .unwrap_err();
+    let Error::Unavailable {
+        worker_type,
+        reason,
+    } = &err
+    else {
+        panic!("expected unavailable, got {err:?}")
+    };
+    assert_eq!(*worker_type, kind.name());
+    assert!(reason.contains("/nonexistent/python3"), "{reason}");
+}
+
+/// The discovered executable is `python3.X` (or `python3`) in the embedded interpreter's BINDIR,
+/// and runs the same Python version as the embedded interpreter.
+pub(crate) async fn the_discovered_executable_is_the_embedded_pythons(kind: WorkerKind) {
+    let pool = pool(kind, 1);
+    let python = pool.python_executable().unwrap().to_owned();
+    let name = python.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with("python3"), "{}", python.display());
+    let (executable, version): (String, (i64, i64)) = pool
+        .call("pool_fixtures:executable_and_version", ())
+        .await
+        .unwrap();
+    assert_eq!(Path::new(&executable), python);
+    let embedded = Pool::builder()
+        .worker_type(WorkerKind::Subinterpreter)
+        .max_workers(1)
+        .python_path([fixtures()])
+        .build();
+    if let Ok(embedded) = embedded {
+        let (_, same): (String, (i64, i64)) = embedded
+            .call("pool_fixtures:executable_and_version", ())
+            .await
+            .unwrap();
+        assert_eq!(version, same);
+        embedded.shutdown(GRACE).await.unwrap();
+    }
+    pool.shutdown(GRACE).await.unwrap();
+}
