@@ -6,18 +6,29 @@ those), which is what docs/benchmarks.md quotes. Measured:
 
 - warm sequential ``await run_sync(noop)``: SUBINTERPRETER, SPAWN and FORKSERVER against
   trio-parallel's spawn and forkserver (and two concurrent callers' jobs per second);
+- the cost of the AUTO decision: an AUTO context against the explicit type it picks, in the same
+  run, batches alternating: plain calls (subinterpreter), calls while a route exists (a pin
+  elsewhere: the memoized per-callable lookup) and ``kill_on_cancel=True`` calls (forkserver).
+  Each trial opens fresh contexts: where the OS places a worker thread moves a warm call's
+  latency far more than the decision costs (about 7 vs 13 us on 2 CPUs), for the thread's whole
+  life, and on 2 CPUs the two contexts' workers mostly land apart (per-trial ratios near 0.55 or
+  1.8, symmetrically). The figure is the geometric mean over trials of AUTO's median / the
+  explicit type's median (symmetric placement noise cancels in log space); the median over the
+  trials whose two workers landed alike (ratio within 0.8..1.25) is printed too;
 - a new worker per call (``retire=object``: always truthy) while the forkserver is up, with
   ``os.getpid`` as the job (stdlib callables: no main script to load where it is lazy);
 - a 64 MiB ``bytes`` round trip (``bytes(payload)``), in MB/s of payload.
 
     python benches/bench_run_sync.py [--rounds 15] [--calls 200] [--new-rounds 5]
-                                     [--new-calls 10] [--big-reps 5] [--json PATH]
+                                     [--new-calls 10] [--big-reps 5] [--ab-trials 31]
+                                     [--ab-rounds 6] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -152,6 +163,45 @@ async def process_benchmarks(args: argparse.Namespace, stack: contextlib.AsyncEx
     }
 
 
+async def auto_vs_explicit(args: argparse.Namespace) -> dict:
+    """AUTO against the explicit type it picks; see the module docstring."""
+    cases = {
+        "plain": ("subinterpreter", False, None),
+        "routes": ("subinterpreter", False, "json"),
+        "kill_on_cancel": ("forkserver", True, None),
+    }
+    result = {}
+    for case, (explicit, kill, pin) in cases.items():
+        ratios = []
+        for trial in range(args.ab_trials):
+            async with (
+                interpool.open_worker_context(worker_type=explicit) as ectx,
+                interpool.open_worker_context(worker_type="auto") as actx,
+            ):
+                if pin is not None:
+                    actx.pin(pin, "forkserver")  # a route elsewhere: the memoized lookup
+                runs = [functools.partial(c.run_sync, kill_on_cancel=kill) for c in (ectx, actx)]
+                order = [0, 1] if trial % 2 == 0 else [1, 0]
+                for i in order:
+                    await one_round(runs[i], 200)
+                medians: list[list[float]] = [[], []]
+                for _ in range(args.ab_rounds):
+                    for i in order:
+                        medians[i].append(statistics.median(await one_round(runs[i], args.calls)))
+                ratios.append(statistics.median(medians[1]) / statistics.median(medians[0]))
+        # Trials where both workers landed alike (within 25 %): placement cancels out there.
+        matched = [r for r in ratios if 0.8 <= r <= 1.25]
+        result[case] = {
+            "explicit": explicit,
+            "median_ratio": statistics.median(ratios),
+            "geometric_mean_ratio": statistics.geometric_mean(ratios),
+            "matched_median_ratio": statistics.median(matched) if matched else None,
+            "matched_trials": len(matched),
+            "trial_ratios": ratios,
+        }
+    return result
+
+
 async def main(args: argparse.Namespace) -> dict:
     global trio_parallel
     try:
@@ -163,8 +213,9 @@ async def main(args: argparse.Namespace) -> dict:
 
 
 async def measure(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> dict:
-    backends = {"interpool subinterpreter": interpool.run_sync}
-    for kind in ("spawn", "forkserver"):
+    auto = await auto_vs_explicit(args)
+    backends = {}
+    for kind in ("subinterpreter", "spawn", "forkserver"):
         ctx = await stack.enter_async_context(interpool.open_worker_context(worker_type=kind))
         backends[f"interpool {kind}"] = ctx.run_sync
     if trio_parallel is not None:
@@ -197,6 +248,8 @@ async def measure(args: argparse.Namespace, stack: contextlib.AsyncExitStack) ->
         "calls_per_round": args.calls,
         "latency": {name: summarize(s) for name, s in samples.items()},
         "throughput_two_callers_per_s": throughput,
+        # AUTO's cost: AUTO's median / the explicit type's, median over trials (1.0: none).
+        "auto_over_explicit": auto,
         "process_speedup_vs_trio_parallel": {
             kind: per_round_ratio(round_medians, f"interpool {kind}", f"trio-parallel {kind}")
             for kind in ("spawn", "forkserver")
@@ -226,6 +279,17 @@ def print_table(result: dict) -> None:
             f"{name:28} {lat['median_us']:7.1f}µs {lat['p10_us']:6.1f}µs {lat['p90_us']:6.1f}µs "
             f"{lat['p99_us']:6.1f}µs {jobs:9.0f}/s"
         )
+    print("AUTO / the explicit type it picks (warm noop, fresh contexts per trial):")
+    for case, ab in result["auto_over_explicit"].items():
+        ratio = ab["geometric_mean_ratio"]
+        spread = sorted(ab["trial_ratios"])
+        matched = ab["matched_median_ratio"]
+        matched = f"{matched:.3f}x" if matched else "n/a"
+        print(
+            f"  {case:15} vs {ab['explicit']:15} {ratio:.3f}x ({(ratio - 1) * 100:+.1f}%, "
+            f"geometric mean of {len(spread)} trials, {spread[0]:.2f}..{spread[-1]:.2f}); "
+            f"median of the {ab['matched_trials']} placement-matched trials {matched}"
+        )
     if "speedup_vs_trio_parallel" in result:
         print(
             f"interpool is {result['speedup_vs_trio_parallel']:.1f}x faster than trio-parallel "
@@ -253,6 +317,8 @@ if __name__ == "__main__":
     parser.add_argument("--new-rounds", type=int, default=5)
     parser.add_argument("--new-calls", type=int, default=10)
     parser.add_argument("--big-reps", type=int, default=5)
+    parser.add_argument("--ab-trials", type=int, default=31)
+    parser.add_argument("--ab-rounds", type=int, default=6)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
     result = trio.run(main, args)

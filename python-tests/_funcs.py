@@ -321,3 +321,25 @@ def return_load_fails_in_parent():
 
 def module_loaded(name):
     return name in sys.modules
+
+
+# --- AUTO (test_auto.py) ------------------------------------------------------
+
+
+def numpy_sum(array):
+    """Takes a numpy array: unpickling the arguments imports numpy."""
+    return int(array.sum()), os.getpid()
+
+
+def import_numpy():
+    """An init that imports a module refusing subinterpreters."""
+    import numpy  # noqa: F401
+
+
+def raise_refusal_lookalike():
+    """A user function raising the very error a refusing module gives: never retried."""
+    raise ImportError(f"module fake does not support loading in subinterpreters ({os.getpid()})")
+
+
+def pid():
+    return os.getpid()

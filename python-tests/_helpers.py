@@ -131,7 +131,9 @@ def assert_no_workers(ctx):
 
 @contextlib.asynccontextmanager
 async def checked_context(**kwargs):
-    """``open_worker_context(**kwargs)`` that asserts no workers remain after exit."""
+    """``open_worker_context(**kwargs)`` that asserts no workers remain after exit; of
+    subinterpreters unless ``worker_type`` says otherwise (what the suite tests)."""
+    kwargs.setdefault("worker_type", interpool.WorkerType.SUBINTERPRETER)
     async with interpool.open_worker_context(**kwargs) as ctx:
         yield ctx
     assert_no_workers(ctx)

@@ -32,6 +32,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     info = subinterpreter_info()
     if info.available:
+        # The suite tests subinterpreter semantics (pipes shared by the whole process, interpreter
+        # ids) through the default context: make it explicitly SUBINTERPRETER. AUTO, the default
+        # otherwise, has its own tests (test_auto.py, test_availability.py), on explicit contexts.
+        interpool.configure_default_context(worker_type=interpool.WorkerType.SUBINTERPRETER)
         return
     skip = pytest.mark.skip(reason=f"SUBINTERPRETER unavailable: {info.reason}")
     for item in items:
@@ -41,11 +45,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 async def ctx():
-    """A fresh default-configured WorkerContext.
+    """A fresh default-configured WorkerContext of subinterpreters (what the suite tests).
 
     Teardown checks a clean shutdown: exiting the context raises nothing (an
     exception fails the test at teardown) and leaves no running or idle workers.
     """
-    async with interpool.open_worker_context() as context:
+    async with interpool.open_worker_context(
+        worker_type=interpool.WorkerType.SUBINTERPRETER
+    ) as context:
         yield context
     _helpers.assert_no_workers(context)

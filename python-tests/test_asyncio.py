@@ -16,6 +16,7 @@ import trio
 
 import interpool
 
+SUB = interpool.WorkerType.SUBINTERPRETER
 pytestmark = pytest.mark.needs_subinterpreters
 
 KILL_KWARGS = [{"kill_on_cancel": True}, {"cancellable": True}]
@@ -52,7 +53,7 @@ def test_values_and_exceptions_come_back():
 
 def test_closed_context_raises_closed_resource_error():
     async def main():
-        async with interpool.open_worker_context() as ctx:
+        async with interpool.open_worker_context(worker_type=SUB) as ctx:
             pass
         with pytest.raises(trio.ClosedResourceError):
             await ctx.run_sync(_funcs.add, 1, 2)
@@ -63,7 +64,7 @@ def test_closed_context_raises_closed_resource_error():
 def test_context_exit_waits_for_running_calls():
     async def main():
         with _helpers.Pipe() as started, _helpers.Pipe() as release:
-            cm = interpool.open_worker_context()
+            cm = interpool.open_worker_context(worker_type=SUB)
             ctx = await cm.__aenter__()
             call = asyncio.create_task(
                 ctx.run_sync(_funcs.signal_and_block, started.w, release.r, "v")
@@ -87,7 +88,7 @@ def test_context_exit_finishes_despite_a_cancellation_then_raises_it():
             got = {}
 
             async def use():
-                async with interpool.open_worker_context() as ctx:
+                async with interpool.open_worker_context(worker_type=SUB) as ctx:
                     got["ctx"] = ctx
                     got["call"] = asyncio.create_task(
                         ctx.run_sync(_funcs.signal_and_block, started.w, release.r, 1)
@@ -330,7 +331,7 @@ def test_event_loops_in_several_threads_share_the_default_cache():
 def test_context_closing_in_one_loop_waits_for_a_call_in_another_thread():
     async def main():
         with _helpers.Pipe() as started, _helpers.Pipe() as release:
-            async with interpool.open_worker_context() as ctx:
+            async with interpool.open_worker_context(worker_type=SUB) as ctx:
                 outcome = []
                 thread = threading.Thread(
                     target=lambda: outcome.append(
@@ -360,7 +361,7 @@ def test_anyio_run_sync_values_contexts_and_limiters(backend):
         limiter = interpool.current_default_worker_limiter()
         expected = trio.CapacityLimiter if backend == "trio" else interpool.AsyncioCapacityLimiter
         assert type(limiter) is expected
-        async with interpool.open_worker_context() as ctx:
+        async with interpool.open_worker_context(worker_type=SUB) as ctx:
             assert await ctx.run_sync(_funcs.add, 2, 2, limiter=anyio.CapacityLimiter(1)) == 4
 
     anyio.run(main, backend=backend)

@@ -1,10 +1,11 @@
 """Worker type availability. Runs, without skips, on every supported CPython:
 SUBINTERPRETER is available from 3.13 and reported unavailable (with a reason)
-before that."""
+before that; AUTO, the default, works everywhere (before 3.13 on processes)."""
 
 import platform
 import sys
 
+import _helpers
 import pytest
 
 import interpool
@@ -29,6 +30,11 @@ def test_public_names():
         "available_worker_types",
         "BrokenWorkerError",
         "WorkerTypeUnavailableError",
+        "WorkerTypeStatistics",
+        "configure_default_context",
+        "cache_scope",
+        "atexit_shutdown_grace_period",
+        "pin",
     ]:
         assert name in interpool.__all__
         assert hasattr(interpool, name)
@@ -38,6 +44,7 @@ def test_worker_type_values():
     assert interpool.WorkerType("subinterpreter") is interpool.WorkerType.SUBINTERPRETER
     assert interpool.WorkerType.SUBINTERPRETER == "subinterpreter"
     assert isinstance(interpool.WorkerType.SUBINTERPRETER, str)
+    assert interpool.WorkerType("auto") is interpool.WorkerType.AUTO
     with pytest.raises(ValueError):
         interpool.WorkerType("bogus")
 
@@ -49,7 +56,9 @@ def test_error_types():
 
 def test_every_worker_type_is_listed_once():
     infos = interpool.available_worker_types()
-    assert sorted(i.worker_type for i in infos) == sorted(interpool.WorkerType)
+    # AUTO is a choice among these, not a type of worker: it is always available.
+    concrete = [t for t in interpool.WorkerType if t is not interpool.WorkerType.AUTO]
+    assert sorted(i.worker_type for i in infos) == sorted(concrete)
     for info in infos:
         assert isinstance(info.available, bool)
         assert isinstance(info.hard_kill, bool)
@@ -70,20 +79,45 @@ def test_subinterpreter_availability():
         assert platform.python_version() in info.reason
 
 
-async def test_run_sync_on_the_default_context():
-    if HAS_SUBINTERPRETERS:
-        assert await interpool.run_sync(abs, -1) == 1
-    else:
-        reason = _info(interpool.WorkerType.SUBINTERPRETER).reason
-        with pytest.raises(interpool.WorkerTypeUnavailableError) as excinfo:
-            await interpool.run_sync(abs, -1)
-        assert reason in str(excinfo.value)
+def test_run_sync_on_the_default_context(tmp_path):
+    # The default is AUTO: subinterpreters from 3.13, processes before. In a fresh interpreter:
+    # the default context's workers live until exit (test_process.py checks none are left).
+    result = _helpers.run_script(
+        tmp_path,
+        """
+        import trio
+        import interpool
+
+        async def main():
+            print(await interpool.run_sync(abs, -1))
+            print(sorted(interpool.default_context_statistics().by_type))
+
+        if __name__ == "__main__":
+            trio.run(main)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    value, types = result.stdout.splitlines()
+    assert value == "1"
+    assert ("SUBINTERPRETER" in types) is HAS_SUBINTERPRETERS
+
+
+async def test_auto_uses_processes_where_subinterpreters_are_unavailable():
+    async with interpool.open_worker_context() as ctx:
+        assert ctx.worker_type is interpool.WorkerType.AUTO
+        assert await ctx.run_sync(abs, -1) == 1
+        by_type = ctx.statistics().by_type
+        assert (interpool.WorkerType.SUBINTERPRETER in by_type) is HAS_SUBINTERPRETERS
+        if not HAS_SUBINTERPRETERS:
+            assert by_type[interpool.WorkerType.FORKSERVER].idle_workers == 1
+    async with interpool.cache_scope():
+        assert await interpool.run_sync(abs, -2) == 2
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"worker_type": interpool.WorkerType.SUBINTERPRETER}],
-    ids=["default", "explicit"],
+    [{"worker_type": interpool.WorkerType.SUBINTERPRETER}],
+    ids=["explicit"],
 )
 async def test_open_worker_context(kwargs):
     if HAS_SUBINTERPRETERS:

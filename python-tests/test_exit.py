@@ -29,6 +29,8 @@ STUCK_AT_EXIT = """
                 pass
 
     async def main():
+        # A subinterpreter stuck in C is what this tests (AUTO would pick a killable process).
+        interpool.configure_default_context(worker_type="subinterpreter")
         started_r, started_w = os.pipe()
         never_r, never_w = os.pipe()
         async with trio.open_nursery() as nursery:

@@ -19,7 +19,7 @@ use interpool_worker_types::{
     Completion, Finished, Job, Outcome, Rejected, Retire, Worker, WorkerConfig, WorkerType,
 };
 
-use crate::{Error, Result};
+use crate::{scheduler::LatencyEstimate, Error, Result};
 
 /// Counts of a cache's workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,6 +91,8 @@ struct Inner {
     worker_type: Arc<dyn WorkerType>,
     idle_timeout: Option<Duration>,
     state: Mutex<State>,
+    /// This type's dispatch latency, fed by quick calls ([`Lease::observe_quick_return`]).
+    latency: LatencyEstimate,
 }
 
 impl Inner {
@@ -162,6 +164,7 @@ impl WorkerCache {
                     nonzero_exit_codes: Vec::new(),
                     closed: false,
                 }),
+                latency: LatencyEstimate::default(),
             }),
         })
     }
@@ -170,6 +173,7 @@ impl WorkerCache {
     /// setup payload (see [`WorkerConfig::setup`]); it is called only when a worker starts, and
     /// never while a lock of the cache is held.
     pub fn submit(&self, job: Job, setup: &dyn Fn() -> Result<Vec<u8>, String>) -> Result<Lease> {
+        let submitted = Instant::now();
         let mut job = job;
         loop {
             let cached = {
@@ -196,6 +200,7 @@ impl WorkerCache {
                         cache: self.inner.clone(),
                         worker: Some(worker),
                         completion,
+                        submitted,
                     })
                 }
                 // It ended itself meanwhile (idle timeout): the job never started; next worker.
@@ -213,6 +218,12 @@ impl WorkerCache {
             idle_timeout: self.inner.idle_timeout,
         };
         Ok(self.inner.worker_type.start(Arc::new(config))?)
+    }
+
+    /// The running estimate of this cache's dispatch latency (see [`crate::scheduler`]), or
+    /// `None` before a quick call measured it.
+    pub fn latency_estimate(&self) -> Option<Duration> {
+        self.inner.latency.get()
     }
 
     /// Current counts. Workers that ended themselves are pruned first.
@@ -308,12 +319,20 @@ pub struct Lease {
     cache: Arc<Inner>,
     worker: Option<Box<dyn Worker>>,
     completion: Arc<Completion>,
+    submitted: Instant,
 }
 
 impl Lease {
     /// The job's outcome slot: spin on it, park on its fd, or block on it.
     pub fn completion(&self) -> &Completion {
         &self.completion
+    }
+
+    /// Feeds the time since submission into the cache's latency estimate. The caller calls this
+    /// for a quick call only (its outcome came back while the caller spun), so that job time does
+    /// not count as dispatch latency.
+    pub fn observe_quick_return(&self) {
+        self.cache.latency.observe(self.submitted.elapsed());
     }
 
     /// The id of the worker running the job.

@@ -49,6 +49,7 @@ mod error;
 mod pool;
 #[cfg(feature = "python")]
 mod python;
+pub mod scheduler;
 mod wire;
 
 pub use cache::{Lease, ShutdownReport, Statistics, WorkerCache};

@@ -11,6 +11,7 @@ from ._types import (
     WorkerContextStatistics,
     WorkerType,
     WorkerTypeInfo,
+    WorkerTypeStatistics,
     WorkerTypeUnavailableError,
 )
 
@@ -24,11 +25,15 @@ if "_interpool_worker" in sys.modules:
         WorkerContext,
         amap,
         astarmap,
+        atexit_shutdown_grace_period,
         available_worker_types,
+        cache_scope,
+        configure_default_context,
         configure_forkserver,
         current_default_worker_limiter,
         default_context_statistics,
         open_worker_context,
+        pin,
         run_sync,
     )
 else:
@@ -36,10 +41,14 @@ else:
     from ._forkserver import configure_forkserver
     from ._impl import (
         WorkerContext,
+        atexit_shutdown_grace_period,
         available_worker_types,
+        cache_scope,
+        configure_default_context,
         current_default_worker_limiter,
         default_context_statistics,
         open_worker_context,
+        pin,
         run_sync,
     )
     from ._map import MapResults, amap, astarmap
@@ -52,13 +61,18 @@ __all__ = [
     "WorkerContextStatistics",
     "WorkerType",
     "WorkerTypeInfo",
+    "WorkerTypeStatistics",
     "WorkerTypeUnavailableError",
     "amap",
     "astarmap",
+    "atexit_shutdown_grace_period",
     "available_worker_types",
+    "cache_scope",
+    "configure_default_context",
     "configure_forkserver",
     "current_default_worker_limiter",
     "default_context_statistics",
     "open_worker_context",
+    "pin",
     "run_sync",
 ]

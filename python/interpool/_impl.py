@@ -21,13 +21,16 @@ pieces (parking on an fd, shielding, the default limiter) live in ``_backends.py
 from __future__ import annotations
 
 import atexit
+import contextvars
 import datetime  # noqa: F401, 3.13.0: concurrent first imports of _datetime in subinterpreters crash
 import math
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pickle import loads as pickle_loads
 from typing import Any, TypeVar
 
 import trio
@@ -38,12 +41,13 @@ from trio.lowlevel import (
     wait_readable,
 )
 
-from . import _backends, _interpool, _outcome
+from . import _auto, _backends, _interpool, _outcome
 from ._types import (
     BrokenWorkerError,
     WorkerContextStatistics,
     WorkerType,
     WorkerTypeInfo,
+    WorkerTypeStatistics,
     WorkerTypeUnavailableError,
 )
 
@@ -112,6 +116,8 @@ def _check_worker_type(worker_type: object) -> WorkerType:
     except ValueError:
         choices = ", ".join(repr(t.value) for t in WorkerType)
         raise ValueError(f"unknown worker type {worker_type!r}; choose one of {choices}") from None
+    if worker_type is WorkerType.AUTO:
+        return worker_type
     for info in available_worker_types():
         if info.worker_type is worker_type and not info.available:
             raise WorkerTypeUnavailableError(info.reason)
@@ -123,6 +129,7 @@ class WorkerContext:
     one serves :func:`run_sync`."""
 
     __slots__ = (
+        "_auto",
         "_cache",
         "_closed",
         "_grace_period",
@@ -147,7 +154,7 @@ class WorkerContext:
         init: Callable[[], object] = bool,
         retire: Callable[[], object] = bool,
         grace_period: float = 30.0,
-        worker_type: WorkerType | str = WorkerType.SUBINTERPRETER,
+        worker_type: WorkerType | str = WorkerType.AUTO,
     ) -> WorkerContext:
         idle_timeout = _check_seconds("idle_timeout", idle_timeout)
         grace_period = _check_seconds("grace_period", grace_period)
@@ -159,7 +166,13 @@ class WorkerContext:
         self._idle_timeout, self._grace_period = idle_timeout, grace_period
         self._init, self._retire, self._worker_type = init, retire, worker_type
         self._setup_hooks = (_outcome.dumps(init), _outcome.dumps(retire))
-        self._cache = _interpool.Cache(worker_type.value, idle_timeout, self._worker_setup)
+        if worker_type is WorkerType.AUTO:
+            # One cache per available type; the AUTO decision picks one per call.
+            self._auto = _auto.Auto(available_worker_types(), self._make_cache)
+            self._cache = None
+        else:
+            self._auto = None
+            self._cache = self._make_cache(worker_type)
         self._closed = False
         # One entry per call in progress. Event loops in several threads may share a context:
         # list.append/pop are atomic, ``+= 1`` on an attribute is not.
@@ -189,6 +202,59 @@ class WorkerContext:
             f"grace_period={self._grace_period}{' closed' if self._closed else ''}>"
         )
 
+    def _make_cache(self, worker_type: WorkerType) -> Any:
+        return _interpool.Cache(worker_type.value, self._idle_timeout, self._worker_setup)
+
+    def _caches(self) -> list[Any]:
+        return [self._cache] if self._auto is None else list(self._auto.caches.values())
+
+    def _cache_for(self, sync_fn: object, kill_on_cancel: bool) -> Any:
+        """The cache that serves this call: the context's own, or AUTO's choice."""
+        auto = self._auto
+        if auto is None:
+            return self._cache
+        if auto.routes:
+            return auto.route(sync_fn, kill_on_cancel)
+        return auto.best[kill_on_cancel]
+
+    def pin(self, target: object, worker_type: WorkerType | str | None) -> None:
+        """Sends every call of ``target`` (a callable, or a module name: its submodules too) to
+        ``worker_type`` in this AUTO context, overriding AUTO's choice and its fallback
+        (``None`` removes the pin). For packages that load in a subinterpreter but misbehave
+        later there (polars, PyYAML's silent pure-Python mode): ``ctx.pin("polars",
+        WorkerType.FORKSERVER)``.
+
+        Raises:
+            RuntimeError: this context is not AUTO (its type is already explicit).
+            WorkerTypeUnavailableError: the type cannot run here.
+        """
+        if self._auto is None:
+            raise RuntimeError(
+                f"pinning needs a WorkerType.AUTO context; this one is {self._worker_type.value}"
+            )
+        if worker_type is not None:
+            worker_type = _check_worker_type(worker_type)
+            if worker_type is WorkerType.AUTO:
+                worker_type = None
+        self._auto.pin(target, worker_type)
+
+    def _failed(self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object) -> bool:
+        """A LOAD_ERROR or BROKEN outcome: True if AUTO re-runs the job elsewhere; else raises
+        it (with a hint, when a module refused to load in a subinterpreter)."""
+        if self._auto is not None and self._auto.fallback(cache, kind, data, reason, fn):
+            return True
+        if kind == _outcome.LOAD_ERROR:
+            exc = _outcome.rebuild_exception(data)
+            if self._is_subinterpreter(cache) and _auto.refusal(exc) is not None:
+                exc.add_note(_auto.HINT)
+            raise exc
+        return _outcome.unwrap(kind, data, reason)  # type: ignore[return-value]
+
+    def _is_subinterpreter(self, cache: Any) -> bool:
+        if self._auto is None:
+            return self._worker_type is WorkerType.SUBINTERPRETER
+        return cache is self._auto.caches.get(WorkerType.SUBINTERPRETER)
+
     def _worker_setup(self) -> bytes:
         """A new worker's setup: the parent's sys.path, argv and main script as of now."""
         main_kind, main_ref = _outcome.main_reference()
@@ -196,9 +262,22 @@ class WorkerContext:
         return _outcome.dumps((list(sys.path), list(sys.argv), main_kind, main_ref, init, retire))
 
     def statistics(self) -> WorkerContextStatistics:
-        """How many workers are idle and how many calls are running."""
-        idle, running = self._cache.statistics()
-        return WorkerContextStatistics(idle_workers=idle, running_workers=running)
+        """How many workers are idle and how many calls are running, in all, and ``by_type``:
+        per worker type, the same counts plus AUTO's latency estimate, fallbacks, modules routed
+        away and pins."""
+        if self._auto is None:
+            idle, running = self._cache.statistics()
+            one = WorkerTypeStatistics(
+                self._worker_type, idle, running, self._cache.latency_estimate()
+            )
+            by_type = {self._worker_type: one}
+        else:
+            by_type = self._auto.statistics()
+        return WorkerContextStatistics(
+            idle_workers=sum(s.idle_workers for s in by_type.values()),
+            running_workers=sum(s.running_workers for s in by_type.values()),
+            by_type=by_type,
+        )
 
     async def run_sync(
         self,
@@ -221,6 +300,14 @@ class WorkerContext:
         await checkpoint_if_cancelled()
         payload = _outcome.dumps((sync_fn, args), sync_fn)
         kill_on_cancel = kill_on_cancel or cancellable
+        # The AUTO decision, inlined: no route known, one list read (see _auto.py).
+        auto = self._auto
+        if auto is None:
+            cache = self._cache
+        elif auto.routes:
+            cache = auto.route(sync_fn, kill_on_cancel)
+        else:
+            cache = auto.best[kill_on_cancel]
         if limiter is None:
             limiter = _trio_default_limiter()
         if type(limiter) is trio.CapacityLimiter:
@@ -229,23 +316,33 @@ class WorkerContext:
             except trio.WouldBlock:
                 await limiter.acquire()
             try:
-                return await self._run(payload, kill_on_cancel)
+                return await self._run(cache, payload, kill_on_cancel, sync_fn)
             finally:
                 limiter.release()
         async with limiter:
-            return await self._run(payload, kill_on_cancel)
+            return await self._run(cache, payload, kill_on_cancel, sync_fn)
 
-    async def _run(self, payload: bytes, kill_on_cancel: bool) -> Any:
+    async def _run(self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object) -> Any:
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
         running.append(None)
         try:
-            call = self._cache.submit(payload)
-            await cancel_shielded_checkpoint()
-            if not call.spin(_SPIN_MICROSECONDS):
-                await _wait(call, kill_on_cancel)
-            kind, data, reason = call.result()
+            while True:
+                call = cache.submit(payload)
+                await cancel_shielded_checkpoint()
+                if not call.spin(_SPIN_MICROSECONDS):
+                    if self._auto is not None:
+                        self._auto.note_parked()
+                    await _wait(call, kill_on_cancel)
+                kind, data, reason = call.result()
+                if kind == _outcome.VALUE:
+                    return pickle_loads(data)
+                if kind == _outcome.RAISED or not self._failed(cache, kind, data, reason, fn):
+                    break
+                # The job never started: run it where AUTO now routes it, still counted as
+                # running (a closing context waits for it).
+                cache = self._cache_for(fn, kill_on_cancel)
         finally:
             running.pop()
             if self._on_drained is not None and not running:
@@ -262,28 +359,39 @@ class WorkerContext:
         aio = _backends.ASYNCIO
         await aio.checkpoint()  # before anything runs: see the module docstring
         payload = _outcome.dumps((sync_fn, args), sync_fn)
+        cache = self._cache_for(sync_fn, kill_on_cancel)
         if limiter is None:
             limiter = _backends.asyncio_default_limiter()
         if type(limiter) is _backends.CapacityLimiter:
             if not limiter.try_acquire():
                 await limiter.acquire()
             try:
-                return await self._run_asyncio(payload, kill_on_cancel)
+                return await self._run_asyncio(cache, payload, kill_on_cancel, sync_fn)
             finally:
                 limiter.release()
         async with limiter:
-            return await self._run_asyncio(payload, kill_on_cancel)
+            return await self._run_asyncio(cache, payload, kill_on_cancel, sync_fn)
 
-    async def _run_asyncio(self, payload: bytes, kill_on_cancel: bool) -> Any:
+    async def _run_asyncio(
+        self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object
+    ) -> Any:
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
         running.append(None)
         try:
-            call = self._cache.submit(payload)
-            if not call.spin(_SPIN_MICROSECONDS):
-                await _wait_asyncio(call, kill_on_cancel)
-            kind, data, reason = call.result()
+            while True:
+                call = cache.submit(payload)
+                if not call.spin(_SPIN_MICROSECONDS):
+                    if self._auto is not None:
+                        self._auto.note_parked()
+                    await _wait_asyncio(call, kill_on_cancel)
+                kind, data, reason = call.result()
+                if kind == _outcome.VALUE:
+                    return pickle_loads(data)
+                if kind == _outcome.RAISED or not self._failed(cache, kind, data, reason, fn):
+                    break
+                cache = self._cache_for(fn, kill_on_cancel)  # never started: run it there
         finally:
             running.pop()
             if self._on_drained is not None and not running:
@@ -313,14 +421,31 @@ class WorkerContext:
             if not self._running:  # it ended before the signal was in place
                 self._on_drained()
             await wait()
-        self._cache.close()
-        return await backend.run_in_thread(self._cache.wait_closed, self._grace_period)
+        for cache in self._caches():
+            cache.close()
+        return await backend.run_in_thread(self._wait_closed, self._grace_period)
+
+    def _wait_closed(self, grace_period: float) -> tuple[list[bytes], int, int, list[int]]:
+        """Every cache's shutdown report, summed; the caches share the grace period."""
+        failures: list[bytes] = []
+        not_ended = killed = 0
+        codes: list[int] = []
+        deadline = time.monotonic() + grace_period
+        for cache in self._caches():
+            left = max(0.0, deadline - time.monotonic()) if math.isfinite(grace_period) else None
+            f, n, k, c = cache.wait_closed(left)
+            failures += f
+            not_ended += n
+            killed += k
+            codes += c
+        return failures, not_ended, killed, codes
 
     def _close_blocking(self, grace_period: float) -> None:
         """Closes without trio (atexit). Running calls cannot exist then."""
         self._closed = True
-        self._cache.close()
-        _raise_shutdown_failures(*self._cache.wait_closed(grace_period))
+        for cache in self._caches():
+            cache.close()
+        _raise_shutdown_failures(*self._wait_closed(grace_period))
 
 
 async def _wait(call: Any, kill_on_cancel: bool) -> None:
@@ -397,7 +522,7 @@ async def open_worker_context(
     init: Callable[[], object] = bool,
     retire: Callable[[], object] = bool,
     grace_period: float = 30.0,
-    worker_type: WorkerType | str = WorkerType.SUBINTERPRETER,
+    worker_type: WorkerType | str = WorkerType.AUTO,
 ) -> AsyncIterator[WorkerContext]:
     """Opens a worker context with its own workers and settings.
 
@@ -428,15 +553,173 @@ async def open_worker_context(
 
 _default_context: WorkerContext | None = None
 _default_context_lock = threading.Lock()
+# Settings of the default context made on first use (configure_default_context changes them).
+_default_settings: dict[str, Any] = {}
+# Default contexts replaced by configure_default_context, closed at exit.
+_replaced_contexts: list[WorkerContext] = []
+# atexit_shutdown_grace_period (1.2 API): the default context's grace period at exit, if set.
+_atexit_grace_period: float | None = None
 
 
 def _get_default_context() -> WorkerContext:
+    """The global default context (made on first use), ignoring cache scopes."""
     global _default_context
     if _default_context is None:
         with _default_context_lock:
             if _default_context is None:
-                _default_context = WorkerContext._create()
+                _default_context = WorkerContext._create(**_default_settings)
     return _default_context
+
+
+class _Scope:
+    """A :func:`cache_scope` in force: its context, the trio task that opened it (None under
+    asyncio), the enclosing scope, and whether it is still open."""
+
+    __slots__ = ("context", "open", "owner", "parent")
+
+    def __init__(self, context: WorkerContext, owner: object, parent: _Scope | None) -> None:
+        self.context, self.owner, self.parent, self.open = context, owner, parent, True
+
+
+_scope_var: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+    "interpool_cache_scope", default=None
+)
+
+
+def _current_default_context() -> WorkerContext:
+    """The context ``run_sync`` uses here: the innermost open :func:`cache_scope` of this task
+    tree, else the global default."""
+    scope = _scope_var.get()
+    if scope is None:
+        return _get_default_context()
+    return _scoped_context(scope)
+
+
+def _scoped_context(scope: _Scope | None) -> WorkerContext:
+    # A contextvar follows the task that *spawned* a task, a scope follows the task tree: a task
+    # spawned from inside a scope into a nursery outside it sees the scope only while the scope
+    # is open and the task descends from the scope's task.
+    try:
+        task: Any = trio.lowlevel.current_task()
+    except RuntimeError:  # not in trio: contextvar rules (asyncio copies them into tasks)
+        task = None
+    while scope is not None:
+        if scope.open and (scope.owner is None or _descends(task, scope.owner)):
+            return scope.context
+        scope = scope.parent
+    return _get_default_context()
+
+
+def _descends(task: Any, owner: object) -> bool:
+    while task is not None:
+        if task is owner:
+            return True
+        nursery = task.parent_nursery
+        task = nursery.parent_task if nursery is not None else None
+    return False
+
+
+def _check_main_thread(name: str) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(f"{name} must be called from the main thread")
+
+
+def configure_default_context(
+    idle_timeout: float = 600.0,
+    init: Callable[[], object] = bool,
+    retire: Callable[[], object] = bool,
+    grace_period: float = 30.0,
+    worker_type: WorkerType | str = WorkerType.AUTO,
+) -> None:
+    """Replaces the default context (of :func:`run_sync`, :func:`amap`, ...) with one of these
+    settings; the arguments are :func:`open_worker_context`'s. Meant to be called once, before
+    the first call. A previous default context that still has workers is left to finish (with a
+    ``UserWarning``) and closed at exit.
+
+    Raises:
+        RuntimeError: called off the main thread.
+        ValueError, TypeError, WorkerTypeUnavailableError: as :func:`open_worker_context`.
+    """
+    global _default_context, _default_settings
+    _check_main_thread("configure_default_context")
+    settings = {
+        "idle_timeout": idle_timeout,
+        "init": init,
+        "retire": retire,
+        "grace_period": grace_period,
+        "worker_type": worker_type,
+    }
+    context = WorkerContext._create(**settings)  # validates
+    with _default_context_lock:
+        old, _default_context, _default_settings = _default_context, context, settings
+    if old is not None:
+        stats = old.statistics()
+        if stats.idle_workers or stats.running_workers:
+            import warnings
+
+            warnings.warn(
+                "Previous default context leaving zombie workers behind",
+                UserWarning,
+                stacklevel=2,
+            )
+        _replaced_contexts.append(old)
+
+
+def atexit_shutdown_grace_period(grace_period: float = 30.0) -> None:
+    """trio-parallel 1.2's API, kept: the seconds the default context's workers get to end at
+    exit. Deprecated there in favour of ``configure_default_context(grace_period=...)``, which
+    also sets the grace period of a context closed at exit.
+
+    Raises:
+        ValueError, TypeError: as a ``grace_period`` of :func:`open_worker_context`.
+    """
+    global _atexit_grace_period
+    import warnings
+
+    grace_period = _check_seconds("grace_period", grace_period)
+    warnings.warn(
+        "atexit_shutdown_grace_period() is trio-parallel 1.2's API; use "
+        "configure_default_context(grace_period=...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    _atexit_grace_period = grace_period
+
+
+@asynccontextmanager
+async def cache_scope(
+    idle_timeout: float = 600.0,
+    init: Callable[[], object] = bool,
+    retire: Callable[[], object] = bool,
+    grace_period: float = 30.0,
+    worker_type: WorkerType | str = WorkerType.AUTO,
+) -> AsyncIterator[None]:
+    """Within this block, and in the tasks started in it, :func:`run_sync` (and ``amap``) use a
+    new worker context of these settings (:func:`open_worker_context`'s) instead of the default
+    one; it closes on exit as ``open_worker_context``'s does. Explicit ``ctx.run_sync`` calls are
+    not affected. Under trio the scope follows the task tree; under asyncio, contextvars.
+    Yields None."""
+    async with open_worker_context(idle_timeout, init, retire, grace_period, worker_type) as ctx:
+        try:
+            owner: object = trio.lowlevel.current_task()
+        except RuntimeError:  # asyncio
+            owner = None
+        scope = _Scope(ctx, owner, _scope_var.get())
+        token = _scope_var.set(scope)
+        try:
+            yield
+        finally:
+            scope.open = False
+            try:
+                _scope_var.reset(token)
+            except ValueError:  # pragma: no cover, left from another context: nothing to undo
+                pass
+
+
+def pin(target: object, worker_type: WorkerType | str | None) -> None:
+    """:meth:`WorkerContext.pin` on the current default context (the innermost
+    :func:`cache_scope`, else the global default)."""
+    _current_default_context().pin(target, worker_type)
 
 
 async def run_sync(
@@ -469,13 +752,19 @@ async def run_sync(
         pickled; ``TypeError`` for an async function; :class:`BrokenWorkerError` if the worker
         failed; :class:`WorkerTypeUnavailableError` if the default worker type cannot run here.
     """
-    return await _get_default_context().run_sync(
+    scope = _scope_var.get()
+    ctx = _get_default_context() if scope is None else _scoped_context(scope)
+    return await ctx.run_sync(
         sync_fn, *args, kill_on_cancel=kill_on_cancel, cancellable=cancellable, limiter=limiter
     )
 
 
 def default_context_statistics() -> WorkerContextStatistics:
-    """Statistics of the default context (eventually consistent across threads)."""
+    """Statistics of the current default context: the innermost :func:`cache_scope`, else the
+    global default (eventually consistent across threads)."""
+    scope = _scope_var.get()
+    if scope is not None:
+        return _scoped_context(scope).statistics()
     if _default_context is None:
         return WorkerContextStatistics(idle_workers=0, running_workers=0)
     return _default_context.statistics()
@@ -490,9 +779,14 @@ def _end_workers_at_exit() -> None:
     never closed, abandoned ones) is interrupted and gets ABANDON_AFTER to end; a worker still
     stuck in C code makes the process exit without finalizing (``os._exit(1)``) rather than
     abort."""
-    if _default_context is not None:
+    for context in [*_replaced_contexts, _default_context]:
+        if context is None or context._closed:
+            continue
+        grace = context.grace_period
+        if context is _default_context and _atexit_grace_period is not None:
+            grace = _atexit_grace_period
         try:
-            _default_context._close_blocking(_default_context.grace_period)
+            context._close_blocking(grace)
         except BrokenWorkerError as error:
             print(f"interpool: default worker context: {error}", file=sys.stderr)
     stuck = _interpool.end_all_subinterpreters(ABANDON_AFTER)

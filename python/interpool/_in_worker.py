@@ -11,6 +11,7 @@ def _not_in_a_worker(*args: object, **kwargs: object) -> None:
 run_sync = open_worker_context = current_default_worker_limiter = _not_in_a_worker
 default_context_statistics = available_worker_types = configure_forkserver = _not_in_a_worker
 amap = astarmap = _not_in_a_worker
+configure_default_context = cache_scope = atexit_shutdown_grace_period = pin = _not_in_a_worker
 
 
 class WorkerContext:

@@ -20,18 +20,26 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from . import _backends, _chunks, _outcome
-from ._impl import _SPIN_MICROSECONDS, ABANDON_AFTER, WorkerContext, _get_default_context
+from ._impl import _SPIN_MICROSECONDS, ABANDON_AFTER, WorkerContext, _current_default_context
 
 T = TypeVar("T")
 
 
 class _Entry:
-    """A chunk in flight (``call``), or an error to raise at this position (``error``)."""
+    """A chunk in flight (``call`` on ``cache``, kept with its ``payload`` for an AUTO
+    fallback), or an error to raise at this position (``error``)."""
 
-    __slots__ = ("call", "error", "fd")
+    __slots__ = ("cache", "call", "error", "fd", "payload")
 
-    def __init__(self, call: Any = None, error: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        call: Any = None,
+        error: BaseException | None = None,
+        cache: Any = None,
+        payload: bytes | None = None,
+    ) -> None:
         self.call, self.error, self.fd = call, error, None
+        self.cache, self.payload = cache, payload
 
 
 class MapResults(Generic[T]):
@@ -47,7 +55,7 @@ class MapResults(Generic[T]):
         ordered: bool,
         chunksize: int,
         max_in_flight: int | None,
-        kill_on_cancel: bool,
+        kill_on_cancel: bool | None,
         context: WorkerContext | None,
     ) -> None:
         if not callable(fn):
@@ -71,8 +79,11 @@ class MapResults(Generic[T]):
             raise TypeError(f"{type(iterable).__name__!r} object is neither iterable nor async")
         self._fn, self._star, self._ordered = fn, star, ordered
         self._chunksize, self._max_in_flight = chunksize, max_in_flight
-        self._kill_on_cancel = kill_on_cancel
-        self._ctx = context if context is not None else _get_default_context()
+        self._kill_on_cancel = kill_on_cancel is not False
+        # Only an explicit True makes AUTO pick a hard-killable (process) type; the default
+        # (None) interrupts the chunks of whatever type AUTO picked.
+        self._need_hard_kill = kill_on_cancel is True
+        self._ctx = context if context is not None else _current_default_context()
         self._backend: Any = None
         self._entries: collections.deque[_Entry] = collections.deque()
         self._ready: collections.deque[T] = collections.deque()
@@ -117,7 +128,8 @@ class MapResults(Generic[T]):
         if not self._entries:
             raise StopAsyncIteration
         entry = await (self._next_in_order() if self._ordered else self._next_completed())
-        self._take(entry)
+        while not self._take(entry):  # AUTO re-ran the chunk elsewhere
+            entry = await (self._next_in_order() if self._ordered else self._next_completed())
         if self._ready:
             return self._ready.popleft()
         return self._raise_error()
@@ -163,7 +175,10 @@ class MapResults(Generic[T]):
             self._entries.append(_Entry(error=exc))
             self._input_done = True
             return
-        self._entries.append(_Entry(call=self._ctx._cache.submit(payload)))
+        cache = self._ctx._cache_for(self._fn, self._need_hard_kill)
+        # AUTO may re-run a chunk that could not load: keep its payload until it is taken.
+        kept = payload if self._ctx._auto is not None else None
+        self._entries.append(_Entry(call=cache.submit(payload), cache=cache, payload=kept))
 
     async def _next_in_order(self) -> _Entry:
         entry = self._entries[0]
@@ -195,15 +210,25 @@ class MapResults(Generic[T]):
                     entry.fd = fd
             await self._backend.wait_readable(self._epoll.fileno())
 
-    def _take(self, entry: _Entry) -> None:
-        """Moves a finished chunk's results to ``_ready`` and its error to ``_error``."""
+    def _take(self, entry: _Entry) -> bool:
+        """Moves a finished chunk's results to ``_ready`` and its error to ``_error``. False if
+        the chunk could not load and AUTO submitted it again, back at the front."""
         if entry.call is None:
             self._error = entry.error
-            return
+            return True
         if entry.fd is not None:
             self._epoll.unregister(entry.fd)  # type: ignore[union-attr]
             entry.fd = None
         kind, data, reason = entry.call.result()
+        if (
+            kind >= _outcome.LOAD_ERROR
+            and entry.payload is not None
+            and self._ctx._auto.fallback(entry.cache, kind, data, reason, self._fn)  # type: ignore[union-attr]
+        ):
+            entry.cache = self._ctx._cache_for(self._fn, self._need_hard_kill)
+            entry.call = entry.cache.submit(entry.payload)
+            self._entries.appendleft(entry)
+            return False
         try:
             self._ready.extend(_outcome.unwrap(kind, data, reason))  # type: ignore[arg-type]
         except _chunks.ChunkError as exc:
@@ -213,6 +238,7 @@ class MapResults(Generic[T]):
             self._error = exc
         if self._error is not None:
             self._input_done = True  # the rest of the work is cancelled
+        return True
 
     # --- the end -----------------------------------------------------------------------------
 
@@ -256,7 +282,7 @@ def amap(
     ordered: bool = True,
     chunksize: int = 1,
     max_in_flight: int | None = None,
-    kill_on_cancel: bool = True,
+    kill_on_cancel: bool | None = None,
     context: WorkerContext | None = None,
 ) -> MapResults[T]:
     """``fn(item)`` for each item of ``iterable`` in workers; use as
@@ -273,7 +299,9 @@ def amap(
             is not used.
         kill_on_cancel: When the map ends early (an error, ``break``, a cancellation),
             interrupt the chunks still running, as ``run_sync(kill_on_cancel=True)`` does. With
-            False they run to completion first (their results are discarded).
+            False they run to completion first (their results are discarded). The default,
+            None, interrupts too; only an explicit True also makes a ``WorkerType.AUTO``
+            context run the chunks on a process type, which can be killed whatever it does.
         context: The :class:`WorkerContext` to run in (default: the default context).
 
     An exception raised by ``fn`` for an item is raised at that item's position (ordered) or
@@ -292,7 +320,7 @@ def astarmap(
     ordered: bool = True,
     chunksize: int = 1,
     max_in_flight: int | None = None,
-    kill_on_cancel: bool = True,
+    kill_on_cancel: bool | None = None,
     context: WorkerContext | None = None,
 ) -> MapResults[T]:
     """:func:`amap` with ``fn(*item)``: each item is a sequence of positional arguments."""

@@ -21,6 +21,11 @@ class WorkerType(str, enum.Enum):
     spawn. Slowest to start (a Python start-up plus the imports); can be killed; a crash breaks
     only its own call.
 
+    ``AUTO`` (the default): per call, the fastest available type able to run it. Calls with
+    ``kill_on_cancel=True`` go to the fastest process type; a job that cannot be loaded in a
+    subinterpreter (its module refuses to import there) is re-run on a process, and its module
+    goes straight there afterwards. Before CPython 3.13 it uses processes. See docs/auto.md.
+
     There is no ``FORK``: forking a multi-threaded process (interpool's host always has threads)
     can deadlock the child; use FORKSERVER.
     """
@@ -28,6 +33,7 @@ class WorkerType(str, enum.Enum):
     SUBINTERPRETER = "subinterpreter"
     FORKSERVER = "forkserver"
     SPAWN = "spawn"
+    AUTO = "auto"
 
 
 class BrokenWorkerError(RuntimeError):
@@ -42,13 +48,37 @@ class WorkerTypeUnavailableError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerTypeStatistics:
+    """One worker type's share of an AUTO context (``WorkerContextStatistics.by_type``)."""
+
+    worker_type: WorkerType
+    idle_workers: int
+    running_workers: int
+    latency_estimate: float | None
+    """The running estimate of this type's dispatch latency in seconds, from calls that came
+    back within the caller's spin; None until one did (the ranking uses a prior then)."""
+    fallbacks: int = 0
+    """Calls that could not be loaded on this type and were re-run on another."""
+    routed_away: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Modules whose calls no longer come here, each with the module that refused to load
+    (``"<init>"``: the context's ``init`` refused, so no call comes here)."""
+    pinned: tuple[str, ...] = ()
+    """Pins sending callables or modules here (``module`` or ``module:qualname``)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class WorkerContextStatistics:
-    """Counts of a worker context's workers."""
+    """Counts of a worker context's workers (all types together), and per type."""
 
     idle_workers: int
     """Workers started and waiting for a job."""
     running_workers: int
     """Calls in progress, each holding one worker."""
+    by_type: dict[WorkerType, WorkerTypeStatistics] = dataclasses.field(
+        default_factory=dict, compare=False
+    )
+    """Per worker type: every available type of an AUTO context; the one type of any other
+    context. Not part of equality."""
 
 
 @dataclasses.dataclass(frozen=True)

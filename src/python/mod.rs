@@ -17,6 +17,7 @@ use pyo3::{
 
 use crate::{
     cache::{Lease, WorkerCache},
+    scheduler::{self, Candidate},
     worker_types::{self, Availability, Finished, Job, Outcome},
     Error,
 };
@@ -75,6 +76,36 @@ fn worker_type_info() -> Vec<(&'static str, bool, Option<String>, bool, bool)> {
             )
         })
         .collect()
+}
+
+/// AUTO's ranking ([`scheduler::rank`]): the names of the candidates able to run a call, fastest
+/// first. Each candidate is `(name, available, hard_kill, allowed, estimate_seconds | None)`.
+#[pyfunction]
+fn rank(
+    candidates: Vec<(String, bool, bool, bool, Option<f64>)>,
+    need_hard_kill: bool,
+) -> Vec<String> {
+    let candidates: Vec<Candidate> = candidates
+        .into_iter()
+        .map(
+            |(name, available, hard_kill, allowed, estimate)| Candidate {
+                name,
+                available,
+                hard_kill,
+                allowed,
+                estimate: estimate
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(Duration::from_secs_f64),
+            },
+        )
+        .collect();
+    scheduler::rank(&candidates, need_hard_kill)
+}
+
+/// The expected dispatch latency of a worker type before any call measured it, in seconds.
+#[pyfunction]
+fn prior_latency(name: &str) -> f64 {
+    Duration::from_nanos(scheduler::prior(name)).as_secs_f64()
 }
 
 /// Closes every subinterpreter worker of the process, interrupts the running ones (nobody will
@@ -150,6 +181,12 @@ impl Cache {
         Ok(Call { lease: Some(lease) })
     }
 
+    /// The running estimate of this type's dispatch latency in seconds, or None before a quick
+    /// call measured it.
+    fn latency_estimate(&self) -> Option<f64> {
+        self.cache.latency_estimate().map(|d| d.as_secs_f64())
+    }
+
     /// `(idle_workers, running_workers)`.
     fn statistics(&self) -> (usize, usize) {
         let stats = self.cache.statistics();
@@ -209,13 +246,17 @@ impl Call {
         self.lease.as_ref().is_none_or(|l| l.completion().is_done())
     }
 
-    /// Spins up to `microseconds` with the GIL released; True if the outcome is in.
+    /// Spins up to `microseconds` with the GIL released; True if the outcome is in. A call that
+    /// came back by then is quick: its latency feeds its type's estimate.
     fn spin(&self, py: Python<'_>, microseconds: u64) -> PyResult<bool> {
-        let completion = self.lease()?.completion();
-        if completion.is_done() {
-            return Ok(true);
+        let lease = self.lease()?;
+        let completion = lease.completion();
+        let done = completion.is_done()
+            || py.detach(|| completion.spin(Duration::from_micros(microseconds)));
+        if done {
+            lease.observe_quick_return();
         }
-        Ok(py.detach(|| completion.spin(Duration::from_micros(microseconds))))
+        Ok(done)
     }
 
     /// An fd that turns readable when the outcome is in, or None if it already is.
@@ -278,6 +319,8 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(end_all_subinterpreters, m)?)?;
     m.add_function(wrap_pyfunction!(live_subinterpreters, m)?)?;
     m.add_function(wrap_pyfunction!(configure_forkserver, m)?)?;
+    m.add_function(wrap_pyfunction!(rank, m)?)?;
+    m.add_function(wrap_pyfunction!(prior_latency, m)?)?;
     // Process workers run this interpreter's executable, unless the host chose another.
     if worker_types::process::python_executable().is_none() {
         let executable: Option<String> = m.py().import("sys")?.getattr("executable")?.extract()?;
