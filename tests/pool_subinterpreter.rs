@@ -15,6 +15,10 @@ use std::{
 
 use interpool::{Error, Pool, WorkerKind};
 
+/// Turns a hang into a failure: blocking reads from a job give up after this. No test
+/// asserts a timing.
+const HANG_GUARD: Option<Duration> = Some(Duration::from_secs(60));
+
 const GRACE: Duration = Duration::from_secs(10);
 
 fn fixtures() -> String {
@@ -309,6 +313,7 @@ async fn dropping_a_call_interrupts_the_job_and_replaces_its_worker() {
     assert_eq!(before, again);
 
     let (mut ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(HANG_GUARD).unwrap();
     let mut call = Box::pin(pool.call::<_, ()>(
         "pool_fixtures:spin_until_interrupted",
         (theirs.as_raw_fd(),),
@@ -349,6 +354,7 @@ async fn dropping_a_call_interrupts_the_job_and_replaces_its_worker() {
 async fn a_call_waiting_for_a_slot_can_be_dropped_and_shutdown_reports_a_stuck_job() {
     let Some(pool) = pool(1) else { return };
     let (mut ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(HANG_GUARD).unwrap();
     let mut running = Box::pin(pool.call::<_, ()>(
         "pool_fixtures:spin_until_interrupted",
         (theirs.as_raw_fd(),),

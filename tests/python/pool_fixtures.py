@@ -34,9 +34,10 @@ def record(name, count, ratio, tags):
 
 
 def spin_until_interrupted(fd):
-    """Writes b"s" to fd once running, loops forever, writes b"i" when interrupted."""
-    os.write(fd, b"s")
+    """Writes b"s" to fd once running, loops forever, writes b"i" when interrupted (wherever
+    the interrupt lands: the signal is inside the try too)."""
     try:
+        os.write(fd, b"s")
         while True:
             pass
     except KeyboardInterrupt:

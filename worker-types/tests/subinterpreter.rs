@@ -132,6 +132,7 @@ fn interrupt_stops_a_running_python_loop_and_the_worker_ends_after_it() {
     }
     let worker = start(SETUP_PLAIN, None);
     let (mut started, job_end) = UnixStream::pair().unwrap();
+    started.set_read_timeout(TEN_SECONDS).unwrap(); // a hang becomes a failure
     let job = exec_job(&format!(
         "import os; os.write({}, b's')\nwhile True: pass",
         job_end.as_raw_fd()
