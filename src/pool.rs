@@ -37,16 +37,6 @@ const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 /// How long an idle worker waits for a job before it ends, by default (as in the Python API).
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// What an extension module says when it refuses to load in a subinterpreter (CPython's own
-/// check, its single-phase-init check, PyO3's two). A load error whose exception chain mentions one
-/// of these sends [`WorkerKind::Auto`]'s call to a process worker.
-const REFUSES_SUBINTERPRETERS: [&str; 4] = [
-    "does not support loading in subinterpreters",
-    "cannot load module more than once per process",
-    "PyO3 modules do not yet support subinterpreters",
-    "Interpreter change detected",
-];
-
 /// Which kind of worker a [`Pool`] runs its calls on.
 ///
 /// The process kinds need a Python executable: the one given with
@@ -364,7 +354,7 @@ impl Fallback {
 /// Whether a load error says that a module refuses to load in a subinterpreter (anywhere in its
 /// chain: numpy, for one, wraps the refusal in an `ImportError` of its own).
 fn refuses_subinterpreters(error: &PythonError) -> bool {
-    REFUSES_SUBINTERPRETERS
+    interpool_worker_types::subinterpreter::REFUSALS
         .iter()
         .any(|marker| error.message.contains(marker) || error.traceback.contains(marker))
 }
@@ -754,7 +744,7 @@ mod tests {
 
     #[test]
     fn a_refusal_is_found_in_the_message_or_anywhere_in_the_chain() {
-        for marker in REFUSES_SUBINTERPRETERS {
+        for marker in interpool_worker_types::subinterpreter::REFUSALS {
             assert!(refuses_subinterpreters(&error(
                 &format!("module x {marker}"),
                 ""

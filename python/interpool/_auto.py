@@ -28,13 +28,9 @@ from typing import Any
 from . import _interpool, _outcome
 from ._types import WorkerType, WorkerTypeStatistics
 
-# Substrings of the errors a module gives when it refuses to load in a subinterpreter.
-REFUSALS = (
-    "does not support loading in subinterpreters",
-    "cannot load module more than once per process",
-    "PyO3 modules do not yet support subinterpreters",
-    "Interpreter change detected",
-)
+# Substrings of the errors a module gives when it refuses to load in a subinterpreter (one list,
+# kept in worker-types' subinterpreter module, shared with the Rust Pool).
+REFUSALS = tuple(_interpool.SUBINTERPRETER_REFUSALS)
 # Broken-worker reasons of the worker loop's ``setup``: the worker failed before any job ran.
 SETUP_STAGES = (
     "unpickling the worker configuration failed",

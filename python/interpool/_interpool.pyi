@@ -6,6 +6,7 @@ VALUE: int
 RAISED: int
 LOAD_ERROR: int
 BROKEN: int
+SUBINTERPRETER_REFUSALS: list[str]
 
 def worker_type_info() -> list[tuple[str, bool, str | None, bool, bool]]: ...
 def end_all_subinterpreters(timeout_seconds: float) -> int: ...

@@ -332,5 +332,9 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RAISED", RAISED)?;
     m.add("LOAD_ERROR", LOAD_ERROR)?;
     m.add("BROKEN", BROKEN)?;
+    m.add(
+        "SUBINTERPRETER_REFUSALS",
+        worker_types::subinterpreter::REFUSALS.to_vec(),
+    )?;
     Ok(())
 }

@@ -32,6 +32,17 @@ mod ffi;
 /// The Python source of the loop every worker interpreter runs.
 const WORKER_LOOP_SOURCE: &str = include_str!("worker_loop.py");
 
+/// What an extension module's import error says when it refuses to load in an isolated
+/// subinterpreter: CPython's own check, its single-phase-init check, and PyO3's two. A load error
+/// whose exception chain mentions one of these can run in a process worker instead. The first one
+/// reads "module NAME does not support loading in subinterpreters".
+pub const REFUSALS: [&str; 4] = [
+    "does not support loading in subinterpreters",
+    "cannot load module more than once per process",
+    "PyO3 modules do not yet support subinterpreters",
+    "Interpreter change detected",
+];
+
 /// The [`WorkerType`] of OWN_GIL subinterpreters.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Subinterpreters;
