@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Prints the path of a CPython >= 3.13 that interpool's build and tests can use.
+# Prints the path of a CPython >= 3.13 that interpool's build and tests can use; with --all, one
+# such CPython per minor version (3.13, 3.14, ...), oldest first, one path a line.
 #
 # Order: $PYTHON if set (then it must qualify, or this fails); python3.13 and newer on PATH;
 # pyenv's installed versions, newest first; /usr/bin/python3.13 and newer. A candidate counts only
 # if it actually runs: a pyenv shim for a version that is not selected exists on PATH but fails.
-# The automatic search skips free-threaded builds (interpool runs subinterpreters with own GILs).
+# --all takes the first that qualifies of each minor version, in that order; $PYTHONS, if set, is
+# the list itself (each must qualify, and no two may share a minor version: they would share the
+# cargo target directory target/pyXY); else $PYTHON alone, if set. Without --all, $PYTHONS' first
+# entry stands for $PYTHON when that is not set.
+# The automatic search skips free-threaded builds: see docs/installation.md ("Free-threaded
+# builds"). Named in PYTHON or PYTHONS, one is accepted, and the build refuses it clearly.
 set -euo pipefail
 
-# Prints the interpreter's real path if it is a CPython >= 3.13 (with a GIL, unless $2 is "any").
+all=false
+if [[ ${1:-} == --all ]]; then all=true; fi
+
+# Prints "MINOR PATH" (PATH: the interpreter's real path) if it is a CPython >= 3.13 (with a GIL,
+# unless $2 is "any").
 check() {
     "$1" - "${2:-gil}" 2>/dev/null <<'PY'
 import sys, sysconfig
@@ -16,15 +26,41 @@ if sys.argv[1] != "any" and sysconfig.get_config_var("Py_GIL_DISABLED"):
     ok = False
 if not ok:
     sys.exit(1)
-print(sys.executable)
+print(sys.version_info[1], sys.executable)
 PY
 }
 
+# Checks each named interpreter; prints their paths, or fails naming the one that does not qualify.
+named() { # VARIABLE PYTHON...
+    local var=$1 py out
+    shift
+    declare -A seen=()
+    for py in "$@"; do
+        if ! out=$(check "$py" any); then
+            echo "find-python: $py (in $var) is not a working CPython >= 3.13" >&2
+            exit 1
+        fi
+        if [[ -n ${seen[${out%% *}]:-} ]]; then
+            echo "find-python: $var names two 3.${out%% *}s: ${seen[${out%% *}]} and $py" >&2
+            exit 1
+        fi
+        seen[${out%% *}]=$py
+        echo "${out#* }"
+    done
+}
+
+if $all && [[ -n ${PYTHONS:-} ]]; then
+    read -ra list <<<"$PYTHONS"
+    named PYTHONS "${list[@]}"
+    exit 0
+fi
 if [[ -n ${PYTHON:-} ]]; then
-    if ! check "$PYTHON" any; then
-        echo "find-python: PYTHON=$PYTHON is not a working CPython >= 3.13" >&2
-        exit 1
-    fi
+    named PYTHON "$PYTHON"
+    exit 0
+fi
+if [[ -n ${PYTHONS:-} ]]; then
+    read -ra list <<<"$PYTHONS"
+    named PYTHONS "${list[0]}"
     exit 0
 fi
 
@@ -40,9 +76,20 @@ while IFS= read -r cand; do
     candidates+=("$cand")
 done < <(compgen -G "/usr/bin/python3.1[3-9]" | sort -rV)
 
+declare -A found=()
 for cand in "${candidates[@]}"; do
-    if check "$cand"; then exit 0; fi
+    if out=$(check "$cand"); then
+        if ! $all; then
+            echo "${out#* }"
+            exit 0
+        fi
+        if [[ -z ${found[${out%% *}]:-} ]]; then found[${out%% *}]=${out#* }; fi
+    fi
 done
+if ((${#found[@]})); then
+    for minor in $(printf '%s\n' "${!found[@]}" | sort -n); do echo "${found[$minor]}"; done
+    exit 0
+fi
 
 cat >&2 <<MSG
 find-python: no working CPython >= 3.13 found (tried: ${candidates[*]:-nothing}).
