@@ -2,8 +2,11 @@
 # everything the project checks (lint included).
 #
 # Python is found by tools/find-python.sh (override with `make test PYTHON=/path/to/python3.13`).
-# Every cargo/maturin call goes through tools/in-venv.sh, which points PyO3 at the venv's Python,
-# puts its libpython on LD_LIBRARY_PATH and picks target/pyXY as the cargo target dir.
+# `make test` runs the Rust tests and pytest on every CPython >= 3.13 it finds, one per minor
+# version (choose them with `make test PYTHONS="/path/to/python3.13 /path/to/python3.14"`): the
+# default one (PYTHON, else the first of PYTHONS, else the first found) in .venv, each other one in
+# .venv-pyXY. Every cargo/maturin call goes through tools/in-venv.sh, which points PyO3 at the
+# venv's Python, puts its libpython on LD_LIBRARY_PATH and picks target/pyXY as the cargo target dir.
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -14,18 +17,20 @@ MAKEFLAGS += --no-print-directory
 VENV := .venv
 # Plain `python3` when it is older than 3.13, where SUBINTERPRETER must report itself unavailable.
 OLD_VENV := .venv311
-FIND_PYTHON := PYTHON="$(PYTHON)" tools/find-python.sh
+# The default Python without cloudpickle, which interpool must work without (an optional extra).
+NO_CLOUDPICKLE_VENV := .venv-no-cloudpickle
+FIND_PYTHON := PYTHON="$(PYTHON)" PYTHONS="$(PYTHONS)" tools/find-python.sh
 IN_VENV := tools/in-venv.sh $(VENV)
 IN_OLD_VENV := tools/in-venv.sh $(OLD_VENV)
 PY_SOURCES := $(wildcard python python-tests benches examples tests/python worker-types/src)
 
-section = @printf '\n==> %s\n' "$(1)"
+section = @printf '\n==> %s [%s]\n' "$(1)" "$$(date +%T)"
 
 .PHONY: help
 help: ## Show this help
-	@echo "usage: make TARGET [PYTHON=/path/to/python3.13]"
+	@echo "usage: make TARGET [PYTHON=/path/to/python3.13] [PYTHONS=\"/path/to/python3.13 ...\"]"
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*## "}; {printf "  %-15s %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
 .PHONY: venv
 venv: ## Create .venv with CPython >= 3.13 and install the pinned dev tools
@@ -36,11 +41,18 @@ build: venv ## Build the extension (release) into .venv: maturin develop --relea
 	$(call section,maturin develop --release ($(VENV)))
 	$(IN_VENV) maturin develop --release
 
+# 1 adds test-no-cloudpickle to `make test`. 0 until issue #10's tests pass without cloudpickle.
+TEST_NO_CLOUDPICKLE ?= 0
+
 .PHONY: test
-test: lint test-rust test-python test-old ## Everything the project checks: lint, Rust tests, pytest, old-python checks
+test: lint test-pythons $(if $(filter 1,$(TEST_NO_CLOUDPICKLE)),test-no-cloudpickle) test-old ## Everything CI checks: lint; Rust tests and pytest on each CPython >= 3.13; pytest without cloudpickle; old Pythons
+
+.PHONY: test-pythons
+test-pythons: ## Run test-rust and test-python on each CPython >= 3.13 found (or in PYTHONS)
+	PYTHON="$(PYTHON)" PYTHONS="$(PYTHONS)" MAKE="$(MAKE)" tools/test-pythons.sh $(VENV)
 
 .PHONY: test-rust
-test-rust: venv ## Run the Rust tests: cargo test --workspace
+test-rust: venv ## Run the Rust tests on .venv: cargo test --workspace
 	$(call section,cargo test --workspace)
 	$(IN_VENV) cargo test --workspace
 
@@ -49,6 +61,19 @@ test-rust: venv ## Run the Rust tests: cargo test --workspace
 test-python: build ## Run the Python tests on .venv
 	$(call section,pytest python-tests ($(VENV)))
 	$(VENV)/bin/python -m pytest python-tests -q
+
+# The extension built for .venv, installed as it is there (editable: the .pth file and the
+# metadata), so this pass costs no second build.
+.PHONY: test-no-cloudpickle
+test-no-cloudpickle: build ## Run the Python tests on the default Python without cloudpickle installed
+	$(call section,pytest python-tests without cloudpickle ($(NO_CLOUDPICKLE_VENV)))
+	@py=$$($(FIND_PYTHON)); set -x; \
+	tools/venv.sh --without cloudpickle $(NO_CLOUDPICKLE_VENV) "$$py" requirements-dev.txt; \
+	site=$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))'); \
+	to=$$($(NO_CLOUDPICKLE_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))'); \
+	rm -rf "$$to"/interpool*; cp -r "$$site"/interpool* "$$to"/; \
+	! $(NO_CLOUDPICKLE_VENV)/bin/python -c 'import cloudpickle' 2>/dev/null; \
+	$(NO_CLOUDPICKLE_VENV)/bin/python -m pytest python-tests -q
 
 .PHONY: test-old
 test-old: ## Run test_availability.py and test_process.py on plain python3 when older than 3.13
@@ -108,6 +133,6 @@ demo: build ## Build, then run examples/hello.py
 
 .PHONY: clean
 clean: ## Remove build outputs, caches and the virtual environments
-	rm -rf target $(VENV) $(OLD_VENV) .pytest_cache .ruff_cache
+	rm -rf target $(VENV) $(VENV)-py3* $(NO_CLOUDPICKLE_VENV) $(OLD_VENV) .pytest_cache .ruff_cache
 	find python -name '*.so' -delete
 	find . -name __pycache__ -not -path './.git/*' -prune -exec rm -rf {} +
