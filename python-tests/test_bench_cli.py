@@ -202,15 +202,26 @@ def test_smoke_run_writes_json_and_plot(tmp_path):
 
 
 def test_smoke_run_with_stdlib_peers(tmp_path):
-    """The peers that need nothing installed: the executor-style code path."""
+    """The peers that need nothing installed: the executor-style code path. The hand-written
+    baseline uses 3.13's private _interpreters API or, on 3.14+, concurrent.interpreters (whose
+    InterpreterPoolExecutor is then a peer too); each version's path must give its figures."""
     proc = run_cli(
         "bench", "--smoke", "--no-progress", "--peer", "interpreters", "--peer", "process-pool",
-        "--json", str(tmp_path / "r.json"), cwd=tmp_path,
+        "--peer", "interpreter-pool", "--json", str(tmp_path / "r.json"), cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "r.json").read_text())
     assert_schema(doc)
-    assert {"_interpreters + threads", "ProcessPoolExecutor spawn"} <= set(doc["backends"])
-    for name in ("_interpreters + threads", "ProcessPoolExecutor spawn"):
+    measured = ["_interpreters + threads", "ProcessPoolExecutor spawn"]
+    executor = doc["backends"]["InterpreterPoolExecutor"]
+    if sys.version_info >= (3, 14):
+        measured.append("InterpreterPoolExecutor")
+        assert "per-task worker retirement" in executor["skipped"]["new_worker_ms"]
+    else:
+        assert not executor["available"]
+        assert "3.14" in executor["reason"]
+    for name in measured:
         figures = doc["backends"][name]["figures"]
-        assert {"warm_call_us", "new_worker_ms", "payload_1KiB_MBps"} <= set(figures), name
+        assert {"warm_call_us", "throughput_jobs_per_s", "payload_1KiB_MBps"} <= set(figures), name
+        if name != "InterpreterPoolExecutor":
+            assert "new_worker_ms" in figures, name

@@ -55,7 +55,7 @@ WIDE_SPREAD = 2.0
 REFERENCE_PEER = "trio-parallel spawn"
 KiB, MiB = 1024, 1024 * 1024
 PAYLOADS = {"1KiB": KiB, "1MiB": MiB, "64MiB": 64 * MiB}
-PEERS = ("trio-parallel", "loky", "process-pool", "mp-pool", "interpreters")
+PEERS = ("trio-parallel", "loky", "process-pool", "mp-pool", "interpreters", "interpreter-pool")
 
 
 @dataclass(frozen=True)
@@ -198,37 +198,94 @@ tree_memory_kib: Callable[..., tuple[int, int | None]] = _namespace["tree_memory
 
 
 # --------------------------------------------------------------------------------------------
-# The hand-written baseline: 3.13's private _interpreters module and a thread per interpreter
+# The hand-written baseline (a thread per interpreter) and the stdlib's InterpreterPoolExecutor
 # --------------------------------------------------------------------------------------------
 
 # Source too, so that the cold-start process can build it without importing interpool (whose
 # import is part of interpool's cold start, not the baseline's).
+#
+# The API differs by version. 3.14 made it public (PEP 734, `concurrent.interpreters`: `call`
+# takes the callable and its arguments and pickles what is not shareable) and changed the private
+# modules' signatures: `_interpqueues.create(maxsize, unboundop, fallback)` and `put(qid, obj,
+# unboundop, fallback)`, where 3.13 has `create(maxsize, fmt, unboundop)` and `put(qid, obj, fmt,
+# unboundop)`. So 3.14+ uses the public module, and 3.13 the private ones with 3.13's signatures.
 _BASELINE_SRC = '''
-import pickle, sys, threading
+import concurrent.futures, pickle, sys, threading
 from concurrent.futures import ThreadPoolExecutor
-import _interpreters, _interpqueues
 
+try:
+    from concurrent import interpreters  # 3.14+
+except ImportError:  # 3.13
+    interpreters = None
+    import _interpreters, _interpqueues
+
+# Each interpreter first takes this process's sys.path, and lets the bench's own job module
+# (interpool._bench_jobs) import there: interpool's __init__ skips its extension, which refuses
+# subinterpreters, inside a worker.
 _SETUP = """
-import pickle, sys, types, _interpqueues
+import sys, types
 sys.path[:] = PATH
-# Lets the bench's own job module (interpool._bench_jobs) import here: interpool's __init__
-# skips its extension, which refuses subinterpreters, inside a worker.
 sys.modules.setdefault("_interpool_worker", types.ModuleType("_interpool_worker"))
+"""
+# 3.13: jobs and results cross as pickles, results come back through a queue.
+_SETUP_313 = _SETUP + """
+import pickle, _interpqueues
 def _run(payload):
     fn, args = pickle.loads(payload)
     try:
         out = (True, fn(*args))
     except BaseException as e:
         out = (False, e)
-    _interpqueues.put(QID, pickle.dumps(out), 0, 1)
+    _interpqueues.put(QID, pickle.dumps(out), 0, 1)  # fmt 0, unboundop 1 (remove)
 """
-_JOB = compile("_run(PAYLOAD)", "<job>", "exec")
+_JOB_313 = compile("_run(PAYLOAD)", "<job>", "exec")
+
+
+class _Interpreter:
+    """One isolated (own GIL) interpreter, set up for jobs, through the public API (3.14+)."""
+
+    def __init__(self):
+        self._interp = interpreters.create()
+        self._interp.prepare_main(PATH=tuple(sys.path))
+        self._interp.exec(_SETUP)
+
+    def run(self, fn, args):
+        return self._interp.call(fn, *args)
+
+    def close(self):
+        self._interp.close()
+
+
+class _Interpreter313:
+    """The same on 3.13, through the private modules."""
+
+    def __init__(self):
+        self._iid = _interpreters.create()
+        self._qid = _interpqueues.create(0, 0, 1)  # maxsize 0 (unbounded), fmt 0, unboundop 1
+        _interpreters.set___main___attrs(self._iid, {"QID": self._qid, "PATH": tuple(sys.path)})
+        failed = _interpreters.exec(self._iid, _SETUP_313)
+        if failed:
+            raise RuntimeError(failed.formatted)
+
+    def run(self, fn, args):
+        _interpreters.set___main___attrs(self._iid, {"PAYLOAD": pickle.dumps((fn, args))})
+        failed = _interpreters.exec(self._iid, _JOB_313)
+        if failed:
+            raise RuntimeError(failed.formatted)
+        ok, value = pickle.loads(_interpqueues.get(self._qid)[0])
+        if not ok:
+            raise value
+        return value
+
+    def close(self):
+        _interpreters.destroy(self._iid)
+        _interpqueues.destroy(self._qid)
 
 
 class InterpreterPool:
-    """What a user writes by hand on 3.13: a thread pool whose threads each own an isolated
-    (own GIL) interpreter; jobs and results are pickled, results come back through a queue.
-    `fresh`: a new interpreter for every call (created and destroyed around it)."""
+    """What a user writes by hand on 3.13 (and 3.14 without the executor): a thread pool whose
+    threads each own an isolated (own GIL) interpreter. `fresh`: a new interpreter for every call
+    (created and destroyed around it)."""
 
     def __init__(self, workers, fresh=False):
         self._fresh = fresh
@@ -236,57 +293,46 @@ class InterpreterPool:
         self._lock = threading.Lock()
         self._made = []
         self._threads = ThreadPoolExecutor(workers)
+        self._new = _Interpreter313 if interpreters is None else _Interpreter
 
-    def _new(self):
-        iid = _interpreters.create()
-        qid = _interpqueues.create(0, 0, 1)
-        _interpreters.set___main___attrs(iid, {"QID": qid, "PATH": tuple(sys.path)})
-        failed = _interpreters.exec(iid, _SETUP)
-        if failed:
-            raise RuntimeError(failed.formatted)
-        return iid, qid
-
-    def _call(self, payload):
+    def _call(self, fn, args):
         if self._fresh:
-            iid, qid = self._new()
+            interp = self._new()
             try:
-                return self._run(iid, qid, payload)
+                return interp.run(fn, args)
             finally:
-                _interpreters.destroy(iid)
-                _interpqueues.destroy(qid)
+                interp.close()
         own = getattr(self._local, "own", None)
         if own is None:
             own = self._local.own = self._new()
             with self._lock:
                 self._made.append(own)
-        return self._run(*own, payload)
-
-    def _run(self, iid, qid, payload):
-        _interpreters.set___main___attrs(iid, {"PAYLOAD": payload})
-        failed = _interpreters.exec(iid, _JOB)
-        if failed:
-            raise RuntimeError(failed.formatted)
-        ok, value = pickle.loads(_interpqueues.get(qid)[0])
-        if not ok:
-            raise value
-        return value
+        return own.run(fn, args)
 
     def submit(self, fn, *args):
-        return self._threads.submit(self._call, pickle.dumps((fn, args)))
+        return self._threads.submit(self._call, fn, args)
 
     def shutdown(self):
         self._threads.shutdown(wait=True)
-        for iid, qid in self._made:
-            _interpreters.destroy(iid)
-            _interpqueues.destroy(qid)
+        for interp in self._made:
+            interp.close()
         self._made.clear()
+
+
+def InterpreterPoolExecutor(workers):
+    """The stdlib's pool (3.14+), each interpreter set up like the baseline's: `exec` of _SETUP,
+    a builtin, is an initializer every interpreter can unpickle without an import."""
+    return concurrent.futures.InterpreterPoolExecutor(
+        workers, initializer=exec, initargs=(_SETUP, {"PATH": tuple(sys.path)})
+    )
 '''
 
 
-def _baseline_pool_class() -> type:
+def _baseline_namespace() -> dict[str, Any]:
+    """``InterpreterPool`` and ``InterpreterPoolExecutor`` of ``_BASELINE_SRC``."""
     namespace: dict[str, Any] = {"__name__": "interpool._bench_baseline"}
     exec(_BASELINE_SRC, namespace)
-    return namespace["InterpreterPool"]
+    return {name: namespace[name] for name in ("InterpreterPool", "InterpreterPoolExecutor")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,7 +470,7 @@ class ExecutorBackend(Backend):
 
             namespace["loky"] = loky
         if "InterpreterPool" in expr:
-            namespace["InterpreterPool"] = _baseline_pool_class()
+            namespace.update(_baseline_namespace())
         return eval(expr, namespace)
 
     async def open(self, stack: contextlib.AsyncExitStack, workers: int) -> None:
@@ -581,6 +627,13 @@ def peer_candidates(only: Sequence[str] | None) -> list[Candidate]:
             name, f"{ctx}.Pool(workers)", f"{ctx}.Pool(workers, maxtasksperchild=1)"
         )
         out.append(Candidate(name, "peer", backend))
+    out += _interpreter_peer_candidates(want)
+    return out
+
+
+def _interpreter_peer_candidates(want: Callable[[str], bool]) -> list[Candidate]:
+    """The stdlib's subinterpreters: the hand-written baseline, and InterpreterPoolExecutor."""
+    out: list[Candidate] = []
     if want("interpreters"):
         name = "_interpreters + threads"
         if sys.version_info < (3, 13) or _importable("_interpreters"):
@@ -589,6 +642,19 @@ def peer_candidates(only: Sequence[str] | None) -> list[Candidate]:
         else:
             backend = ExecutorBackend(
                 name, "InterpreterPool(workers)", "InterpreterPool(workers, fresh=True)"
+            )
+            out.append(Candidate(name, "peer", backend))
+    if want("interpreter-pool"):
+        name = "InterpreterPoolExecutor"
+        if sys.version_info < (3, 14):
+            reason = "concurrent.futures.InterpreterPoolExecutor is new in CPython 3.14"
+            out.append(Candidate(name, "peer", reason=reason))
+        else:
+            backend = ExecutorBackend(
+                name,
+                "InterpreterPoolExecutor(workers)",
+                None,
+                "InterpreterPoolExecutor has no per-task worker retirement",
             )
             out.append(Candidate(name, "peer", backend))
     return out
@@ -1242,8 +1308,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare every available worker type (and the installed peers)",
         description=(
             "Measure every available interpool worker type and, with --peers, trio-parallel, "
-            "loky, ProcessPoolExecutor, multiprocessing.Pool and a hand-written _interpreters "
-            "baseline, on the same work in the same run. See docs/bench-cli.md."
+            "loky, ProcessPoolExecutor, multiprocessing.Pool, a hand-written _interpreters "
+            "baseline and (3.14+) InterpreterPoolExecutor, on the same work in the same run. "
+            "See docs/bench-cli.md."
         ),
     )
     speed = bench.add_mutually_exclusive_group()
