@@ -311,7 +311,10 @@ impl Call {
     }
 }
 
-#[pymodule]
+// `gil_used = true`: interpool is not checked for running without a GIL, so on a free-threaded
+// build (Py_GIL_DISABLED) importing it re-enables the GIL, with CPython's RuntimeWarning, rather
+// than claim a thread safety nobody tested. No effect on GIL builds.
+#[pymodule(gil_used = true)]
 fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Cache>()?;
     m.add_class::<Call>()?;

@@ -76,6 +76,16 @@ impl WorkerType for Subinterpreters {
                 "subinterpreters with their own GIL need CPython >= 3.13; this is {version}"
             ));
         }
+        // A free-threaded build has no GIL to give each interpreter, and this worker's protocol
+        // (tstate handoffs, interrupts, teardown) is built and tested on GIL builds only, so it
+        // refuses instead of assuming (docs/installation.md, "Free-threaded builds").
+        if cfg!(Py_GIL_DISABLED) {
+            return Availability::Unavailable(format!(
+                "this is a free-threaded build of CPython {version} (Py_GIL_DISABLED), where \
+                 interpool's subinterpreter workers are not supported; threads already run Python \
+                 in parallel there, and the process worker types are available"
+            ));
+        }
         Availability::Available
     }
 
