@@ -15,13 +15,10 @@ MAKEFLAGS += --no-print-directory
 .NOTPARALLEL:
 
 VENV := .venv
-# Plain `python3` when it is older than 3.13, where SUBINTERPRETER must report itself unavailable.
-OLD_VENV := .venv311
 # The default Python without cloudpickle, which interpool must work without (an optional extra).
 NO_CLOUDPICKLE_VENV := .venv-no-cloudpickle
 FIND_PYTHON := PYTHON="$(PYTHON)" PYTHONS="$(PYTHONS)" tools/find-python.sh
 IN_VENV := tools/in-venv.sh $(VENV)
-IN_OLD_VENV := tools/in-venv.sh $(OLD_VENV)
 PY_SOURCES := $(wildcard python python-tests benches examples tests/python worker-types/src)
 
 section = @printf '\n==> %s [%s]\n' "$(1)" "$$(date +%T)"
@@ -75,17 +72,27 @@ test-no-cloudpickle: build ## Run the Python tests on the default Python without
 	! $(NO_CLOUDPICKLE_VENV)/bin/python -c 'import cloudpickle' 2>/dev/null; \
 	$(NO_CLOUDPICKLE_VENV)/bin/python -m pytest python-tests -q
 
+# Pythons older than 3.13 for test-old: OLD_PYTHONS, else plain python3 when it is older.
+OLD_PYTHONS ?=
+
 .PHONY: test-old
-test-old: ## Run test_availability.py and test_process.py on plain python3 when older than 3.13
-	$(call section,availability and process workers on plain python3 ($(OLD_VENV)))
-	@if ! py=$$(command -v python3) || \
-		! "$$py" -c 'import sys; sys.exit(sys.version_info >= (3, 13))' 2>/dev/null; then \
-		echo "skipped: plain python3 is missing or not older than 3.13"; exit 0; \
+test-old: ## Run test_availability.py and test_process.py on each Python < 3.13 (OLD_PYTHONS, else python3)
+	@olds="$(OLD_PYTHONS)"; \
+	if [[ -z $$olds ]] && py=$$(command -v python3) && \
+		"$$py" -c 'import sys; sys.exit(sys.version_info >= (3, 13))' 2>/dev/null; then olds=$$py; fi; \
+	if [[ -z $$olds ]]; then \
+		echo "skipped test-old: no OLD_PYTHONS, and plain python3 is missing or not older than 3.13"; \
+		exit 0; \
 	fi; \
-	set -x; \
-	tools/venv.sh $(OLD_VENV) "$$py" requirements-dev.txt; \
-	$(IN_OLD_VENV) maturin develop --release; \
-	$(OLD_VENV)/bin/python -m pytest python-tests/test_availability.py python-tests/test_process.py -q
+	for py in $$olds; do \
+		tag=$$("$$py" -c 'import sys; print("py%d%d" % sys.version_info[:2]); sys.exit(sys.version_info >= (3, 13))') || \
+			{ echo "test-old: $$py is not a Python older than 3.13" >&2; exit 1; }; \
+		printf '\n==> %s [%s]\n' "availability and process workers on $$py (.venv-$$tag)" "$$(date +%T)"; \
+		(set -x; \
+		tools/venv.sh .venv-$$tag "$$py" requirements-dev.txt; \
+		tools/in-venv.sh .venv-$$tag maturin develop --release; \
+		.venv-$$tag/bin/python -m pytest python-tests/test_availability.py python-tests/test_process.py -q); \
+	done
 
 .PHONY: lint
 lint: venv ## Lint Rust (rustfmt, clippy -D warnings) and Python (ruff)
@@ -133,6 +140,6 @@ demo: build ## Build, then run examples/hello.py
 
 .PHONY: clean
 clean: ## Remove build outputs, caches and the virtual environments
-	rm -rf target $(VENV) $(VENV)-py3* $(NO_CLOUDPICKLE_VENV) $(OLD_VENV) .pytest_cache .ruff_cache
+	rm -rf target $(VENV) $(VENV)-py3* $(NO_CLOUDPICKLE_VENV) .pytest_cache .ruff_cache
 	find python -name '*.so' -delete
 	find . -name __pycache__ -not -path './.git/*' -prune -exec rm -rf {} +

@@ -9,6 +9,10 @@
 //! injected at the next bytecode boundary; a worker that does not stop is *abandoned*: never reused,
 //! it ends itself when the C call returns), and survive a crash (a segfault takes the process down).
 //!
+//! Version notes: on 3.13 (3.13.0 to at least 3.13.18) each interpreter ended leaks about 1.7 MiB,
+//! fixed in 3.14, which is one more reason a worker keeps its interpreter for as long as it can; a
+//! free-threaded build refuses this type (`availability` below).
+//!
 //! Every live worker is registered process-wide, so a host can end them all before it finalizes
 //! ([`close_all`], [`wait_all_ended`]): a subinterpreter still running at `Py_FinalizeEx` aborts
 //! the process.
