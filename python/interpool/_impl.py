@@ -298,7 +298,7 @@ class WorkerContext:
                 sync_fn, args, kill_on_cancel or cancellable, limiter
             )
         await checkpoint_if_cancelled()
-        payload = _outcome.dumps((sync_fn, args), sync_fn)
+        payload = _outcome.dumps_job(sync_fn, args)
         kill_on_cancel = kill_on_cancel or cancellable
         # The AUTO decision, inlined: no route known, one list read (see _auto.py).
         auto = self._auto
@@ -322,7 +322,7 @@ class WorkerContext:
         async with limiter:
             return await self._run(cache, payload, kill_on_cancel, sync_fn)
 
-    async def _run(self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object) -> Any:
+    async def _run(self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object) -> Any:
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
@@ -338,6 +338,8 @@ class WorkerContext:
                 kind, data, reason = call.result()
                 if kind == _outcome.VALUE:
                     return pickle_loads(data)
+                if kind == _outcome.VALUE_BUFFERS:
+                    return pickle_loads(data[0], buffers=data[1])
                 if kind == _outcome.RAISED or not self._failed(cache, kind, data, reason, fn):
                     break
                 # The job never started: run it where AUTO now routes it, still counted as
@@ -358,7 +360,7 @@ class WorkerContext:
     ) -> T:
         aio = _backends.ASYNCIO
         await aio.checkpoint()  # before anything runs: see the module docstring
-        payload = _outcome.dumps((sync_fn, args), sync_fn)
+        payload = _outcome.dumps_job(sync_fn, args)
         cache = self._cache_for(sync_fn, kill_on_cancel)
         if limiter is None:
             limiter = _backends.asyncio_default_limiter()
@@ -372,9 +374,7 @@ class WorkerContext:
         async with limiter:
             return await self._run_asyncio(cache, payload, kill_on_cancel, sync_fn)
 
-    async def _run_asyncio(
-        self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object
-    ) -> Any:
+    async def _run_asyncio(self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object) -> Any:
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
@@ -389,6 +389,8 @@ class WorkerContext:
                 kind, data, reason = call.result()
                 if kind == _outcome.VALUE:
                     return pickle_loads(data)
+                if kind == _outcome.VALUE_BUFFERS:
+                    return pickle_loads(data[0], buffers=data[1])
                 if kind == _outcome.RAISED or not self._failed(cache, kind, data, reason, fn):
                     break
                 cache = self._cache_for(fn, kill_on_cancel)  # never started: run it there

@@ -170,7 +170,7 @@ class MapResults(Generic[T]):
 
     def _submit(self, items: list[Any]) -> None:
         try:
-            payload = _outcome.dumps((_chunks.run_chunk, (self._fn, self._star, items)), self._fn)
+            payload = _outcome.dumps_job(_chunks.run_chunk, (self._fn, self._star, items), self._fn)
         except Exception as exc:  # noqa: BLE001, an item (or fn) that cannot be pickled
             self._entries.append(_Entry(error=exc))
             self._input_done = True
@@ -221,7 +221,7 @@ class MapResults(Generic[T]):
             entry.fd = None
         kind, data, reason = entry.call.result()
         if (
-            kind >= _outcome.LOAD_ERROR
+            (kind == _outcome.LOAD_ERROR or kind == _outcome.BROKEN)
             and entry.payload is not None
             and self._ctx._auto.fallback(entry.cache, kind, data, reason, self._fn)  # type: ignore[union-attr]
         ):
