@@ -308,6 +308,18 @@ class LoadFailsInWorker:
         return raise_in_worker, ("unpickling in the worker failed",)
 
 
+def raise_in_worker_naming_pid(message):
+    if in_a_worker():
+        raise ValueError(f"{message} (pid {os.getpid()})")
+
+
+class LoadFailsInWorkerNamingPid:
+    """Unpickling it in any worker raises ValueError naming the worker's pid."""
+
+    def __reduce__(self):
+        return raise_in_worker_naming_pid, ("unpickling in the worker failed",)
+
+
 class LoadFailsInParent:
     """Pickles in a worker; unpickling it in the parent raises ValueError."""
 

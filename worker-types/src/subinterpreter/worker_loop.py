@@ -30,6 +30,14 @@ _MAX_CHAIN = 32
 BUFFER_THRESHOLD = 256 * 1024
 _MAX_BUFFERS = 64
 _SCANNED_ITEMS = 16
+# What a module's import error says when it refuses to load in an isolated subinterpreter: the
+# same list as worker-types' ``subinterpreter::REFUSALS`` (a Rust test keeps them equal).
+REFUSALS = (
+    "does not support loading in subinterpreters",
+    "cannot load module more than once per process",
+    "PyO3 modules do not yet support subinterpreters",
+    "Interpreter change detected",
+)
 
 _retire = bool
 
@@ -110,11 +118,48 @@ def _dumps(obj):
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
-        try:
-            import cloudpickle
-        except ImportError:
-            raise
+        cloudpickle = _cloudpickle()
+        if cloudpickle is None:
+            raise  # pickle's own error: cloudpickle is optional
         return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+
+
+def _cloudpickle():
+    """cloudpickle if installed, else None (outside an ``except`` clause of the caller, so that
+    a missing cloudpickle does not replace the pickling error the caller re-raises)."""
+    try:
+        import cloudpickle
+    except ImportError:
+        return None
+    return cloudpickle
+
+
+def _refused_import(exc):
+    """Whether ``exc`` comes from a module that refused to load here while the job ran (a lazy
+    ``import numpy`` in the function's body): an ImportError in its cause/context chain says so
+    and was raised by an import itself (its innermost frame is at an import statement or in
+    ``importlib``), not by a ``raise`` in user code that merely quotes the message."""
+    seen = set()
+    while exc is not None and id(exc) not in seen and len(seen) < _MAX_CHAIN:
+        seen.add(id(exc))
+        if isinstance(exc, ImportError) and any(m in str(exc) for m in REFUSALS):
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None and _at_import(tb.tb_frame.f_code, tb.tb_lasti):
+                return True
+        exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+    return False
+
+
+def _at_import(code, lasti):
+    import opcode
+
+    if code.co_filename.endswith(("importlib/__init__.py", "<frozen importlib._bootstrap>")):
+        return True
+    if not 0 <= lasti < len(code.co_code):
+        return False
+    return opcode.opname[code.co_code[lasti]] in ("IMPORT_NAME", "IMPORT_FROM")
 
 
 def _format(exc, skip_frames):
@@ -282,7 +327,10 @@ def run(payload, buffers=None):
         else:
             kind, data, out = VALUE, _dumps(result), None
     except BaseException as exc:
-        kind, data, out = RAISED, _exception_records(exc, skip_frames=1), None
+        # A refusal while the job ran is a load error too: the job may have started (see
+        # docs/auto.md), but AUTO can still re-run it on a process.
+        kind = LOAD_ERROR if _refused_import(exc) else RAISED
+        data, out = _exception_records(exc, skip_frames=1), None
     result = fn = args = buffers = None
     _flush()
     if _retire is bool:
