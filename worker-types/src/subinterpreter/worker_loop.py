@@ -106,10 +106,9 @@ def _dumps_value(value):
     try:
         return pickle.dumps(value, 5, buffer_callback=out_of_band), buffers
     except Exception:
-        try:
-            import cloudpickle
-        except ImportError:
-            raise
+        cloudpickle = _cloudpickle()
+        if cloudpickle is None:
+            raise  # pickle's own error: cloudpickle is optional
         del buffers[:]
         return cloudpickle.dumps(value, 5, buffer_callback=out_of_band), buffers
 
