@@ -1260,7 +1260,7 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
                 if key == "warm_call_us":
                     err = [[s["median"] - s["p10"]], [s["p90"] - s["median"]]]
                 ax.barh(y, s["median"], height=height * 0.9, color=color, xerr=err,
-                        alpha=1.0 - 0.35 * k, edgecolor="black", linewidth=0.4,
+                        alpha=1.0 - 0.22 * k, edgecolor="black", linewidth=0.4,
                         error_kw={"elinewidth": 0.8, "capsize": 2})  # fmt: skip
                 label = _fmt(s["median"]) + ("*" if s["wide_spread"] else "")
                 at = s["p90"] if err is not None else s["median"]
@@ -1274,7 +1274,7 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
             ax.set_xscale("log")
         ax.margins(x=0.18)
         if len(keys) > 1:
-            shades = [Patch(facecolor="#999", alpha=1.0 - 0.35 * k, label=_SERIES_LABELS[key])
+            shades = [Patch(facecolor="#999", alpha=1.0 - 0.22 * k, label=_SERIES_LABELS[key])
                       for k, key in enumerate(keys)]  # fmt: skip
             ax.legend(handles=shades, fontsize=8, loc="lower right", ncol=len(keys),
                       bbox_to_anchor=(1.0, 1.0), frameon=False)  # fmt: skip
