@@ -56,6 +56,7 @@ T = TypeVar("T")
 # The broken-worker reason of a worker whose init (the executor's initializer) raised.
 _INIT_FAILED = _auto.SETUP_STAGES[2]
 _NOT_DONE = (PENDING, RUNNING)
+_NO_VALUE = object()
 # Set when the interpreter starts to exit: no new calls then, as in the standard library.
 _exiting = False
 # Every engine not yet closed; shut down (waiting, as the standard library's executors do) when
@@ -85,29 +86,33 @@ class Future(concurrent.futures.Future[T]):
     ``result()`` waits for a warm call without a thread switch. ``cancel()`` cancels a call that
     has not started; a running one only with the executor's ``kill_on_cancel``."""
 
+    # Defaults, overridden per instance when they change (cheaper than setting them all).
+    _cache: Any = None
+    # The Rust call while a worker has the job, until its outcome is taken (or abandoned).
+    _call: Any = None
+    _fd: int | None = None  # while watched
+    _spinning = False
+    _killed = False  # cancelled while running (kill_on_cancel): the outcome is moot
+    _kill_deadline = 0.0
+    _awaited = False  # a result() caller waits for it: watch it once it starts
+
     def __init__(self, engine: _Engine, fn: Callable[..., Any], payload: bytes | None) -> None:
         super().__init__()
         self._waiters = _Waiters(self)
         self._engine = engine
-        self._fn = fn
+        self._fn = fn  # what AUTO routes by
         self._payload = payload
-        self._cache: Any = None
-        # The Rust call while a worker has the job, until its outcome is taken (or abandoned).
-        self._call: Any = None
-        self._fd: int | None = None  # while watched
-        self._spinning = False
-        self._killed = False  # cancelled while running (kill_on_cancel): the outcome is moot
-        self._kill_deadline = 0.0
-        self._awaited = False  # a result() caller waits for it: watch it once it starts
 
     def result(self, timeout: float | None = None) -> T:
         if self._state in _NOT_DONE:
-            timeout = self._engine.spin(self, timeout)
+            value, timeout = self._engine.spin(self, timeout)
+            if value is not _NO_VALUE:
+                return value  # type: ignore[no-any-return]
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self._state in _NOT_DONE:
-            timeout = self._engine.spin(self, timeout)
+            timeout = self._engine.spin(self, timeout)[1]
         return super().exception(timeout)
 
     def done(self) -> bool:
@@ -156,38 +161,60 @@ class _Engine:
 
     # --- submitting ------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def submit(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        route: Callable[..., Any] | None = None,
+    ) -> Any:
+        """``Executor.submit``; ``route``: the callable AUTO routes by, if not ``fn``."""
         error: BaseException | None = None
         try:
             job = functools.partial(fn, **kwargs) if kwargs else fn
             payload: bytes | None = _outcome.dumps((job, args), fn)
         except Exception as exc:  # noqa: BLE001, reported by the future, as ProcessPoolExecutor does
             payload, error = None, exc
-        fut: Future[T] = Future(self, fn, payload)
+        if route is None:
+            route = fn
+        ready: list[Any] = []
         with self.lock:
-            if self.broken is not None:
-                raise BrokenWorkerError(self.broken)
-            if self.is_shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
-            if _exiting:
-                raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+            if self.is_shutdown or self.broken is not None or _exiting:
+                self.refuse_locked()
             if error is None and (self.queued or len(self.running) >= self.max_workers):
+                fut: Future[T] = Future(self, route, payload)
                 if not self.queued:
                     # Queued calls start when a running one ends: someone must notice it.
                     ready = [r for f in list(self.running) if (r := self.watch_locked(f))]
-                else:
-                    ready = []
                 self.queued.append(fut)
+            elif error is None:
+                # The job first, the future while it runs.
+                cache = self.ctx._cache_for(route, self.kill_on_cancel)
+                try:
+                    call = cache.submit(payload)
+                except BaseException as exc:  # noqa: BLE001, the future carries it
+                    call, error = None, exc
+                fut = Future(self, route, payload)
+                fut._state = RUNNING  # nobody else has this future yet
+                if call is not None:
+                    fut._call, fut._cache = call, cache
+                    self.running.add(fut)
+                    self.ctx._call_started()
             else:
-                fut.set_running_or_notify_cancel()
-                if error is None:
-                    error = self.start_locked(fut)
-                ready = []
+                fut = Future(self, route, payload)
         if error is not None:
             fut._payload = None
             fut.set_exception(error)
-        self.take_all(ready)
+        if ready:
+            self.take_all(ready)
         return fut
+
+    def refuse_locked(self) -> None:
+        if self.broken is not None:
+            raise BrokenWorkerError(self.broken)
+        if self.is_shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def start_locked(self, fut: Future[Any]) -> BaseException | None:
         """Hands a RUNNING future's job to a worker; the error if none could take it."""
@@ -220,22 +247,23 @@ class _Engine:
 
     # --- waiting ---------------------------------------------------------------------------
 
-    def spin(self, fut: Future[Any], timeout: float | None) -> float | None:
+    def spin(self, fut: Future[Any], timeout: float | None) -> tuple[Any, float | None]:
         """``result()``'s first wait: spins on the call with the GIL released and takes the
-        outcome if it came; else makes sure the call is watched. Returns what is left of
-        ``timeout``."""
+        outcome if it came; else makes sure the call is watched. Returns the value if this took
+        it and it is one (else ``_NO_VALUE``), and what is left of ``timeout``."""
         with self.lock:
             call = fut._call
             if call is None:
                 fut._awaited = True  # still queued (or done): whoever starts it watches it
-                return timeout
+                return _NO_VALUE, timeout
             if fut._fd is not None or fut._spinning:
-                return timeout
+                return _NO_VALUE, timeout
             fut._spinning = True
-        spin = _SPIN_MICROSECONDS
-        if timeout is not None:
-            spin = max(0, min(spin, int(timeout * 1e6)))
-        started = time.monotonic() if timeout is not None else 0.0
+        if timeout is None:
+            spin = _SPIN_MICROSECONDS
+        else:
+            spin = max(0, min(_SPIN_MICROSECONDS, int(timeout * 1e6)))
+            started = time.monotonic()
         done = False
         try:
             done = call.spin(spin)
@@ -247,13 +275,16 @@ class _Engine:
                     item = None
                 else:
                     call, item = None, self.watch_locked(fut)
+        value = _NO_VALUE
         if call is not None:
-            self.take_all(self.take(fut, call))
+            value, ready = self.take(fut, call)
+            if ready:
+                self.take_all(ready)
         elif item is not None:
             self.take_all([item])
         if timeout is not None:
             timeout = max(0.0, timeout - (time.monotonic() - started))
-        return timeout
+        return value, timeout
 
     def take_if_done(self, fut: Future[Any]) -> None:
         """``done()``'s check: takes the outcome of a finished call nobody else is taking."""
@@ -306,11 +337,12 @@ class _Engine:
         while items:
             fut, call = items.pop()
             if call is not None:
-                items += self.take(fut, call)
+                items += self.take(fut, call)[1]
 
-    def take(self, fut: Future[Any], call: Any, abandon: bool = False) -> list[Any]:
+    def take(self, fut: Future[Any], call: Any, abandon: bool = False) -> tuple[Any, list[Any]]:
         """Takes a claimed call's outcome and completes its future (or re-runs the job where AUTO
-        now sends it), then starts queued calls. Returns outcomes that are ready meanwhile."""
+        now sends it), then starts queued calls. Returns the value set (``_NO_VALUE`` if none)
+        and the outcomes that are ready meanwhile, for the caller to take."""
         ctx = self.ctx
         value: Any = None
         error: BaseException | None = None
@@ -331,8 +363,8 @@ class _Engine:
                     retry = ctx._failed(fut._cache, kind, data, reason, fut._fn)
         except BaseException as exc:  # noqa: BLE001, the future carries it
             error = exc
-        failed: list[tuple[Future[Any], BaseException]] = []
-        ready: list[Any] = []
+        failed: Any = ()
+        ready: Any = ()
         with self.lock:
             if retry and not fut._killed:
                 # The job never started: run it where AUTO now routes it, in the same slot.
@@ -343,34 +375,45 @@ class _Engine:
                     error = exc
                 else:
                     item = self.watch_locked(fut)
-                    return [item] if item else []
+                    return _NO_VALUE, [item] if item else []
             self.running.discard(fut)
             ctx._call_ended()
-            if broke and self.broken is None:
-                self.broken = (
-                    "an initializer failed: the executor is not usable anymore (the standard "
-                    "library's executors break the same way)"
-                )
-            if self.broken is not None:
-                while self.queued:
-                    queued = self.queued.popleft()
-                    if queued.set_running_or_notify_cancel():
-                        failed.append((queued, BrokenWorkerError(self.broken)))
-            if self.queued:
-                failed_to_start, ready = self.fill_locked()
-                failed += failed_to_start
-            if self.is_shutdown and not self.running and not self.queued:
-                self.wake()
+            if broke or self.queued or self.is_shutdown:
+                failed, ready = self.slot_freed_locked(broke)
         fut._payload = None
-        if not fut._killed:
-            if error is None:
-                fut.set_result(value)
-            else:
-                fut.set_exception(error)
+        if fut._killed:
+            value = _NO_VALUE
+        elif error is None:
+            fut.set_result(value)
+        else:
+            value = _NO_VALUE
+            fut.set_exception(error)
         for other, exc in failed:
             other._payload = None
             other.set_exception(exc)
-        return ready
+        return value, ready
+
+    def slot_freed_locked(self, broke: bool) -> tuple[list[Any], list[Any]]:
+        """After a call ended: the queue fails if the executor broke, else its calls start;
+        the watcher is told when a shutdown has nothing left. ``(failed, ready)`` as
+        ``fill_locked``'s."""
+        failed: list[tuple[Future[Any], BaseException]] = []
+        ready: list[Any] = []
+        if broke and self.broken is None:
+            self.broken = (
+                "an initializer failed: the executor is not usable anymore (the standard "
+                "library's executors break the same way)"
+            )
+        if self.broken is not None:
+            while self.queued:
+                queued = self.queued.popleft()
+                if queued.set_running_or_notify_cancel():
+                    failed.append((queued, BrokenWorkerError(self.broken)))
+        if self.queued:
+            failed, ready = self.fill_locked()
+        if self.is_shutdown and not self.running and not self.queued:
+            self.wake()
+        return failed, ready
 
     # --- cancelling ------------------------------------------------------------------------
 
@@ -445,7 +488,7 @@ class _Engine:
                             still.append(fut)
                     self.killing = still
             for fut, call in abandoned:
-                self.take_all(self.take(fut, call, abandon=True))
+                self.take_all(self.take(fut, call, abandon=True)[1])
             self.take_all(ready)
         self.close()
 
