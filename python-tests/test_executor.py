@@ -434,7 +434,18 @@ def test_auto_falls_back_to_a_process_for_numpy():
         assert in_worker[0] == os.getpid() and in_worker[1] != 0  # a subinterpreter
         stats = executor.statistics().by_type
         assert stats[WorkerType.SUBINTERPRETER].fallbacks == 1
+        # Chunks are routed by their function: numpy's go to a process, the others do not.
+        totals = executor.map(_uses_numpy.total, [3, 4, 5], chunksize=2)
+        assert [total for total, _ in totals] == [3, 6, 10]
+        ids = {i for _, i in executor.map(_funcs.value_and_interpreter, range(4), chunksize=2)}
+        assert 0 not in ids
     assert_clean(executor)
+
+
+def test_large_buffers_go_there_and_back(shared):
+    data = os.urandom(3 << 20)
+    assert shared.submit(_funcs.identity, data).result(GUARD) == data
+    assert shared.submit(_funcs.identity, bytearray(data)).result(GUARD) == bytearray(data)
 
 
 # --- get_reusable_executor -------------------------------------------------------------

@@ -95,6 +95,7 @@ class Future(concurrent.futures.Future[T]):
     _killed = False  # cancelled while running (kill_on_cancel): the outcome is moot
     _kill_deadline = 0.0
     _awaited = False  # a result() caller waits for it: watch it once it starts
+    _load_error: bytes | None = None  # a subinterpreter's load error, while AUTO re-runs the job
 
     def __init__(self, engine: _Engine, fn: Callable[..., Any], payload: bytes | None) -> None:
         super().__init__()
@@ -172,7 +173,7 @@ class _Engine:
         error: BaseException | None = None
         try:
             job = functools.partial(fn, **kwargs) if kwargs else fn
-            payload: bytes | None = _outcome.dumps((job, args), fn)
+            payload: Any = _outcome.dumps_job(job, args, fn)
         except Exception as exc:  # noqa: BLE001, reported by the future, as ProcessPoolExecutor does
             payload, error = None, exc
         if route is None:
@@ -346,29 +347,39 @@ class _Engine:
         ctx = self.ctx
         value: Any = None
         error: BaseException | None = None
-        retry = broke = False
+        retry: Any = None
+        broke = False
         try:
             if abandon:
                 call.abandon()
             else:
                 kind, data, reason = call.result()
+                if fut._load_error is not None:
+                    ctx._loaded_elsewhere(fut._fn, kind, fut._load_error)
+                    fut._load_error = None
                 if fut._killed:
                     pass
                 elif kind == _outcome.VALUE:
                     value = pickle_loads(data)
+                elif kind == _outcome.VALUE_BUFFERS:
+                    value = pickle_loads(data[0], buffers=data[1])
                 elif kind == _outcome.RAISED:
                     error = _outcome.rebuild_exception(data)
                 else:
                     broke = kind == _outcome.BROKEN and reason == _INIT_FAILED
-                    retry = ctx._failed(fut._cache, kind, data, reason, fut._fn)
+                    retry = ctx._failed(
+                        fut._cache, kind, data, reason, fut._fn, self.kill_on_cancel
+                    )
+                    # Re-run once where AUTO says; a second load error there is the call's.
+                    fut._load_error = data if kind == _outcome.LOAD_ERROR else None
         except BaseException as exc:  # noqa: BLE001, the future carries it
             error = exc
         failed: Any = ()
         ready: Any = ()
         with self.lock:
-            if retry and not fut._killed:
-                # The job never started: run it where AUTO now routes it, in the same slot.
-                cache = ctx._cache_for(fut._fn, self.kill_on_cancel)
+            if retry is not None and not fut._killed:
+                # The job never started: run it where AUTO sends it, in the same slot.
+                cache = retry
                 try:
                     fut._call, fut._cache = cache.submit(fut._payload), cache
                 except BaseException as exc:  # noqa: BLE001
@@ -677,8 +688,9 @@ class Executor(concurrent.futures.Executor):
         if chunksize == 1:
             jobs = (self.submit(fn, *args) for args in items)
         else:
+            submit = self._engine.submit
             jobs = (
-                self.submit(_chunks.run_chunk, fn, True, chunk)
+                submit(_chunks.run_chunk, (fn, True, chunk), {}, fn)  # AUTO routes by fn
                 for chunk in _batched(items, chunksize)
             )
         if buffersize is None:
