@@ -248,7 +248,7 @@ class WorkerContext:
             if retry is not None:
                 return retry
         if kind == _outcome.LOAD_ERROR:
-            exc = _outcome.rebuild_exception(data)
+            exc = _outcome.load_error(data)
             if self._is_subinterpreter(cache) and _auto.refusal(exc) is not None:
                 exc.add_note(_auto.HINT)
             raise exc
@@ -265,10 +265,15 @@ class WorkerContext:
         return cache is self._auto.caches.get(WorkerType.SUBINTERPRETER)
 
     def _worker_setup(self) -> bytes:
-        """A new worker's setup: the parent's sys.path, argv and main script as of now."""
+        """A new worker's setup: the parent's sys.path, argv and main script as of now, and its
+        multiprocessing authkey once multiprocessing is in use (as its children inherit it)."""
         main_kind, main_ref = _outcome.main_reference()
         init, retire = self._setup_hooks
-        return _outcome.dumps((list(sys.path), list(sys.argv), main_kind, main_ref, init, retire))
+        process = sys.modules.get("multiprocessing.process")
+        authkey = None if process is None else bytes(process.current_process().authkey)
+        return _outcome.dumps(
+            (list(sys.path), list(sys.argv), main_kind, main_ref, init, retire, None, authkey)
+        )
 
     def statistics(self) -> WorkerContextStatistics:
         """How many workers are idle and how many calls are running, in all, and ``by_type``:
