@@ -406,3 +406,7 @@ def use_manager_proxies(event, queue, shared):
     queue.put("from the worker")
     shared["key"] = "value"
     return os.getpid()
+
+
+def module_imported(name):
+    return name in sys.modules

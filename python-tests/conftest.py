@@ -107,7 +107,7 @@ def _interpool_threads():
         try:
             with open(f"/proc/self/task/{task}/comm") as f:
                 name = f.read().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
             continue
         # The forkserver's thread lives as long as the forkserver (the whole test run).
         if name.startswith("interpool-") and not name.startswith("interpool-forks"):

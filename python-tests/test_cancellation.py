@@ -211,3 +211,47 @@ async def test_kill_on_cancel_abandons_a_subinterpreter_that_does_not_stop(ctx):
             # longer reads it.)
             assert await ctx.run_sync(_funcs.worker_id) != stuck
     # The ctx fixture then checks that the context closes cleanly.
+
+
+# --- signals -----------------------------------------------------------------
+
+
+@pytest.mark.in_process
+def test_sigint_during_a_subinterpreter_job_raises_keyboard_interrupt_in_the_parent(tmp_path):
+    """Signals are process-wide and only the main interpreter handles them: the caller gets
+    KeyboardInterrupt at once, and the job keeps running (without kill_on_cancel) or is
+    interrupted like a cancelled one (with it). docs/semantics.md says so."""
+    result = _helpers.run_script(
+        tmp_path,
+        """
+        import os, signal
+        import trio, interpool
+
+        def job(release_r):
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C while the job runs
+            return os.read(release_r, 1)
+
+        async def main(kwargs):
+            release_r, release_w = os.pipe()
+            async with interpool.open_worker_context(worker_type="subinterpreter") as ctx:
+                try:
+                    await ctx.run_sync(job, release_r, **kwargs)
+                except KeyboardInterrupt:
+                    print("KeyboardInterrupt, running:", ctx.statistics().running_workers)
+                os.write(release_w, b"r")
+                await ctx.run_sync(os.getpid)
+            os.close(release_r)
+            os.close(release_w)
+
+        if __name__ == "__main__":
+            trio.run(main, {})
+            trio.run(main, {"kill_on_cancel": True})
+            print("clean exit")
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "KeyboardInterrupt, running: 1",  # the job still runs, until released
+        "KeyboardInterrupt, running: 0",  # cancelled with kill_on_cancel (here: abandoned)
+        "clean exit",
+    ]
