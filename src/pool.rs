@@ -372,7 +372,7 @@ impl Inner {
     /// Runs `payload` on a worker of `cache` and waits for it. Dropping the future cancels it.
     async fn attempt(&self, cache: &WorkerCache, payload: Vec<u8>) -> Result<Finished> {
         let setup = || Ok(self.setup.clone());
-        let lease = cache.submit(Job { payload }, &setup)?;
+        let lease = cache.submit(Job::new(payload), &setup)?;
         Ok(InFlight::new(self, lease).await)
     }
 }
@@ -390,6 +390,12 @@ impl Drop for Inner {
 fn into_result(outcome: Outcome) -> Result<Vec<u8>> {
     match outcome {
         Outcome::Value(value) => Ok(value),
+        // Only protocol-5 jobs get out-of-band buffers back (worker_loop.py), and ours are 4.
+        Outcome::ValueWithBuffers(..) => Err(Error::Broken {
+            reason: "the worker answered a protocol-4 job with out-of-band buffers".to_owned(),
+            exit_code: None,
+            exception: None,
+        }),
         Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
         Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
         Outcome::Broken(broken) => Err(Error::Broken {

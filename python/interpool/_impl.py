@@ -312,7 +312,7 @@ class WorkerContext:
                 sync_fn, args, kill_on_cancel or cancellable, limiter
             )
         await checkpoint_if_cancelled()
-        payload = _outcome.dumps((sync_fn, args), sync_fn)
+        payload = _outcome.dumps_job(sync_fn, args)
         kill_on_cancel = kill_on_cancel or cancellable
         # The AUTO decision, inlined: no route known, one list read (see _auto.py).
         auto = self._auto
@@ -336,7 +336,7 @@ class WorkerContext:
         async with limiter:
             return await self._run(cache, payload, kill_on_cancel, sync_fn)
 
-    async def _run(self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object) -> Any:
+    async def _run(self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object) -> Any:
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
@@ -356,6 +356,8 @@ class WorkerContext:
                     load_error = None
                 if kind == _outcome.VALUE:
                     return pickle_loads(data)
+                if kind == _outcome.VALUE_BUFFERS:
+                    return pickle_loads(data[0], buffers=data[1])
                 if kind == _outcome.RAISED:
                     break
                 retry = self._failed(cache, kind, data, reason, fn, kill_on_cancel)
@@ -380,7 +382,7 @@ class WorkerContext:
     ) -> T:
         aio = _backends.ASYNCIO
         await aio.checkpoint()  # before anything runs: see the module docstring
-        payload = _outcome.dumps((sync_fn, args), sync_fn)
+        payload = _outcome.dumps_job(sync_fn, args)
         cache = self._cache_for(sync_fn, kill_on_cancel)
         if limiter is None:
             limiter = _backends.asyncio_default_limiter()
@@ -394,9 +396,7 @@ class WorkerContext:
         async with limiter:
             return await self._run_asyncio(cache, payload, kill_on_cancel, sync_fn)
 
-    async def _run_asyncio(
-        self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object
-    ) -> Any:
+    async def _run_asyncio(self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object) -> Any:
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
@@ -415,6 +415,8 @@ class WorkerContext:
                     load_error = None
                 if kind == _outcome.VALUE:
                     return pickle_loads(data)
+                if kind == _outcome.VALUE_BUFFERS:
+                    return pickle_loads(data[0], buffers=data[1])
                 if kind == _outcome.RAISED:
                     break
                 retry = self._failed(cache, kind, data, reason, fn, kill_on_cancel)

@@ -172,7 +172,7 @@ class MapResults(Generic[T]):
 
     def _submit(self, items: list[Any]) -> None:
         try:
-            payload = _outcome.dumps((_chunks.run_chunk, (self._fn, self._star, items)), self._fn)
+            payload = _outcome.dumps_job(_chunks.run_chunk, (self._fn, self._star, items), self._fn)
         except Exception as exc:  # noqa: BLE001, an item (or fn) that cannot be pickled
             self._entries.append(_Entry(error=exc))
             self._input_done = True
@@ -225,7 +225,7 @@ class MapResults(Generic[T]):
         if entry.load_error is not None:
             self._ctx._loaded_elsewhere(self._fn, kind, entry.load_error)
             entry.load_error = None
-        if kind >= _outcome.LOAD_ERROR and entry.payload is not None:
+        if (kind == _outcome.LOAD_ERROR or kind == _outcome.BROKEN) and entry.payload is not None:
             auto = self._ctx._auto
             retry = auto.fallback(  # type: ignore[union-attr]
                 entry.cache, kind, data, reason, self._fn, self._need_hard_kill
