@@ -216,13 +216,29 @@ def rebuild_exception(data: bytes) -> BaseException:
     return excs[0]
 
 
+def load_error(data: bytes) -> BaseException:
+    """The exception of a LOAD_ERROR outcome. A worker that could not load the parent's main
+    script cannot serve it at all (as a multiprocessing worker that cannot start): that is a
+    :class:`BrokenWorkerError` with the worker's message, caused by the script's error."""
+    exc = rebuild_exception(data)
+    if not (isinstance(exc, ImportError) and exc.name == "__mp_main__"):
+        return exc
+    broken = BrokenWorkerError(str(exc))
+    broken.__cause__ = exc.__cause__
+    for note in getattr(exc, "__notes__", ()):
+        broken.add_note(note)
+    return broken
+
+
 def unwrap(kind: int, data: bytes, reason: str | None) -> object:
     """The job's value, or raise what the job (or its worker) raised."""
     if kind == VALUE:
         return pickle.loads(data)
     if kind == VALUE_BUFFERS:
         return pickle.loads(data[0], buffers=data[1])  # type: ignore[index]
-    if kind == RAISED or kind == LOAD_ERROR:
+    if kind == RAISED:
         raise rebuild_exception(data)
+    if kind == LOAD_ERROR:
+        raise load_error(data)
     cause = rebuild_exception(data) if data else None
     raise BrokenWorkerError(reason) from cause

@@ -295,10 +295,13 @@ class _ParentMain:
         except BaseException as exc:
             # Not an AttributeError, which pickle would turn into a misleading "Can't get
             # attribute": the script itself failed to load here.
+            # name="__mp_main__" tells the parent that the worker cannot serve the script's
+            # jobs at all: it raises BrokenWorkerError, as multiprocessing-based pools do.
             raise ImportError(
                 f"loading the parent's main script {self.ref!r} in the worker failed: "
                 f"{type(exc).__name__}: {exc} (workers run the script's module-level code: "
-                "does it keep its entry point under `if __name__ == '__main__':`?)"
+                "does it keep its entry point under `if __name__ == '__main__':`?)",
+                name="__mp_main__",
             ) from exc
         return getattr(module, name)
 
@@ -306,20 +309,27 @@ class _ParentMain:
 def setup(config):
     """Prepares the interpreter; returns None, or ``(reason, exception_records)`` if it cannot
     serve jobs. ``config`` is ``pickle((sys_path, argv, main_kind, main_ref, init, retire))``,
-    optionally followed by ``path_prepend``: ``sys_path``/``argv`` replace the interpreter's
-    (None: keep its own), ``main_kind`` is ``"path"``, ``"module"`` or None, ``init``/``retire``
-    are pickled callables, and ``path_prepend`` (a list, from the Rust API's ``python_path``)
-    goes in front of ``sys.path`` afterwards."""
+    optionally followed by ``path_prepend`` and ``authkey``: ``sys_path``/``argv`` replace the
+    interpreter's (None: keep its own), ``main_kind`` is ``"path"``, ``"module"`` or None,
+    ``init``/``retire`` are pickled callables, ``path_prepend`` (a list, from the Rust API's
+    ``python_path``, or None) goes in front of ``sys.path`` afterwards, and ``authkey`` (bytes,
+    or None) is the parent's ``multiprocessing`` authkey, which this worker takes as
+    multiprocessing's children do, so that Manager proxies passed to jobs connect."""
     global _retire
     stage = "unpickling the worker configuration failed"
     try:
-        sys_path, argv, main_kind, main_ref, init, retire, *path_prepend = pickle.loads(config)
+        sys_path, argv, main_kind, main_ref, init, retire, *extra = pickle.loads(config)
+        path_prepend, authkey = (*extra, None, None)[:2]
         if sys_path is not None:
             sys.path[:] = sys_path
         if path_prepend:
-            sys.path[:0] = path_prepend[0]
+            sys.path[:0] = path_prepend
         if argv is not None:
             sys.argv[:] = argv
+        if authkey is not None:
+            import multiprocessing.process
+
+            multiprocessing.process.current_process().authkey = authkey
         # A forkserver child inherits the script, already loaded by the server.
         if main_kind is not None and "__mp_main__" not in sys.modules:
             sys.modules["__main__"].__getattr__ = _ParentMain(main_kind, main_ref)
