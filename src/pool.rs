@@ -6,8 +6,9 @@
 //! on the completion's waker; the futures need no particular async runtime.
 //!
 //! A [`WorkerKind::Auto`] pool on subinterpreters also has a second cache of process workers, the
-//! *fallback*: a job whose module refuses to load in a subinterpreter runs again there once, and
-//! later calls to that module go there directly.
+//! *fallback*: a job that fails to load in a subinterpreter (its module refuses to load there,
+//! at import or while the function runs, or anything else fails while loading it) runs again
+//! there once, and later calls to that module go there directly once it loaded there.
 
 use std::{
     collections::HashSet,
@@ -21,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use interpool_worker_types::{process, Availability, Finished, Job, Outcome, WorkerType};
+use interpool_worker_types::{process, Availability, Buffer, Finished, Job, Outcome, WorkerType};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
 
@@ -61,13 +62,16 @@ pub enum WorkerKind {
     /// as [`WorkerKind::Forkserver`].
     Spawn,
     /// The first available of `Subinterpreter`, `Forkserver`, `Spawn`, in that order, plus a
-    /// per-call fallback: on subinterpreters, a call whose job fails to load because a module
-    /// refuses subinterpreters (numpy, most PyO3 and Cython packages; the [`Error::Load`] chain
-    /// says "does not support loading in subinterpreters", "cannot load module more than once per
-    /// process", "PyO3 modules do not yet support subinterpreters" or "Interpreter change
-    /// detected") runs once more on the first available process kind (`Forkserver`, then
-    /// `Spawn`), and later calls to the same module go there directly. Only load errors: an
-    /// exception raised by the function itself is never retried.
+    /// per-call fallback: on subinterpreters, a call whose job fails to load ([`Error::Load`])
+    /// runs once more on the first available process kind (`Forkserver`, then `Spawn`), whose
+    /// outcome is the call's. A load error is also a module refusing subinterpreters while the
+    /// function runs (an `import numpy` in its body: the function may have done things before
+    /// it, and does them again on the process). When a module refused (numpy, most PyO3 and
+    /// Cython packages; the chain says "does not support loading in subinterpreters", "cannot
+    /// load module more than once per process", "PyO3 modules do not yet support
+    /// subinterpreters" or "Interpreter change detected"), or when the process loaded the job,
+    /// later calls to the same module go there directly. An exception raised by the function
+    /// itself is never retried.
     #[default]
     Auto,
 }
@@ -331,7 +335,8 @@ struct Inner {
 struct Fallback {
     worker_type: &'static str,
     cache: WorkerCache,
-    /// Modules that refused to load in a subinterpreter: their calls skip the subinterpreters.
+    /// Modules that refused to load in a subinterpreter, or failed to load there and loaded in a
+    /// process: their calls skip the subinterpreters.
     modules: RwLock<HashSet<String>>,
 }
 
@@ -365,9 +370,9 @@ impl Inner {
     }
 
     /// Runs `payload` on a worker of `cache` and waits for it. Dropping the future cancels it.
-    async fn attempt(&self, cache: &WorkerCache, payload: Vec<u8>) -> Result<Finished> {
+    async fn attempt(&self, cache: &WorkerCache, job: Job) -> Result<Finished> {
         let setup = || Ok(self.setup.clone());
-        let lease = cache.submit(Job { payload }, &setup)?;
+        let lease = cache.submit(job, &setup)?;
         Ok(InFlight::new(self, lease).await)
     }
 }
@@ -381,10 +386,26 @@ impl Drop for Inner {
     }
 }
 
-/// A job's outcome as the caller's result.
-fn into_result(outcome: Outcome) -> Result<Vec<u8>> {
+/// A pickled value with its out-of-band buffers (pickle protocol 5), as
+/// [`Pool::call_pickled_with_buffers`] returns it: `pickle.loads(data, buffers=buffers)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pickled {
+    /// The pickle stream.
+    pub data: Vec<u8>,
+    /// The buffers its `NEXT_BUFFER` opcodes take, in order: host memory of this process,
+    /// writable by whoever holds it alone (no further copy was made).
+    pub buffers: Vec<Buffer>,
+}
+
+/// A job's outcome as the caller's result. Only protocol-5 jobs get buffers back
+/// (worker_loop.py): those of [`Pool::call_pickled_with_buffers`].
+fn into_result(outcome: Outcome) -> Result<Pickled> {
     match outcome {
-        Outcome::Value(value) => Ok(value),
+        Outcome::Value(data) => Ok(Pickled {
+            data,
+            buffers: Vec::new(),
+        }),
+        Outcome::ValueWithBuffers(data, buffers) => Ok(Pickled { data, buffers }),
         Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
         Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
         Outcome::Broken(broken) => Err(Error::Broken {
@@ -473,12 +494,14 @@ impl Pool {
         A: Serialize,
         R: DeserializeOwned,
     {
-        let payload = Target::parse(callable).and_then(|target| wire::job(&target, &args));
+        let payload = Target::parse(callable)
+            .and_then(|target| wire::job(&target, &args))
+            .map(Job::new);
         Call::new(
             self.clone(),
             payload,
             self.module_to_route(callable),
-            |pickled| wire::value::<R>(&pickled),
+            |pickled| wire::value::<R>(&pickled.data),
         )
     }
 
@@ -486,7 +509,33 @@ impl Pool {
     /// any protocol) and the pickled return value (protocol 5) handed back as is.
     pub fn call_pickled(&self, callable: &str, pickled_args: impl AsRef<[u8]>) -> Call<Vec<u8>> {
         let payload = Target::parse(callable)
-            .and_then(|target| wire::job_pickled(&target, pickled_args.as_ref()));
+            .and_then(|target| wire::job_pickled(&target, pickled_args.as_ref()))
+            .map(Job::new);
+        Call::new(self.clone(), payload, self.module_to_route(callable), |p| {
+            Ok(p.data)
+        })
+    }
+
+    /// Like [`Pool::call_pickled`], with pickle protocol 5 out-of-band buffers both ways:
+    /// `pickled_args` is a protocol-5 pickle of the argument tuple whose `NEXT_BUFFER` opcodes
+    /// take `buffers` in order (as `pickle.loads(pickled_args, buffers=buffers)` would), and the
+    /// value comes back as [`Pickled`]: its pickle plus its large buffers (from 256 KiB:
+    /// `bytes`, `memoryview`s, numpy arrays, see docs/payloads.md), to be loaded the same way.
+    ///
+    /// The buffers are not copied into the job: a subinterpreter worker reads them in place
+    /// (wrap a `Vec<u8>` with [`Buffer::from_vec`]), a process worker gets them through shared
+    /// memory. The job keeps them until the worker is done with them.
+    pub fn call_pickled_with_buffers(
+        &self,
+        callable: &str,
+        pickled_args: impl AsRef<[u8]>,
+        buffers: Vec<Buffer>,
+    ) -> Call<Pickled> {
+        let payload = Target::parse(callable)
+            .and_then(|target| {
+                wire::job_pickled_with_buffers(&target, pickled_args.as_ref(), buffers.len())
+            })
+            .map(|payload| Job { payload, buffers });
         Call::new(self.clone(), payload, self.module_to_route(callable), Ok)
     }
 
@@ -591,7 +640,7 @@ impl Pool {
 
     /// Runs one job: takes a slot, submits, waits; on an `Auto` pool, routes it by `module` and
     /// falls back to a process worker. Not generic, so it is compiled once.
-    async fn run(self, payload: Result<Vec<u8>>, module: Option<String>) -> Result<Vec<u8>> {
+    async fn run(self, payload: Result<Job>, module: Option<String>) -> Result<Pickled> {
         let payload = payload?;
         let limiter = self.inner.limiter.clone();
         // Held across a fallback's second attempt too; dropped after the attempt in flight (the
@@ -611,17 +660,22 @@ impl Pool {
             return into_result(inner.attempt(&fallback.cache, payload).await?.outcome);
         }
         let retry = payload.clone();
-        match inner.attempt(&inner.cache, payload).await?.outcome {
-            Outcome::LoadError(records) => {
-                let error = wire::exception(&records);
-                if !refuses_subinterpreters(&error) {
-                    return Err(Error::Load(Box::new(error)));
-                }
-                fallback.remember(module);
-                into_result(inner.attempt(&fallback.cache, retry).await?.outcome)
-            }
-            outcome => into_result(outcome),
+        let outcome = inner.attempt(&inner.cache, payload).await?.outcome;
+        let Outcome::LoadError(records) = &outcome else {
+            return into_result(outcome);
+        };
+        // Any load error is retried once on a process; a refusal routes the module there at
+        // once, another load error only once the process loaded it. A second load error is the
+        // call's.
+        if refuses_subinterpreters(&wire::exception(records)) {
+            fallback.remember(module);
+            return into_result(inner.attempt(&fallback.cache, retry).await?.outcome);
         }
+        let outcome = inner.attempt(&fallback.cache, retry).await?.outcome;
+        if !matches!(outcome, Outcome::LoadError(_) | Outcome::Broken(_)) {
+            fallback.remember(module);
+        }
+        into_result(outcome)
     }
 }
 
@@ -690,17 +744,17 @@ impl Drop for InFlight<'_> {
 /// Dropping it before it resolves cancels the call (see [`Pool::call`]).
 #[must_use = "a call does nothing unless awaited, and dropping it cancels it"]
 pub struct Call<R> {
-    run: Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>,
-    convert: fn(Vec<u8>) -> Result<R>,
+    run: Pin<Box<dyn Future<Output = Result<Pickled>> + Send>>,
+    convert: fn(Pickled) -> Result<R>,
     _result: PhantomData<fn() -> R>,
 }
 
 impl<R> Call<R> {
     fn new(
         pool: Pool,
-        payload: Result<Vec<u8>>,
+        payload: Result<Job>,
         module: Option<String>,
-        convert: fn(Vec<u8>) -> Result<R>,
+        convert: fn(Pickled) -> Result<R>,
     ) -> Self {
         Self {
             run: Box::pin(pool.run(payload, module)),

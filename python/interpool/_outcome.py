@@ -1,8 +1,14 @@
 """Pickling jobs in the caller, and turning a worker's outcome back into a value or an exception.
 
 The worker side of this format is the worker loop
-(``worker-types/src/subinterpreter/worker_loop.py``):
-exception records are a pickled list, the raised exception first, each entry
+(``worker-types/src/subinterpreter/worker_loop.py``).
+
+Large buffers travel out of band (pickle protocol 5): a job with any is ``(pickle, buffers)``
+instead of ``pickle``, ``buffers`` being contiguous ``"B"`` memoryviews over the caller's objects
+(the worker reads them in place or through shared memory; see docs/payloads.md), and a value with
+any comes back as kind ``VALUE_BUFFERS`` with ``(pickle, buffers)``.
+
+Exception records are a pickled list, the raised exception first, each entry
 ``(pickled_exc | None, pickling_error | None, type_name, message, formatted_traceback,
 cause_index | None, context_index | None, suppress_context)``.
 """
@@ -12,6 +18,9 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+from array import array
+from operator import methodcaller
+from typing import Any
 
 from ._types import BrokenWorkerError
 
@@ -20,8 +29,12 @@ try:
 except ImportError:  # pragma: no cover, cloudpickle is optional and installed in the test venv
     cloudpickle = None
 
-VALUE, RAISED, LOAD_ERROR, BROKEN = 0, 1, 2, 3
+VALUE, RAISED, LOAD_ERROR, BROKEN, VALUE_BUFFERS = 0, 1, 2, 3, 4
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+# Buffers of at least this many bytes travel out of band; the same value as BUFFER_THRESHOLD in
+# the worker loop. At most _MAX_BUFFERS per job (the rest stay in band).
+BUFFER_THRESHOLD = 256 * 1024
+_MAX_BUFFERS = 64
 _main_importable: bool | None = None
 
 
@@ -63,6 +76,113 @@ def dumps(obj: object, callable_: object = None) -> bytes:
     return cloudpickle.dumps(obj, _PROTOCOL)
 
 
+class _OutOfBand:
+    """Pickles a large ``bytes``, ``bytearray`` or ``array.array``, or a contiguous
+    ``memoryview`` (which pickle refuses otherwise), as a protocol-5 buffer: pickle sends only
+    ``PickleBuffer``s out of band by itself, and never asks a ``reducer_override`` about ``bytes``.
+    The worker rebuilds the same type with builtins only. Kept in step with the worker loop's
+    copy."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
+        obj: object = self.obj
+        if type(obj) is array:
+            return array, (obj.typecode,), pickle.PickleBuffer(obj), None, None, array.frombytes
+        if type(obj) is memoryview:
+            if obj.ndim == 1 and obj.format == "B":
+                return memoryview, (pickle.PickleBuffer(obj),)
+            return methodcaller("cast", obj.format, obj.shape), (_OutOfBand(obj.cast("B")),)
+        return type(obj), (pickle.PickleBuffer(obj),)  # type: ignore[arg-type]
+
+
+_WRAPPABLE = frozenset((bytes, bytearray, array, memoryview))
+# Arguments of these types hold no PickleBuffer (small bytes and bytearrays stay in band anyway).
+_PLAIN = frozenset((int, float, str, bool, type(None), bytes, bytearray, complex))
+
+
+def _large_buffer(obj: object) -> bool:
+    kind = type(obj)
+    if kind is bytes or kind is bytearray:
+        return len(obj) >= BUFFER_THRESHOLD  # type: ignore[arg-type]
+    if kind is array:
+        return len(obj) * obj.itemsize >= BUFFER_THRESHOLD  # type: ignore[attr-defined]
+    if kind is memoryview:  # always: pickle refuses memoryviews (small ones stay in band)
+        return obj.c_contiguous and obj.ndim > 0 and len(obj.format) == 1  # type: ignore[attr-defined]
+    return False
+
+
+def dumps_job(
+    fn: object, args: tuple[object, ...], callable_: object = None
+) -> bytes | tuple[bytes, list[memoryview]]:
+    """Pickles the job ``(fn, args)`` like :func:`dumps`: ``bytes``, or ``(bytes, buffers)`` when
+    it has large buffers (positional arguments that are large ``bytes``, ``bytearray``,
+    ``memoryview`` or ``array.array`` objects, and ``PickleBuffer``s anywhere, such as numpy
+    arrays')."""
+    wrapped: dict[int, _OutOfBand] | None = None
+    plain = True
+    for arg in args:
+        kind = type(arg)
+        if kind in _WRAPPABLE and _large_buffer(arg):
+            if wrapped is None:
+                wrapped = {}
+            wrapped.setdefault(id(arg), _OutOfBand(arg))
+        elif kind not in _PLAIN:
+            plain = False
+    if wrapped is not None:
+        args = tuple(wrapped.get(id(arg), arg) for arg in args)
+    job = (fn, args)
+    use_cloudpickle = cloudpickle is not None and _needs_cloudpickle(
+        fn if callable_ is None else callable_
+    )
+    if plain and wrapped is None and not use_cloudpickle:
+        # No PickleBuffer can be in there: skip buffer_callback, which costs pickle ~0.6 µs.
+        try:
+            return pickle.dumps(job, _PROTOCOL)
+        except Exception:
+            if cloudpickle is None:
+                raise
+        return cloudpickle.dumps(job, _PROTOCOL)
+    # Every PickleBuffer goes out of band first (a C callback: the hot path pays nothing more);
+    # only if some were small is the job pickled again, keeping those in band.
+    buffers: list[pickle.PickleBuffer] = []
+    data = _dumps5(job, buffers.append, buffers, use_cloudpickle)
+    if not buffers:
+        return data
+    views = [buffer.raw() for buffer in buffers]
+    if len(views) <= _MAX_BUFFERS and all(v.nbytes >= BUFFER_THRESHOLD for v in views):
+        return data, views
+    views.clear()
+
+    def large_only(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < BUFFER_THRESHOLD or len(views) >= _MAX_BUFFERS:
+            return True
+        views.append(raw)
+        return False
+
+    data = _dumps5(job, large_only, views, use_cloudpickle)
+    return (data, views) if views else data
+
+
+def _dumps5(
+    job: object, buffer_callback: Any, collected: list[Any], use_cloudpickle: bool
+) -> bytes:
+    """Protocol 5 with ``buffer_callback`` filling ``collected``; cloudpickle as :func:`dumps`."""
+    if use_cloudpickle:
+        return cloudpickle.dumps(job, 5, buffer_callback=buffer_callback)
+    try:
+        return pickle.dumps(job, 5, buffer_callback=buffer_callback)
+    except Exception:
+        if cloudpickle is None:
+            raise
+    collected.clear()  # what pickle collected before it failed
+    return cloudpickle.dumps(job, 5, buffer_callback=buffer_callback)
+
+
 def _worker_note(traceback_text: str) -> str:
     header = "Traceback (most recent call last):\n"
     if traceback_text.startswith(header):
@@ -96,11 +216,29 @@ def rebuild_exception(data: bytes) -> BaseException:
     return excs[0]
 
 
+def load_error(data: bytes) -> BaseException:
+    """The exception of a LOAD_ERROR outcome. A worker that could not load the parent's main
+    script cannot serve it at all (as a multiprocessing worker that cannot start): that is a
+    :class:`BrokenWorkerError` with the worker's message, caused by the script's error."""
+    exc = rebuild_exception(data)
+    if not (isinstance(exc, ImportError) and exc.name == "__mp_main__"):
+        return exc
+    broken = BrokenWorkerError(str(exc))
+    broken.__cause__ = exc.__cause__
+    for note in getattr(exc, "__notes__", ()):
+        broken.add_note(note)
+    return broken
+
+
 def unwrap(kind: int, data: bytes, reason: str | None) -> object:
     """The job's value, or raise what the job (or its worker) raised."""
     if kind == VALUE:
         return pickle.loads(data)
-    if kind == RAISED or kind == LOAD_ERROR:
+    if kind == VALUE_BUFFERS:
+        return pickle.loads(data[0], buffers=data[1])  # type: ignore[index]
+    if kind == RAISED:
         raise rebuild_exception(data)
+    if kind == LOAD_ERROR:
+        raise load_error(data)
     cause = rebuild_exception(data) if data else None
     raise BrokenWorkerError(reason) from cause

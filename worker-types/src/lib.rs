@@ -21,11 +21,13 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
+mod buffer;
 mod completion;
 mod mailbox;
 pub mod process;
 pub mod subinterpreter;
 
+pub use buffer::{Buffer, Owner};
 pub use completion::Completion;
 
 /// The result type of this crate.
@@ -57,6 +59,19 @@ pub enum Error {
 pub struct Job {
     /// The pickle payload.
     pub payload: Vec<u8>,
+    /// The payload's out-of-band buffers (pickle protocol 5), in the order its `NEXT_BUFFER`
+    /// opcodes take them; usually none.
+    pub buffers: Vec<Buffer>,
+}
+
+impl Job {
+    /// A job without out-of-band buffers.
+    pub fn new(payload: Vec<u8>) -> Self {
+        Self {
+            payload,
+            buffers: Vec::new(),
+        }
+    }
 }
 
 /// A job handed back by a worker that will not run it (it closed itself, e.g. on idle timeout).
@@ -69,6 +84,9 @@ pub struct Rejected(pub Job);
 pub enum Outcome {
     /// The callable returned; the pickled value.
     Value(Vec<u8>),
+    /// The callable returned; the pickled value and its out-of-band buffers (pickle protocol 5),
+    /// for values holding large buffers.
+    ValueWithBuffers(Vec<u8>, Vec<Buffer>),
     /// The callable raised (or its value could not be pickled); the pickled exception records.
     Raised(Vec<u8>),
     /// The job could not even be loaded in the worker (unpickling the callable or its arguments
@@ -154,7 +172,7 @@ pub struct Capabilities {
 /// Everything a new worker needs before its first job.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// Pickled `(sys_path, argv, main_kind, main_ref, init, retire[, path_prepend])`, made by the
+    /// Pickled `(sys_path, argv, main_kind, main_ref, init, retire[, path_prepend[, authkey]])`, by the
     /// front end: see the worker loop's `setup`. Opaque to Rust.
     pub setup: Vec<u8>,
     /// How long an idle worker waits for a job before it ends itself; `None`: forever.
