@@ -38,11 +38,8 @@ build: venv ## Build the extension (release) into .venv: maturin develop --relea
 	$(call section,maturin develop --release ($(VENV)))
 	$(IN_VENV) maturin develop --release
 
-# 1 adds test-no-cloudpickle to `make test`. 0 until issue #10's tests pass without cloudpickle.
-TEST_NO_CLOUDPICKLE ?= 0
-
 .PHONY: test
-test: lint test-pythons $(if $(filter 1,$(TEST_NO_CLOUDPICKLE)),test-no-cloudpickle) test-old ## Everything CI checks: lint; Rust tests and pytest on each CPython >= 3.13; pytest without cloudpickle; old Pythons
+test: lint test-pythons test-no-cloudpickle test-old ## Everything CI checks: lint; Rust tests and pytest on each CPython >= 3.13; pytest without cloudpickle; old Pythons
 
 .PHONY: test-pythons
 test-pythons: ## Run test-rust and test-python on each CPython >= 3.13 found (or in PYTHONS)
