@@ -25,6 +25,8 @@ class WorkerType(str, enum.Enum):
     ``kill_on_cancel=True`` go to the fastest process type; a job that cannot be loaded in a
     subinterpreter (its module refuses to import there) is re-run on a process, and its module
     goes straight there afterwards. Before CPython 3.13 it uses processes. See docs/auto.md.
+    A job that AUTO runs in a subinterpreter is in this process: a segfault or ``os._exit()`` in
+    it ends the whole program (pin such code to a process type).
 
     There is no ``FORK``: forking a multi-threaded process (interpool's host always has threads)
     can deadlock the child; use FORKSERVER.

@@ -27,6 +27,12 @@
 //! 7. **Every worker ends before the host finalizes**: a subinterpreter still running at
 //!    `Py_FinalizeEx` aborts the process. Hosts call `close_all` / `wait_all_ended` first.
 //! 8. PyO3's safe API is never used here: its statics and deferred-decref pool are process-global.
+//! 9. **An interrupted interpreter is kept.** Interrupting raises `KeyboardInterrupt` in Python
+//!    code, which leaves the interpreter healthy: the worker clears a still-pending injected
+//!    exception under its GIL after the job (`PyThreadState_SetAsyncExc(NULL)`), and no
+//!    interrupter can inject afterwards (it checks `running_seq` under the same GIL). Ending an
+//!    interpreter costs 1.7–8.6 MiB of arenas on 3.13 (docs/limits.md), so only a worker that
+//!    cannot go on (abandoned in C code, retired, broken) ends.
 
 #![allow(unsafe_code)]
 
@@ -42,7 +48,13 @@ use std::{
 use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
-use crate::{mailbox::Next, Broken, Completion, Finished, Outcome, Retire, WorkerConfig};
+use crate::{mailbox::Next, Broken, Completion, Finished, Outcome, Retire, Verdict, WorkerConfig};
+
+extern "C" {
+    /// Prints the attached interpreter's object allocator statistics (`sys._debugmallocstats`);
+    /// returns 0 if that allocator is not pymalloc. Exported by every CPython >= 3.3.
+    fn _PyObject_DebugMallocStats(out: *mut libc::FILE) -> std::ffi::c_int;
+}
 
 /// `running_seq` when no job runs. `running_seq` is written by the worker and read by interrupters,
 /// both only while holding that worker's GIL.
@@ -154,6 +166,14 @@ struct Interpreter {
     module: *mut ffi::PyObject,
     setup: *mut ffi::PyObject,
     run: *mut ffi::PyObject,
+    after_job: *mut ffi::PyObject,
+}
+
+/// What the worker does after a job whose outcome it has published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterJob {
+    Keep,
+    End,
 }
 
 impl Interpreter {
@@ -210,6 +230,7 @@ impl Interpreter {
                 module: ptr::null_mut(),
                 setup: ptr::null_mut(),
                 run: ptr::null_mut(),
+                after_job: ptr::null_mut(),
             };
             if let Err(reason) = this.load_worker_loop() {
                 this.end();
@@ -243,7 +264,8 @@ impl Interpreter {
             }
             self.setup = ffi::PyObject_GetAttrString(self.module, c"setup".as_ptr());
             self.run = ffi::PyObject_GetAttrString(self.module, c"run".as_ptr());
-            if self.setup.is_null() || self.run.is_null() {
+            self.after_job = ffi::PyObject_GetAttrString(self.module, c"after_job".as_ptr());
+            if self.setup.is_null() || self.run.is_null() || self.after_job.is_null() {
                 return Err(format!("the worker loop is incomplete: {}", take_error()));
             }
         }
@@ -303,33 +325,97 @@ impl Interpreter {
         }
     }
 
-    /// Runs one job through the worker loop's `run`.
+    /// Runs one job through the worker loop's `run`; also says whether `after_job` must run.
     ///
     /// # Safety
     /// This interpreter's thread state must be attached.
-    unsafe fn run_job(&self, payload: &[u8]) -> Finished {
+    unsafe fn run_job(&self, payload: &[u8]) -> (Finished, bool) {
         // SAFETY: attached per the caller; every new reference is released here, and the outcome
         // is copied out before returning (rule 3).
         unsafe {
             let arg = new_bytes(payload);
             if arg.is_null() {
-                return broken_finished(format!(
-                    "could not pass the job to the worker: {}",
-                    take_error()
-                ));
+                let reason = format!("could not pass the job to the worker: {}", take_error());
+                return (broken_finished(reason), false);
             }
             let result = ffi::PyObject_CallOneArg(self.run, arg);
             ffi::Py_DECREF(arg);
             if result.is_null() {
-                // Only an exception injected by an interrupt escapes `run`.
-                return broken_finished(format!("the job was interrupted ({})", take_error()));
+                // Only an exception injected by an interrupt escapes `run`; the retire hook
+                // still runs if the worker is kept.
+                let reason = format!("the job was interrupted ({})", take_error());
+                return (broken_finished(reason), true);
             }
             let finished = parse_run_result(result);
             ffi::Py_DECREF(result);
             finished.unwrap_or_else(|| {
                 ffi::PyErr_Clear();
-                broken_finished("the worker loop returned a malformed outcome".to_owned())
+                let reason = "the worker loop returned a malformed outcome".to_owned();
+                (broken_finished(reason), false)
             })
+        }
+    }
+
+    /// Runs the worker loop's `after_job` (the `retire` hook); a hook that raised leaves its
+    /// exception records in `shared`.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn after_job(&self, shared: &Shared) -> AfterJob {
+        // SAFETY: attached per the caller; the result and its items are read and released here.
+        unsafe {
+            let result = ffi::PyObject_CallNoArgs(self.after_job);
+            if result.is_null() {
+                // An exception escaped the hook's own handler (an interrupt of the earlier job
+                // delivered late): the worker cannot vouch for its state.
+                ffi::PyErr_Clear();
+                return AfterJob::End;
+            }
+            let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
+            let after = match verdict {
+                0 => AfterJob::Keep,
+                2 => {
+                    *shared
+                        .retire_failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) =
+                        bytes_to_vec(ffi::PyTuple_GetItem(result, 1));
+                    AfterJob::End
+                }
+                _ => AfterJob::End,
+            };
+            ffi::PyErr_Clear();
+            ffi::Py_DECREF(result);
+            after
+        }
+    }
+
+    /// The bytes in the arenas of this interpreter's own object allocator (what ending it would
+    /// free, on 3.14; what 3.13 keeps), from `_PyObject_DebugMallocStats`. `None` if the
+    /// allocator is not pymalloc or the figure cannot be read.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn allocator_bytes(&self) -> Option<u64> {
+        let mut buffer: *mut c_char = ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        // SAFETY: open_memstream owns `buffer` until fclose, which sets it (and `size`) to the
+        // text written; the text is copied out and the buffer freed with free(3) as it requires.
+        // The statistics are those of the attached interpreter (per the caller).
+        unsafe {
+            let out = libc::open_memstream(&mut buffer, &mut size);
+            if out.is_null() {
+                return None;
+            }
+            let printed = _PyObject_DebugMallocStats(out);
+            libc::fclose(out);
+            if buffer.is_null() {
+                return None;
+            }
+            let text = std::slice::from_raw_parts(buffer as *const u8, size);
+            let bytes = (printed != 0).then(|| arena_bytes(text)).flatten();
+            libc::free(buffer.cast());
+            bytes
         }
     }
 
@@ -341,7 +427,7 @@ impl Interpreter {
         // SAFETY: attached per the caller; references are dropped before the interpreter that
         // owns them is ended (rule 1: same thread, own thread state).
         unsafe {
-            for obj in [self.run, self.setup, self.module] {
+            for obj in [self.after_job, self.run, self.setup, self.module] {
                 if !obj.is_null() {
                     ffi::Py_DECREF(obj);
                 }
@@ -363,11 +449,20 @@ unsafe fn new_bytes(data: &[u8]) -> *mut ffi::PyObject {
     }
 }
 
-/// Reads `(kind: int, data: bytes, retire: int, retire_error: bytes | None)`.
+/// `N arenas * 1048576 bytes/arena = 2,097,152` in `_PyObject_DebugMallocStats`'s text.
+fn arena_bytes(text: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(text).ok()?;
+    let line = text.lines().find(|l| l.contains(" bytes/arena "))?;
+    let total = line.rsplit('=').next()?;
+    total.trim().replace(',', "").parse().ok()
+}
+
+/// Reads `(kind: int, data: bytes, retire: int)`, `retire` being KEEP (0) or RETIRE_PENDING (3):
+/// the outcome, and whether `after_job` must run.
 ///
 /// # Safety
 /// A thread state must be attached and `result` must be a live object of its interpreter.
-unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<Finished> {
+unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<(Finished, bool)> {
     // SAFETY: per the caller; PyTuple_GetItem returns borrowed references (or NULL with an error
     // set, which the caller clears).
     unsafe {
@@ -380,13 +475,13 @@ unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<Finished> {
             2 => Outcome::LoadError(data),
             _ => return None,
         };
-        let retire = match retire {
-            0 => Retire::Keep,
-            1 => Retire::Retire,
-            2 => Retire::Failed(bytes_to_vec(ffi::PyTuple_GetItem(result, 3))?),
+        let pending = match retire {
+            0 => false,
+            3 => true,
             _ => return None,
         };
-        Some(Finished { outcome, retire })
+        let retire = Retire::Keep;
+        Some((Finished { outcome, retire }, pending))
     }
 }
 
@@ -440,6 +535,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         });
     }
 
+    let mut jobs: u64 = 0;
     loop {
         let (job, completion) = match shared.mailbox.next(config.idle_timeout) {
             Next::Run(job, completion) => (job, completion),
@@ -457,31 +553,56 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
             break;
         };
         let seq = shared.submitted_seq.load(Ordering::Acquire);
+        jobs += 1;
         // SAFETY: `tstate` is this thread's detached thread state of `interpreter` (rule 1).
-        let finished = unsafe {
+        let (finished, pending) = unsafe {
             ffi::PyEval_RestoreThread(tstate);
             // Checked and set under this GIL, which interrupters also hold while they look at
-            // `running_seq`: an interrupt that came before (even while the interpreter was still
-            // being created) is seen here; one that comes after finds the job running.
-            let finished = if shared.interrupted_seq.load(Ordering::Acquire) == seq {
-                broken_finished("the job was interrupted before it started".to_owned())
+            // `running_seq`: an interrupt claimed before (even while the interpreter was still
+            // being created) is seen here; one claimed after finds the job running.
+            let ran = if completion.interrupt_claimed() {
+                let reason = "the job was interrupted before it started".to_owned();
+                (broken_finished(reason), false)
             } else {
                 running_seq.store(seq, Ordering::Release);
-                let finished = interpreter.run_job(&job.payload);
+                let ran = interpreter.run_job(&job.payload);
                 running_seq.store(NO_JOB, Ordering::Release);
-                finished
+                ran
             };
             // An interrupt that raced with the job's end is dropped here, under the GIL, so it
-            // cannot hit a later job (cpython#139622: 3.13 may deliver it late).
+            // cannot hit a later job (rule 9; cpython#139622: 3.13 may deliver it late).
             ffi::PyThreadState_SetAsyncExc(
                 ffi::PyThread_get_thread_ident() as c_long,
                 ptr::null_mut(),
             );
             saved = Some(ffi::PyEval_SaveThread());
-            finished
+            ran
         };
         drop(job);
-        if !deliver(&shared, seq, finished, &completion) {
+        let after = match deliver(&shared, &config, jobs, finished, pending, &completion) {
+            Delivered::Idle => continue,
+            Delivered::Ending => break,
+            Delivered::Retiring => {
+                let tstate = saved.expect("attached above");
+                // SAFETY: as above: this thread's own thread state of `interpreter`.
+                unsafe {
+                    ffi::PyEval_RestoreThread(tstate);
+                    let after = if pending {
+                        interpreter.after_job(&shared)
+                    } else {
+                        AfterJob::Keep
+                    };
+                    let over_memory = |max| interpreter.allocator_bytes().is_some_and(|b| b > max);
+                    let after = match config.max_memory {
+                        Some(max) if after == AfterJob::Keep && over_memory(max) => AfterJob::End,
+                        _ => after,
+                    };
+                    saved = Some(ffi::PyEval_SaveThread());
+                    after
+                }
+            }
+        };
+        if !shared.mailbox.job_done(after == AfterJob::End) {
             break;
         }
     }
@@ -501,18 +622,50 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
     shared.mark_ended();
 }
 
-/// Hands a job's outcome over; returns whether the worker goes on.
-fn deliver(shared: &Shared, seq: u64, mut finished: Finished, completion: &Completion) -> bool {
-    let interrupted = shared.interrupted_seq.load(Ordering::Acquire) == seq;
+/// Where [`deliver`] left the worker.
+enum Delivered {
+    /// Ready for the next job.
+    Idle,
+    /// The outcome is out; the retire hook or the memory check runs before the next job.
+    Retiring,
+    /// The worker ends.
+    Ending,
+}
+
+/// Settles and hands a job's outcome over (`pending`: the retire hook must run after it).
+fn deliver(
+    shared: &Shared,
+    config: &WorkerConfig,
+    jobs: u64,
+    mut finished: Finished,
+    pending: bool,
+    completion: &Completion,
+) -> Delivered {
+    if completion.settle() == Verdict::Interrupted {
+        // Whatever it returned, the caller decided first; the interpreter survives (rule 9).
+        if !matches!(finished.outcome, Outcome::Broken(_)) {
+            finished.outcome = Outcome::Broken(broken("the job was interrupted".to_owned()));
+        }
+        finished.retire = Retire::Keep;
+    }
     let abandoned = shared.abandoned.load(Ordering::Acquire);
-    let ending = finished.worker_ends() || interrupted || abandoned;
-    if ending && finished.retire == Retire::Keep {
+    let tasks_done = config.max_tasks.is_some_and(|max| jobs >= max);
+    let ending = finished.worker_ends() || abandoned || tasks_done;
+    if ending {
         finished.retire = Retire::Retire;
     }
-    // Idle (or closed) before the outcome is visible, so a caller who sees it can reuse us.
-    let go_on = shared.mailbox.job_done(ending);
+    // Idle, retiring or closed before the outcome is visible, so that a caller who sees it finds
+    // the worker in the state it is in.
+    let delivered = if !ending && (pending || config.max_memory.is_some()) {
+        shared.mailbox.retiring();
+        Delivered::Retiring
+    } else if shared.mailbox.job_done(ending) {
+        Delivered::Idle
+    } else {
+        Delivered::Ending
+    };
     completion.complete(finished);
-    go_on
+    delivered
 }
 
 /// Injects `KeyboardInterrupt` into the job `seq` of this worker, if it is still running it.
@@ -523,7 +676,7 @@ pub(crate) fn interrupt(shared: &Shared, seq: u64) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let Some(handle) = &*handle else {
-        // Not created yet: the worker sees `interrupted_seq` before it runs the job. Or ending.
+        // Not created yet: the worker sees the claim before it runs the job. Or ending.
         return;
     };
     // SAFETY: the handle's interpreter is alive while we hold its lock (rule 6); the temporary

@@ -1,6 +1,8 @@
 """The loop inside every interpool worker interpreter.
 
-Rust calls ``setup`` once, then ``run`` once per job. Everything crosses as bytes: this module
+Rust calls ``setup`` once, then ``run`` once per job and, after the job's outcome has been
+handed to the caller, ``after_job`` if ``run`` said the ``retire`` hook must run (the caller
+never waits for it). Everything crosses as bytes: this module
 unpickles the job, calls it, and pickles the outcome. It imports neither trio nor interpool (the
 front end's extension module refuses to load in a subinterpreter); ``interpool/__init__.py`` sees
 this module in ``sys.modules`` and stays import-safe for user scripts that ``import interpool``.
@@ -15,7 +17,7 @@ import sys
 import traceback
 
 VALUE, RAISED, LOAD_ERROR = 0, 1, 2
-KEEP, RETIRE, RETIRE_FAILED = 0, 1, 2
+KEEP, RETIRE, RETIRE_FAILED, RETIRE_PENDING = 0, 1, 2, 3
 _MAX_CHAIN = 32
 
 _retire = bool
@@ -176,11 +178,12 @@ def setup(config):
 
 
 def run(payload):
-    """Runs one job; returns ``(kind, data, retire, retire_error)``."""
+    """Runs one job; returns ``(kind, data, retire)``: ``retire`` is KEEP, or RETIRE_PENDING if
+    ``after_job`` must run once the outcome is delivered."""
     try:
         fn, args = pickle.loads(payload)
     except BaseException as exc:
-        return LOAD_ERROR, _exception_records(exc), KEEP, None
+        return LOAD_ERROR, _exception_records(exc), KEEP
     try:
         result = fn(*args)
         if hasattr(result, "__await__") and hasattr(result, "close"):
@@ -194,9 +197,16 @@ def run(payload):
         kind, data = RAISED, _exception_records(exc, skip_frames=1)
     result = fn = args = None
     _flush()
+    return kind, data, (KEEP if _retire is bool else RETIRE_PENDING)
+
+
+def after_job():
+    """Runs the ``retire`` hook; returns ``(KEEP | RETIRE | RETIRE_FAILED, records | None)``."""
     if _retire is bool:
-        return kind, data, KEEP, None
+        return KEEP, None
     try:
-        return kind, data, (RETIRE if _retire() else KEEP), None
+        return (RETIRE if _retire() else KEEP), None
     except BaseException as exc:
-        return kind, data, RETIRE_FAILED, _exception_records(exc)
+        return RETIRE_FAILED, _exception_records(exc)
+    finally:
+        _flush()
