@@ -2,7 +2,7 @@
 
 Two phases per worker type, each in a fresh worker context:
 
-- **churn**: ``--callers`` tasks call ``run_sync(echo, i)`` (a job of 0–2 ms of pure-Python
+- **churn**: ``--callers`` tasks call ``run_sync(echo, i)`` (a job of 0 to 2 ms of pure-Python
   work) for ``--seconds``; ``--cancel-rate`` of the calls are cancelled at a random moment while
   they run, ``--kill-fraction`` of those with ``kill_on_cancel=True``. Reported: jobs/s, calls
   cancelled, *innocent failures* (a call nobody cancelled that raised or returned something other
@@ -10,7 +10,7 @@ Two phases per worker type, each in a fresh worker context:
   host's RSS before and after.
 - **kills**: ``--kills`` calls of a job that runs until interrupted, each cancelled with
   ``kill_on_cancel=True`` once it runs; RSS growth over them (on SUBINTERPRETER, 3.13 leaks
-  1.7–8.6 MiB per *ended* interpreter: interpool keeps an interrupted interpreter instead).
+  1.7 to 8.6 MiB per *ended* interpreter: interpool keeps an interrupted interpreter instead).
 
 The limiter is ``--width`` wide (2 by default, as in issue #11's measurements). RSS is the
 host's (``/proc/self/status``): for process workers it does not include the workers.
@@ -68,7 +68,7 @@ async def churn(worker_type: str, args: argparse.Namespace, rng: random.Random) 
             if rng.random() >= args.cancel_rate:
                 try:
                     got = await ctx.run_sync(echo, value, seconds, limiter=limiter)
-                except Exception as exc:  # an innocent failure: nobody cancelled this call
+                except Exception as exc:  # noqa: BLE001, any error here is an innocent failure
                     counts["innocent_failures"] += 1
                     failures.append(f"{type(exc).__name__}: {exc}")
                     continue
@@ -80,18 +80,17 @@ async def churn(worker_type: str, args: argparse.Namespace, rng: random.Random) 
                 continue
             kill = rng.random() < args.kill_fraction
             scope = trio.CancelScope()
-
-            async def cancelled_call() -> None:
-                with scope:
-                    await ctx.run_sync(echo, value, seconds, kill_on_cancel=kill, limiter=limiter)
-
             # Cancelled by another task (as a service's request handler would be), not by a
             # deadline: trio processes I/O before deadlines, other tasks' steps after it.
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(cancelled_call)
+                nursery.start_soon(cancelled_call, ctx, scope, value, seconds, kill)
                 await trio.sleep(rng.uniform(0, 0.002))
                 scope.cancel()
             counts["killed" if kill else "cancelled"] += 1
+
+    async def cancelled_call(ctx, scope, value, seconds, kill) -> None:
+        with scope:
+            await ctx.run_sync(echo, value, seconds, kill_on_cancel=kill, limiter=limiter)
 
     try:
         async with interpool.open_worker_context(worker_type=worker_type) as ctx:

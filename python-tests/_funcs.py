@@ -343,3 +343,21 @@ def raise_refusal_lookalike():
 
 def pid():
     return os.getpid()
+
+
+# --- reliability (test_reliability.py) ----------------------------------------
+
+
+def busy_identity(x, iterations):
+    """``x``, after ``iterations`` of pure-Python work (interruptible anywhere)."""
+    for _ in range(iterations):
+        pass
+    return x
+
+
+def keep_once_released(release_path):
+    """A ``retire`` hook that blocks in C code until the parent writes a byte to the FIFO
+    ``release_path``, then keeps the worker."""
+    with open(release_path, "rb", buffering=0) as f:
+        f.read(1)
+    return False

@@ -163,12 +163,15 @@ impl Shared {
 
     /// Called once by the worker thread as its very last act (or if it never started).
     pub(crate) fn mark_ended(&self) {
+        // Uncounted first: whoever sees this worker ended also sees it gone from the count.
+        {
+            let (lock, changed) = live_count();
+            let mut live = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            *live = live.saturating_sub(1);
+            changed.notify_all();
+        }
         *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.ended_changed.notify_all();
-        let (lock, changed) = live_count();
-        let mut live = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        *live = live.saturating_sub(1);
-        changed.notify_all();
     }
 
     fn wait_ended(&self, timeout: Option<Duration>) -> bool {
