@@ -361,3 +361,14 @@ def keep_once_released(release_path):
     with open(release_path, "rb", buffering=0) as f:
         f.read(1)
     return False
+
+
+class BlockWhileLoaded:
+    """An argument whose unpickling, in the worker, signals "started" and blocks until released:
+    a job that is still being loaded."""
+
+    def __init__(self, started_w, release_r):
+        self.fds = started_w, release_r
+
+    def __reduce__(self):
+        return signal_and_block, (*self.fds, "loaded")

@@ -24,6 +24,7 @@ import _funcs
 import _helpers
 import pytest
 import trio
+import trio.testing
 from test_process import Fifo, workers_left
 
 import interpool
@@ -70,6 +71,38 @@ async def test_an_interrupt_after_the_job_completed_leaves_its_worker_in_service
         # Not killed: the same worker serves on.
         assert await ctx.run_sync(_funcs.pid_and_interpreter) == warm
     # Leaving the context raised nothing: no exit of a killed worker is reported.
+
+
+async def test_an_interrupt_while_the_job_loads_stops_it_before_it_starts_and_keeps_the_worker(
+    tmp_path,
+):
+    # Loading may import modules: an interrupt is held back until the function would start (an
+    # import cut short would leave the interpreter unfit for reuse), and then it does not start.
+    path = tmp_path / "should-not-exist"
+    async with _helpers.checked_context() as ctx:
+        warm = await ctx.run_sync(_funcs.interpreter_id)
+        with _helpers.Pipe() as started, _helpers.Pipe() as release:
+            with trio.fail_after(_helpers.HANG_GUARD), trio.CancelScope() as cs:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_then_release():
+                        await started.wait_started()
+                        cs.cancel()  # this task's scope too: shielded from here on
+                        with trio.CancelScope(shield=True):
+                            # The call has claimed the interrupt and waits for its worker.
+                            await trio.testing.wait_all_tasks_blocked()
+                        release.send()
+
+                    nursery.start_soon(cancel_then_release)
+                    await ctx.run_sync(
+                        _funcs.write_file,
+                        str(path),
+                        _funcs.BlockWhileLoaded(started.w, release.r),
+                        kill_on_cancel=True,
+                    )
+        assert cs.cancelled_caught
+        assert not path.exists()
+        assert await ctx.run_sync(_funcs.interpreter_id) == warm
 
 
 @pytest.mark.parametrize("worker_type", TYPES, ids=_id)

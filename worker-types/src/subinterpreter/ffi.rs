@@ -27,12 +27,16 @@
 //! 7. **Every worker ends before the host finalizes**: a subinterpreter still running at
 //!    `Py_FinalizeEx` aborts the process. Hosts call `close_all` / `wait_all_ended` first.
 //! 8. PyO3's safe API is never used here: its statics and deferred-decref pool are process-global.
-//! 9. **An interrupted interpreter is kept.** Interrupting raises `KeyboardInterrupt` in Python
-//!    code, which leaves the interpreter healthy: the worker clears a still-pending injected
-//!    exception under its GIL after the job (`PyThreadState_SetAsyncExc(NULL)`), and no
-//!    interrupter can inject afterwards (it checks `running_seq` under the same GIL). Ending an
-//!    interpreter costs 1.7–8.6 MiB of arenas on 3.13 (docs/limits.md), so only a worker that
-//!    cannot go on (abandoned in C code, retired, broken) ends.
+//! 9. **An interrupted interpreter is kept.** No interrupt is injected while a job is being
+//!    loaded (unpickling imports modules and the main script, and an import cut short leaves
+//!    half-initialized modules behind): `running_seq` names the job only once its function is
+//!    called, and a job whose interrupt was claimed meanwhile is not called. After the job the
+//!    worker clears a still-pending injected exception under its GIL
+//!    (`PyThreadState_SetAsyncExc(NULL)`); no interrupter injects afterwards (it checks
+//!    `running_seq` under the same GIL); and the worker loop's `intact` confirms that no import
+//!    the function itself made was cut short. Only then is it reused; an exception that escaped
+//!    the loop itself ends it. Ending an interpreter costs 1.7–8.6 MiB of arenas on 3.13
+//!    (docs/limits.md).
 
 #![allow(unsafe_code)]
 
@@ -43,6 +47,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, PoisonError,
     },
+    time::{Duration, Instant},
 };
 
 use pyo3_ffi as ffi;
@@ -165,8 +170,18 @@ struct Interpreter {
     interp: *mut ffi::PyInterpreterState,
     module: *mut ffi::PyObject,
     setup: *mut ffi::PyObject,
-    run: *mut ffi::PyObject,
+    load: *mut ffi::PyObject,
+    call: *mut ffi::PyObject,
     after_job: *mut ffi::PyObject,
+    intact: *mut ffi::PyObject,
+}
+
+/// What [`Interpreter::load_job`] made of a payload.
+enum Loaded {
+    /// The `(fn, args)` tuple, an owned reference.
+    Job(*mut ffi::PyObject),
+    /// It could not be loaded: the outcome.
+    Done(Finished),
 }
 
 /// What the worker does after a job whose outcome it has published.
@@ -229,8 +244,10 @@ impl Interpreter {
                 interp,
                 module: ptr::null_mut(),
                 setup: ptr::null_mut(),
-                run: ptr::null_mut(),
+                load: ptr::null_mut(),
+                call: ptr::null_mut(),
                 after_job: ptr::null_mut(),
+                intact: ptr::null_mut(),
             };
             if let Err(reason) = this.load_worker_loop() {
                 this.end();
@@ -263,9 +280,14 @@ impl Interpreter {
                 return Err(format!("loading the worker loop failed: {}", take_error()));
             }
             self.setup = ffi::PyObject_GetAttrString(self.module, c"setup".as_ptr());
-            self.run = ffi::PyObject_GetAttrString(self.module, c"run".as_ptr());
+            self.load = ffi::PyObject_GetAttrString(self.module, c"load".as_ptr());
+            self.call = ffi::PyObject_GetAttrString(self.module, c"call".as_ptr());
             self.after_job = ffi::PyObject_GetAttrString(self.module, c"after_job".as_ptr());
-            if self.setup.is_null() || self.run.is_null() || self.after_job.is_null() {
+            self.intact = ffi::PyObject_GetAttrString(self.module, c"intact".as_ptr());
+            if [self.setup, self.load, self.call, self.after_job, self.intact]
+                .iter()
+                .any(|f| f.is_null())
+            {
                 return Err(format!("the worker loop is incomplete: {}", take_error()));
             }
         }
@@ -325,26 +347,58 @@ impl Interpreter {
         }
     }
 
-    /// Runs one job through the worker loop's `run`; also says whether `after_job` must run.
+    /// Unpickles a job through the worker loop's `load` (imports included: no interrupt is
+    /// injected meanwhile, rule 9).
     ///
     /// # Safety
     /// This interpreter's thread state must be attached.
-    unsafe fn run_job(&self, payload: &[u8]) -> (Finished, bool) {
-        // SAFETY: attached per the caller; every new reference is released here, and the outcome
-        // is copied out before returning (rule 3).
+    unsafe fn load_job(&self, payload: &[u8]) -> Loaded {
+        // SAFETY: attached per the caller; every new reference is released here or handed over
+        // in `Loaded::Job`.
         unsafe {
             let arg = new_bytes(payload);
             if arg.is_null() {
                 let reason = format!("could not pass the job to the worker: {}", take_error());
-                return (broken_finished(reason), false);
+                return Loaded::Done(broken_finished(reason));
             }
-            let result = ffi::PyObject_CallOneArg(self.run, arg);
+            let result = ffi::PyObject_CallOneArg(self.load, arg);
             ffi::Py_DECREF(arg);
             if result.is_null() {
-                // Only an exception injected by an interrupt escapes `run`; the retire hook
-                // still runs if the worker is kept.
+                let reason = format!("the worker loop failed to load the job: {}", take_error());
+                return Loaded::Done(broken_finished(reason));
+            }
+            if ffi::PyTuple_Size(result) == 2 {
+                return Loaded::Job(result);
+            }
+            let finished = parse_run_result(result);
+            ffi::Py_DECREF(result);
+            Loaded::Done(finished.map_or_else(
+                || {
+                    ffi::PyErr_Clear();
+                    broken_finished("the worker loop returned a malformed outcome".to_owned())
+                },
+                |(finished, _)| finished,
+            ))
+        }
+    }
+
+    /// Calls a loaded job through the worker loop's `call`, consuming `job`; also says whether
+    /// `after_job` must run.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached, and `job` an owned `(fn, args)` tuple
+    /// from [`Interpreter::load_job`].
+    unsafe fn call_job(&self, job: *mut ffi::PyObject) -> (Finished, bool) {
+        // SAFETY: attached per the caller; every new reference is released here, and the outcome
+        // is copied out before returning (rule 3).
+        unsafe {
+            let result = ffi::PyObject_Call(self.call, job, ptr::null_mut());
+            ffi::Py_DECREF(job);
+            if result.is_null() {
+                // Only an exception injected by an interrupt escapes `call`; the worker then
+                // ends (rule 9).
                 let reason = format!("the job was interrupted ({})", take_error());
-                return (broken_finished(reason), true);
+                return (broken_finished(reason), false);
             }
             let finished = parse_run_result(result);
             ffi::Py_DECREF(result);
@@ -390,6 +444,24 @@ impl Interpreter {
         }
     }
 
+    /// Whether the worker loop's `intact` vouches for the interpreter after an interrupt.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn intact(&self) -> bool {
+        // SAFETY: attached per the caller; the result is released here.
+        unsafe {
+            let result = ffi::PyObject_CallNoArgs(self.intact);
+            if result.is_null() {
+                ffi::PyErr_Clear();
+                return false;
+            }
+            let intact = result == ffi::Py_True();
+            ffi::Py_DECREF(result);
+            intact
+        }
+    }
+
     /// The bytes in the arenas of this interpreter's own object allocator (what ending it would
     /// free, on 3.14; what 3.13 keeps), from `_PyObject_DebugMallocStats`. `None` if the
     /// allocator is not pymalloc or the figure cannot be read.
@@ -427,7 +499,15 @@ impl Interpreter {
         // SAFETY: attached per the caller; references are dropped before the interpreter that
         // owns them is ended (rule 1: same thread, own thread state).
         unsafe {
-            for obj in [self.after_job, self.run, self.setup, self.module] {
+            let objects = [
+                self.intact,
+                self.after_job,
+                self.call,
+                self.load,
+                self.setup,
+                self.module,
+            ];
+            for obj in objects {
                 if !obj.is_null() {
                     ffi::Py_DECREF(obj);
                 }
@@ -555,19 +635,37 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         let seq = shared.submitted_seq.load(Ordering::Acquire);
         jobs += 1;
         // SAFETY: `tstate` is this thread's detached thread state of `interpreter` (rule 1).
-        let (finished, pending) = unsafe {
+        let ran = unsafe {
             ffi::PyEval_RestoreThread(tstate);
             // Checked and set under this GIL, which interrupters also hold while they look at
             // `running_seq`: an interrupt claimed before (even while the interpreter was still
             // being created) is seen here; one claimed after finds the job running.
-            let ran = if completion.interrupt_claimed() {
+            let not_started = || {
                 let reason = "the job was interrupted before it started".to_owned();
-                (broken_finished(reason), false)
+                let finished = Finished {
+                    outcome: Outcome::Broken(broken(reason)),
+                    retire: Retire::Keep,
+                };
+                (finished, false)
+            };
+            let ran = if completion.interrupt_claimed() {
+                not_started()
             } else {
-                running_seq.store(seq, Ordering::Release);
-                let ran = interpreter.run_job(&job.payload);
-                running_seq.store(NO_JOB, Ordering::Release);
-                ran
+                // Loaded while `running_seq` says no job runs: an interrupt claimed meanwhile
+                // waits for the function to start, and so stops it before it does.
+                match interpreter.load_job(&job.payload) {
+                    Loaded::Done(finished) => (finished, false),
+                    Loaded::Job(loaded) if completion.interrupt_claimed() => {
+                        ffi::Py_DECREF(loaded);
+                        not_started()
+                    }
+                    Loaded::Job(loaded) => {
+                        running_seq.store(seq, Ordering::Release);
+                        let ran = interpreter.call_job(loaded);
+                        running_seq.store(NO_JOB, Ordering::Release);
+                        ran
+                    }
+                }
             };
             // An interrupt that raced with the job's end is dropped here, under the GIL, so it
             // cannot hit a later job (rule 9; cpython#139622: 3.13 may deliver it late).
@@ -575,11 +673,20 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
                 ffi::PyThread_get_thread_ident() as c_long,
                 ptr::null_mut(),
             );
+            // An interrupt claimed from now on cannot inject any more: checked only if one was
+            // claimed before (rule 9).
+            let intact = !completion.interrupt_claimed() || interpreter.intact();
             saved = Some(ffi::PyEval_SaveThread());
-            ran
+            let (finished, pending) = ran;
+            Ran {
+                finished,
+                pending,
+                intact,
+            }
         };
         drop(job);
-        let after = match deliver(&shared, &config, jobs, finished, pending, &completion) {
+        let pending = ran.pending;
+        let after = match deliver(&shared, &config, jobs, ran, &completion) {
             Delivered::Idle => continue,
             Delivered::Ending => break,
             Delivered::Retiring => {
@@ -622,6 +729,15 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
     shared.mark_ended();
 }
 
+/// A job's end as the worker thread saw it, under the interpreter's GIL.
+struct Ran {
+    finished: Finished,
+    /// `after_job` must run.
+    pending: bool,
+    /// No import was cut short (checked only after an interrupt).
+    intact: bool,
+}
+
 /// Where [`deliver`] left the worker.
 enum Delivered {
     /// Ready for the next job.
@@ -632,21 +748,30 @@ enum Delivered {
     Ending,
 }
 
-/// Settles and hands a job's outcome over (`pending`: the retire hook must run after it).
+/// Settles and hands a job's outcome over (`pending`: the retire hook must run after it;
+/// `intact`: no import was cut short, if the job was interrupted).
 fn deliver(
     shared: &Shared,
     config: &WorkerConfig,
     jobs: u64,
-    mut finished: Finished,
-    pending: bool,
+    ran: Ran,
     completion: &Completion,
 ) -> Delivered {
+    let Ran {
+        mut finished,
+        pending,
+        intact,
+    } = ran;
     if completion.settle() == Verdict::Interrupted {
-        // Whatever it returned, the caller decided first; the interpreter survives (rule 9).
-        if !matches!(finished.outcome, Outcome::Broken(_)) {
-            finished.outcome = Outcome::Broken(broken("the job was interrupted".to_owned()));
+        // Whatever it returned, the caller decided first (rule 9 says which interpreter stays).
+        match finished.outcome {
+            // Before it started (kept), or out of the loop itself (ends).
+            Outcome::Broken(_) => {}
+            _ => {
+                finished.outcome = Outcome::Broken(broken("the job was interrupted".to_owned()));
+                finished.retire = if intact { Retire::Keep } else { Retire::Retire };
+            }
         }
-        finished.retire = Retire::Keep;
     }
     let abandoned = shared.abandoned.load(Ordering::Acquire);
     let tasks_done = config.max_tasks.is_some_and(|max| jobs >= max);
@@ -668,16 +793,35 @@ fn deliver(
     delivered
 }
 
-/// Injects `KeyboardInterrupt` into the job `seq` of this worker, if it is still running it.
-/// Runs on a helper thread; blocks until it gets the worker's GIL.
+/// How often an interrupter injects `KeyboardInterrupt` again while the job still runs, and for
+/// how long at most.
+const REINJECT_EVERY: Duration = Duration::from_millis(10);
+const REINJECT_FOR: Duration = Duration::from_secs(5);
+
+/// Injects `KeyboardInterrupt` into the job `seq` of this worker while it is still running it:
+/// again every [`REINJECT_EVERY`], since an exception that lands in a `__del__` or a weakref
+/// callback is swallowed there ("Exception ignored in ..."), until the job ends, the worker is
+/// abandoned, or [`REINJECT_FOR`] passes. Runs on a helper thread; blocks until it gets the
+/// worker's GIL.
 pub(crate) fn interrupt(shared: &Shared, seq: u64) {
+    let start = Instant::now();
+    while inject(shared, seq)
+        && !shared.abandoned.load(Ordering::Acquire)
+        && start.elapsed() < REINJECT_FOR
+    {
+        std::thread::sleep(REINJECT_EVERY);
+    }
+}
+
+/// One injection; returns whether the job `seq` was still running.
+fn inject(shared: &Shared, seq: u64) -> bool {
     let handle = shared
         .interpreter
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let Some(handle) = &*handle else {
         // Not created yet: the worker sees the claim before it runs the job. Or ending.
-        return;
+        return false;
     };
     // SAFETY: the handle's interpreter is alive while we hold its lock (rule 6); the temporary
     // thread state is created, attached, cleared and deleted on this thread. KeyboardInterrupt
@@ -685,10 +829,11 @@ pub(crate) fn interrupt(shared: &Shared, seq: u64) {
     unsafe {
         let tstate = ffi::PyThreadState_New(handle.interp);
         if tstate.is_null() {
-            return;
+            return false;
         }
         ffi::PyEval_RestoreThread(tstate);
-        if handle.running_seq.load(Ordering::Acquire) == seq {
+        let running = handle.running_seq.load(Ordering::Acquire) == seq;
+        if running {
             ffi::PyThreadState_SetAsyncExc(
                 handle.thread_ident as c_long,
                 ffi::PyExc_KeyboardInterrupt,
@@ -696,5 +841,6 @@ pub(crate) fn interrupt(shared: &Shared, seq: u64) {
         }
         ffi::PyThreadState_Clear(tstate);
         ffi::PyThreadState_DeleteCurrent();
+        running
     }
 }

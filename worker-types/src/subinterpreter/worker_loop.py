@@ -1,6 +1,6 @@
 """The loop inside every interpool worker interpreter.
 
-Rust calls ``setup`` once, then ``run`` once per job and, after the job's outcome has been
+Rust calls ``setup`` once, then ``run`` (or ``load`` and ``call``) once per job and, after the job's outcome has been
 handed to the caller, ``after_job`` if ``run`` said the ``retire`` hook must run (the caller
 never waits for it). Everything crosses as bytes: this module
 unpickles the job, calls it, and pickles the outcome. It imports neither trio nor interpool (the
@@ -180,10 +180,23 @@ def setup(config):
 def run(payload):
     """Runs one job; returns ``(kind, data, retire)``: ``retire`` is KEEP, or RETIRE_PENDING if
     ``after_job`` must run once the outcome is delivered."""
+    job = load(payload)
+    return job if len(job) == 3 else call(*job)
+
+
+def load(payload):
+    """Unpickles a job (which may import modules): ``(fn, args)``, or the LOAD_ERROR outcome
+    ``(kind, data, retire)``. Subinterpreter workers call ``load`` and ``call`` apart, so that
+    an interrupt never cuts an import short: it waits for the function to start."""
     try:
         fn, args = pickle.loads(payload)
     except BaseException as exc:
         return LOAD_ERROR, _exception_records(exc), KEEP
+    return fn, args
+
+
+def call(fn, args):
+    """Calls a loaded job; returns ``(kind, data, retire)`` as ``run``."""
     try:
         result = fn(*args)
         if hasattr(result, "__await__") and hasattr(result, "close"):
@@ -198,6 +211,15 @@ def run(payload):
     result = fn = args = None
     _flush()
     return kind, data, (KEEP if _retire is bool else RETIRE_PENDING)
+
+
+def intact():
+    """After an interrupted job: whether every import finished (none was cut short by the
+    interrupt and left a module initializing), so that the interpreter is fit for reuse."""
+    for module in list(sys.modules.values()):
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            return False
+    return True
 
 
 def after_job():
