@@ -284,9 +284,15 @@ impl Interpreter {
             self.call = ffi::PyObject_GetAttrString(self.module, c"call".as_ptr());
             self.after_job = ffi::PyObject_GetAttrString(self.module, c"after_job".as_ptr());
             self.intact = ffi::PyObject_GetAttrString(self.module, c"intact".as_ptr());
-            if [self.setup, self.load, self.call, self.after_job, self.intact]
-                .iter()
-                .any(|f| f.is_null())
+            if [
+                self.setup,
+                self.load,
+                self.call,
+                self.after_job,
+                self.intact,
+            ]
+            .iter()
+            .any(|f| f.is_null())
             {
                 return Err(format!("the worker loop is incomplete: {}", take_error()));
             }
