@@ -1,9 +1,9 @@
 """The loop inside every interpool worker interpreter.
 
-Rust calls ``setup`` once, then ``run`` (or ``load`` and ``call``) once per job and, after the job's outcome has been
-handed to the caller, ``after_job`` if ``run`` said the ``retire`` hook must run (the caller
-never waits for it). Everything crosses as bytes: this module
-unpickles the job, calls it, and pickles the outcome. It imports neither trio nor interpool (the
+Rust calls ``setup`` once, then ``run`` (or ``load`` and ``call``) once per job and, after the
+job's outcome has been handed to the caller, ``after_job`` if ``run`` said the ``retire`` hook
+must run (the caller never waits for it). Everything crosses as bytes: this module unpickles the
+job, calls it, and pickles the outcome. It imports neither trio nor interpool (the
 front end's extension module refuses to load in a subinterpreter); ``interpool/__init__.py`` sees
 this module in ``sys.modules`` and stays import-safe for user scripts that ``import interpool``.
 
