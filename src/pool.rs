@@ -775,6 +775,22 @@ mod tests {
     }
 
     #[test]
+    fn a_recycling_limit_of_zero_is_refused_with_its_name() {
+        for (builder, name) in [
+            (
+                Pool::builder().max_tasks_per_worker(0),
+                "max_tasks_per_worker",
+            ),
+            (Pool::builder().max_worker_memory(0), "max_worker_memory"),
+        ] {
+            match builder.build() {
+                Err(Error::Setup(message)) => assert!(message.contains(name), "{message}"),
+                other => panic!("expected Error::Setup, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn a_refusal_is_found_in_the_message_or_anywhere_in_the_chain() {
         for marker in interpool_worker_types::subinterpreter::REFUSALS {
             assert!(refuses_subinterpreters(&error(

@@ -15,6 +15,8 @@ use std::{
 
 use interpool::{Error, Pool, WorkerKind};
 
+mod support;
+
 /// Turns a hang into a failure: blocking reads from a job give up after this. No test
 /// asserts a timing.
 const HANG_GUARD: Option<Duration> = Some(Duration::from_secs(60));
@@ -485,4 +487,12 @@ fn pools_and_calls_are_send_and_sync_where_it_matters() {
     send_sync::<Pool>();
     send::<interpool::Call<i64>>();
     send::<Poll<()>>();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls() {
+    support::max_tasks_per_worker_replaces_a_worker_after_that_many_calls(
+        WorkerKind::Subinterpreter,
+    )
+    .await;
 }
