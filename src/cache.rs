@@ -607,14 +607,7 @@ mod tests {
     }
 
     fn run(cache: &WorkerCache, payload: &[u8]) -> (u64, Finished) {
-        let mut lease = cache
-            .submit(
-                Job {
-                    payload: payload.to_vec(),
-                },
-                &no_setup,
-            )
-            .unwrap();
+        let mut lease = cache.submit(Job::new(payload.to_vec()), &no_setup).unwrap();
         let id = lease.worker_id().unwrap();
         (id, lease.finish().expect("echo completes at once"))
     }
@@ -652,9 +645,7 @@ mod tests {
     #[test]
     fn reuse_is_last_in_first_out() {
         let (_, cache) = cache();
-        let job = |p: &[u8]| Job {
-            payload: p.to_vec(),
-        };
+        let job = |p: &[u8]| Job::new(p.to_vec());
         let mut first = cache.submit(job(b"a"), &no_setup).unwrap();
         let mut second = cache.submit(job(b"b"), &no_setup).unwrap();
         let (id1, id2) = (first.worker_id().unwrap(), second.worker_id().unwrap());
@@ -692,14 +683,7 @@ mod tests {
     #[test]
     fn statistics_count_running_jobs_and_prune_ended_idle_workers() {
         let (_, cache) = cache();
-        let lease = cache
-            .submit(
-                Job {
-                    payload: b"hold".to_vec(),
-                },
-                &no_setup,
-            )
-            .unwrap();
+        let lease = cache.submit(Job::new(b"hold".to_vec()), &no_setup).unwrap();
         assert_eq!(cache.statistics().running_workers, 1);
         drop(lease); // abandons the held worker
         assert_eq!(cache.statistics(), Statistics::default());
@@ -726,14 +710,7 @@ mod tests {
     #[test]
     fn an_interrupt_after_the_job_completed_is_a_no_op_and_the_worker_is_reused() {
         let (kind, cache) = cache();
-        let mut lease = cache
-            .submit(
-                Job {
-                    payload: b"x".to_vec(),
-                },
-                &no_setup,
-            )
-            .unwrap();
+        let mut lease = cache.submit(Job::new(b"x".to_vec()), &no_setup).unwrap();
         let id = lease.worker_id().unwrap();
         // The caller is cancelled after the job completed but before it read the outcome.
         lease.interrupt();
@@ -752,14 +729,7 @@ mod tests {
     #[test]
     fn a_worker_killed_by_an_interrupt_is_never_reused_nor_reported() {
         let (kind, cache) = cache();
-        let mut lease = cache
-            .submit(
-                Job {
-                    payload: b"hold".to_vec(),
-                },
-                &no_setup,
-            )
-            .unwrap();
+        let mut lease = cache.submit(Job::new(b"hold".to_vec()), &no_setup).unwrap();
         let id = lease.worker_id().unwrap();
         lease.interrupt();
         lease.interrupt(); // decided once: the second is a no-op
@@ -789,14 +759,7 @@ mod tests {
         for ready in kind.ready_flags.lock().unwrap().iter() {
             ready.store(true, Ordering::SeqCst);
         }
-        let mut held = cache
-            .submit(
-                Job {
-                    payload: b"hold".to_vec(),
-                },
-                &no_setup,
-            )
-            .unwrap();
+        let mut held = cache.submit(Job::new(b"hold".to_vec()), &no_setup).unwrap();
         assert_eq!(held.worker_id(), Some(other), "the hottest first");
         assert_eq!(run(&cache, b"1").0, slow, "ready again: reused");
         held.interrupt();
@@ -822,16 +785,7 @@ mod tests {
         let (_, cache) = cache();
         let mut leases: Vec<_> = [&b"exit-3"[..], b"broken"]
             .iter()
-            .map(|p| {
-                cache
-                    .submit(
-                        Job {
-                            payload: p.to_vec(),
-                        },
-                        &no_setup,
-                    )
-                    .unwrap()
-            })
+            .map(|p| cache.submit(Job::new(p.to_vec()), &no_setup).unwrap())
             .collect();
         for lease in &mut leases {
             lease.finish().unwrap();
@@ -848,7 +802,7 @@ mod tests {
         run(&cache, b"x");
         cache.close();
         assert!(matches!(
-            cache.submit(Job { payload: vec![] }, &no_setup),
+            cache.submit(Job::new(vec![]), &no_setup),
             Err(Error::Closed)
         ));
         assert_eq!(cache.statistics().idle_workers, 0);
@@ -859,7 +813,7 @@ mod tests {
     fn a_setup_failure_is_reported_and_not_counted_as_running() {
         let (_, cache) = cache();
         let err = cache
-            .submit(Job { payload: vec![] }, &|| Err("boom".to_owned()))
+            .submit(Job::new(vec![]), &|| Err("boom".to_owned()))
             .unwrap_err();
         assert_eq!(err.to_string(), "preparing the worker setup failed: boom");
         assert_eq!(cache.statistics(), Statistics::default());

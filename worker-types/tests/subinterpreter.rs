@@ -51,9 +51,7 @@ fn start(setup: &[u8], idle_timeout: Option<Duration>) -> Box<dyn Worker> {
 
 fn run(worker: &dyn Worker, payload: &[u8]) -> Finished {
     let completion = worker
-        .submit(Job {
-            payload: payload.to_vec(),
-        })
+        .submit(Job::new(payload.to_vec()))
         .expect("idle worker accepts a job");
     assert!(completion.wait(TEN_SECONDS), "job did not finish");
     completion.take().expect("outcome")
@@ -139,7 +137,7 @@ fn interrupt_stops_a_running_python_loop_and_the_worker_is_kept() {
         "import os; os.write({}, b's')\nwhile True: pass",
         job_end.as_raw_fd()
     ));
-    let completion = worker.submit(Job { payload: job }).unwrap();
+    let completion = worker.submit(Job::new(job)).unwrap();
     let mut byte = [0u8];
     started.read_exact(&mut byte).unwrap(); // the loop is running now
     worker.interrupt();
@@ -178,7 +176,7 @@ fn an_interrupt_after_the_job_completed_is_a_no_op() {
         "import os, time; os.write({}, b's'); time.sleep(0.05)",
         job_end.as_raw_fd()
     ));
-    let completion = worker.submit(Job { payload: job }).unwrap();
+    let completion = worker.submit(Job::new(job)).unwrap();
     let mut byte = [0u8];
     started.read_exact(&mut byte).unwrap();
     assert!(completion.wait(TEN_SECONDS));
@@ -194,11 +192,7 @@ fn a_job_interrupted_while_its_worker_starts_never_runs_and_the_worker_is_kept()
         return;
     }
     let worker = start(SETUP_PLAIN, None);
-    let completion = worker
-        .submit(Job {
-            payload: SPIN_FOREVER.to_vec(),
-        })
-        .unwrap();
+    let completion = worker.submit(Job::new(SPIN_FOREVER.to_vec())).unwrap();
     worker.interrupt(); // the interpreter is still being created (~10 ms)
     assert!(completion.wait(TEN_SECONDS));
     let finished = completion.take().unwrap();
@@ -220,7 +214,7 @@ fn a_truthy_retire_ends_the_worker_after_its_job() {
     // The outcome comes first; the hook's verdict after it ends the worker.
     assert_eq!(finished.outcome, Outcome::Value(THREE.to_vec()));
     assert!(worker.wait_ended(TEN_SECONDS));
-    assert!(worker.submit(Job { payload: vec![] }).is_err());
+    assert!(worker.submit(Job::new(vec![])).is_err());
 }
 
 #[test]

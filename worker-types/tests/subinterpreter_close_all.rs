@@ -45,9 +45,7 @@ fn start() -> Box<dyn Worker> {
 
 fn run(worker: &dyn Worker, payload: &[u8]) -> Outcome {
     let completion = worker
-        .submit(Job {
-            payload: payload.to_vec(),
-        })
+        .submit(Job::new(payload.to_vec()))
         .expect("idle worker accepts a job");
     assert!(completion.wait(TEN_SECONDS), "job did not finish");
     completion.take().expect("outcome").outcome

@@ -15,6 +15,16 @@
 //! outcome was sent and its verdict follows (`AFTER_JOB`), while the caller already has the
 //! outcome and the worker is not ready for another job.
 //!
+//! **Shared memory.** A job's out-of-band buffers (pickle protocol 5) do not cross the socket:
+//! each is copied once into a fresh `memfd`, whose descriptor rides on one byte (`SCM_RIGHTS`)
+//! right after a frame header flagged [`HAS_BUFFERS`]; the worker maps it privately (copy on
+//! write: a job may write its numpy argument without touching anything of ours) and closes the
+//! descriptor. A value with buffers comes back the same way, as kind [`VALUE_WITH_BUFFERS`] whose
+//! header is followed by the byte carrying the worker's memfds; the parent maps them privately and
+//! the caller reads the mappings in place. A memfd is freed with its last descriptor and mapping,
+//! so a killed worker leaves no segment behind, and the parent's descriptors are closed as soon
+//! as they are sent or mapped.
+//!
 //! **Threads.** Each worker has one parent-side thread, like a subinterpreter worker: it takes jobs
 //! from the [`Mailbox`], writes them, reads the outcome (spinning briefly on a non-blocking read
 //! before it polls: see `wakeup.md` in the research notes) and completes the job's [`Completion`].
@@ -46,8 +56,8 @@ use std::{
 
 use crate::{
     mailbox::{Mailbox, Next},
-    Availability, Broken, Capabilities, Completion, Error, Finished, Job, Outcome, Rejected,
-    Result, Retire, Verdict, Worker, WorkerConfig, WorkerType,
+    Availability, Broken, Buffer, Capabilities, Completion, Error, Finished, Job, Outcome,
+    Rejected, Result, Retire, Verdict, Worker, WorkerConfig, WorkerType,
 };
 
 mod forkserver;
@@ -98,6 +108,8 @@ const SPIN_FOR_OUTCOME: Duration = Duration::from_micros(50);
 const VALUE: u8 = 0;
 const RAISED: u8 = 1;
 const LOAD_ERROR: u8 = 2;
+/// A value with out-of-band buffers: the memfds follow the header (see the module docs).
+const VALUE_WITH_BUFFERS: u8 = 3;
 const SETUP_OK: u8 = 10;
 const SETUP_FAILED: u8 = 11;
 const AFTER_JOB: u8 = 12;
@@ -105,6 +117,10 @@ const KEEP: u8 = 0;
 const RETIRE: u8 = 1;
 const RETIRE_FAILED: u8 = 2;
 const RETIRE_PENDING: u8 = 3;
+/// Set in a frame's length when memfds of out-of-band buffers follow its header.
+const HAS_BUFFERS: u64 = 1 << 63;
+/// At most this many buffers per job or value (`_MAX_BUFFERS` in the worker loop).
+const MAX_BUFFERS: usize = 64;
 
 static PYTHON: RwLock<Option<PathBuf>> = RwLock::new(None);
 
@@ -500,8 +516,38 @@ impl Channel {
     /// Writes one frame: `<Q len` + `data`.
     fn send_frame(&self, data: &[u8]) -> io::Result<()> {
         let header = (data.len() as u64).to_le_bytes();
-        let mut bufs = [IoSlice::new(&header), IoSlice::new(data)];
-        let mut bufs = &mut bufs[..];
+        self.write_all(&mut [IoSlice::new(&header), IoSlice::new(data)])
+    }
+
+    /// Writes a job's frame; its out-of-band buffers go in fresh memfds (see the module docs).
+    fn send_job(&self, job: &Job) -> io::Result<()> {
+        if job.buffers.is_empty() {
+            return self.send_frame(&job.payload);
+        }
+        if job.buffers.len() > MAX_BUFFERS {
+            return Err(io::Error::other("too many out-of-band buffers"));
+        }
+        let memfds = job
+            .buffers
+            .iter()
+            .map(|b| sys::memfd_with(b.as_slice()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let header = (job.payload.len() as u64 | HAS_BUFFERS).to_le_bytes();
+        self.write_all(&mut [IoSlice::new(&header)])?;
+        let raw: Vec<_> = memfds.iter().map(|fd| fd.as_raw_fd()).collect();
+        loop {
+            match sys::send_with_fds(self.sock.as_fd(), &[0], &raw) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(true)?,
+                Err(e) => return Err(e),
+            }
+        }
+        drop(memfds); // the worker holds its own descriptors now
+        self.write_all(&mut [IoSlice::new(&job.payload)])
+    }
+
+    /// Writes `bufs` back to back.
+    fn write_all(&self, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
         while !bufs.is_empty() {
             match (&*self.sock).write_vectored(bufs) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -556,19 +602,40 @@ impl Channel {
         Ok(data)
     }
 
-    /// Reads one message: `(kind, retire, data, retire_error)`.
-    fn receive(&self, spin: Duration) -> io::Result<(u8, u8, Vec<u8>, Vec<u8>)> {
+    /// Reads one message: `(kind, retire, data, retire_error, buffers)`.
+    fn receive(&self, spin: Duration) -> io::Result<Message> {
         let mut header = [0u8; 18];
         self.read_exact(&mut header, spin)?;
         let [kind, retire, rest @ ..] = header;
         let (data_len, error_len) = rest.split_at(8);
         let data_len = u64::from_le_bytes(data_len.try_into().expect("8 bytes"));
         let error_len = u64::from_le_bytes(error_len.try_into().expect("8 bytes"));
+        let buffers = if kind == VALUE_WITH_BUFFERS {
+            self.receive_buffers()?
+        } else {
+            Vec::new()
+        };
         let data = self.read_vec(data_len)?;
         let error = self.read_vec(error_len)?;
-        Ok((kind, retire, data, error))
+        Ok((kind, retire, data, error, buffers))
+    }
+
+    /// The worker's memfds after a [`VALUE_WITH_BUFFERS`] header, mapped privately.
+    fn receive_buffers(&self) -> io::Result<Vec<Buffer>> {
+        let fds = loop {
+            match sys::recv_fds(self.sock.as_fd(), MAX_BUFFERS)? {
+                Some(fds) => break fds,
+                None => self.wait(false)?,
+            }
+        };
+        fds.iter()
+            .map(|fd| sys::Mapping::private(fd.as_fd()).map(sys::Mapping::into_buffer))
+            .collect()
     }
 }
+
+/// One message from a worker: `(kind, retire, data, retire_error, buffers)`.
+type Message = (u8, u8, Vec<u8>, Vec<u8>, Vec<Buffer>);
 
 /// A running worker process, as its thread sees it.
 #[derive(Debug)]
@@ -679,7 +746,7 @@ fn handshake(
         .map_err(|_| Handshake::Died)?;
     match running.channel.receive(Duration::ZERO) {
         Ok((SETUP_OK, ..)) => Ok(()),
-        Ok((SETUP_FAILED, _, reason, records)) => Err(Handshake::Failed(Broken {
+        Ok((SETUP_FAILED, _, reason, records, _)) => Err(Handshake::Failed(Broken {
             reason: String::from_utf8_lossy(&reason).into_owned(),
             exception: Some(records),
             exit_code: None,
@@ -716,9 +783,10 @@ fn died(shared: &Shared, during: &str, code: Option<i32>) -> Broken {
 }
 
 /// A job's outcome message: the outcome, and whether the retire verdict follows.
-fn parse_outcome(kind: u8, retire: u8, data: Vec<u8>) -> Option<(Finished, bool)> {
+fn parse_outcome((kind, retire, data, _, buffers): Message) -> Option<(Finished, bool)> {
     let outcome = match kind {
         VALUE => Outcome::Value(data),
+        VALUE_WITH_BUFFERS => Outcome::ValueWithBuffers(data, buffers),
         RAISED => Outcome::Raised(data),
         LOAD_ERROR => Outcome::LoadError(data),
         _ => return None,
@@ -745,7 +813,7 @@ fn receive_retire_verdict(shared: &Shared, channel: &Channel) -> AfterJob {
     match channel.receive(Duration::ZERO) {
         Ok((AFTER_JOB, KEEP, ..)) => AfterJob::Keep,
         Ok((AFTER_JOB, RETIRE, ..)) => AfterJob::End,
-        Ok((AFTER_JOB, RETIRE_FAILED, _, records)) => {
+        Ok((AFTER_JOB, RETIRE_FAILED, _, records, _)) => {
             *shared
                 .retire_failure
                 .lock()
@@ -809,14 +877,12 @@ fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forks
             });
             break;
         };
-        let result = r
-            .channel
-            .send_frame(&job.payload)
-            .and_then(|()| r.channel.receive(SPIN_FOR_OUTCOME));
+        let sent = r.channel.send_job(&job);
+        // The worker has its own copy of everything now: the caller's buffers are free.
         drop(job);
         jobs += 1;
-        let received = match result {
-            Ok((kind, retire, data, _)) => parse_outcome(kind, retire, data),
+        let received = match sent.and_then(|()| r.channel.receive(SPIN_FOR_OUTCOME)) {
+            Ok(message) => parse_outcome(message),
             Err(_) => None,
         };
         // Decided before anything else: an interrupt claimed first means the caller kills (or

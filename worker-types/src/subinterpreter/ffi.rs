@@ -14,6 +14,7 @@
 //! 3. **No Python object crosses interpreters.** Jobs enter as bytes copied into a fresh `bytes` of
 //!    the worker's interpreter; outcomes leave as bytes copied out before detaching. The only
 //!    object of another interpreter used here is `PyExc_KeyboardInterrupt`, a static immortal type.
+//!    A job's out-of-band buffers are the exception to the copy, not to this rule: see rule 9.
 //! 4. **No lock of ours is held across interpreter creation**, which takes the *main* GIL inside
 //!    CPython (3.13 loads single-phase builtins through the main interpreter); a lock held there
 //!    by a thread that also holds the main GIL deadlocks.
@@ -27,16 +28,34 @@
 //! 7. **Every worker ends before the host finalizes**: a subinterpreter still running at
 //!    `Py_FinalizeEx` aborts the process. Hosts call `close_all` / `wait_all_ended` first.
 //! 8. PyO3's safe API is never used here: its statics and deferred-decref pool are process-global.
-//! 9. **An interrupted interpreter is kept.** No interrupt is injected while a job is being
-//!    loaded (unpickling imports modules and the main script, and an import cut short leaves
-//!    half-initialized modules behind): `running_seq` names the job only once its function is
-//!    called, and a job whose interrupt was claimed meanwhile is not called. After the job the
-//!    worker clears a still-pending injected exception under its GIL
-//!    (`PyThreadState_SetAsyncExc(NULL)`); no interrupter injects afterwards (it checks
-//!    `running_seq` under the same GIL); and the worker loop's `intact` confirms that no import
-//!    the function itself made was cut short. Only then is it reused; an exception that escaped
-//!    the loop itself ends it. Ending an interpreter costs 1.7–8.6 MiB of arenas on 3.13
-//!    (docs/limits.md).
+//! 9. **Out-of-band argument buffers are read in place, never copied by the transport.** Each
+//!    [`Buffer`] of a job is raw memory of the caller plus an owner that keeps it valid (for the
+//!    Python front end: the caller's `memoryview`s, objects of the *caller's* interpreter that
+//!    nothing here touches). The job sees each one as a read-only `memoryview` of a
+//!    `CallerBuffer`, a heap type created in each worker interpreter whose instances own a clone of
+//!    the `Buffer`. Lifetime, exactly: the caller's memory stays valid while any clone lives,
+//!    which is (a) the job's own, dropped by the worker thread, detached, after the job returned and
+//!    before the outcome is published, and (b) each `CallerBuffer`, deallocated in the worker's
+//!    interpreter when its last view is gone: normally when the job returns, later if the job kept
+//!    a view (a global): then the caller's memory outlives the job, never the other way round.
+//!    Dropping the last clone on this thread must not touch the caller's objects: owners only
+//!    queue them for release by their own interpreter (`src/python/mod.rs`, `Pinned`).
+//!    A job cannot write the caller's memory (read-only exports). A caller that writes it during
+//!    the call races with the job, which may read old, new or mixed bytes.
+//! 10. **Outcome buffers are copied once, into host memory**, before the worker detaches: the
+//!     job's value may keep its objects (a global, a cache), so nothing of the worker's
+//!     interpreter is referenced after the outcome is published. The host memory then goes to
+//!     the caller as is (`HostBuffer`), without another copy.
+//! 11. **An interrupted interpreter is kept.** No interrupt is injected while a job is being
+//!     loaded (unpickling imports modules and the main script, and an import cut short leaves
+//!     half-initialized modules behind): `running_seq` names the job only once its function is
+//!     called, and a job whose interrupt was claimed meanwhile is not called. After the job the
+//!     worker clears a still-pending injected exception under its GIL
+//!     (`PyThreadState_SetAsyncExc(NULL)`); no interrupter injects afterwards (it checks
+//!     `running_seq` under the same GIL); and the worker loop's `intact` confirms that no import
+//!     the function itself made was cut short. Only then is it reused; an exception that escaped
+//!     the loop itself ends it. Ending an interpreter costs 1.7–8.6 MiB of arenas on 3.13
+//!     (docs/limits.md).
 
 #![allow(unsafe_code)]
 
@@ -53,7 +72,9 @@ use std::{
 use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
-use crate::{mailbox::Next, Broken, Completion, Finished, Outcome, Retire, Verdict, WorkerConfig};
+use crate::{
+    mailbox::Next, Broken, Buffer, Completion, Finished, Outcome, Retire, Verdict, WorkerConfig,
+};
 
 extern "C" {
     /// Prints the attached interpreter's object allocator statistics (`sys._debugmallocstats`);
@@ -174,11 +195,13 @@ struct Interpreter {
     call: *mut ffi::PyObject,
     after_job: *mut ffi::PyObject,
     intact: *mut ffi::PyObject,
+    /// The `CallerBuffer` type of this interpreter (rule 9).
+    caller_buffer: *mut ffi::PyObject,
 }
 
 /// What [`Interpreter::load_job`] made of a payload.
 enum Loaded {
-    /// The `(fn, args)` tuple, an owned reference.
+    /// The `(fn, args, protocol_5)` tuple, an owned reference.
     Job(*mut ffi::PyObject),
     /// It could not be loaded: the outcome.
     Done(Finished),
@@ -248,6 +271,7 @@ impl Interpreter {
                 call: ptr::null_mut(),
                 after_job: ptr::null_mut(),
                 intact: ptr::null_mut(),
+                caller_buffer: ptr::null_mut(),
             };
             if let Err(reason) = this.load_worker_loop() {
                 this.end();
@@ -295,6 +319,13 @@ impl Interpreter {
             .any(|f| f.is_null())
             {
                 return Err(format!("the worker loop is incomplete: {}", take_error()));
+            }
+            self.caller_buffer = new_caller_buffer_type();
+            if self.caller_buffer.is_null() {
+                return Err(format!(
+                    "creating the CallerBuffer type failed: {}",
+                    take_error()
+                ));
             }
         }
         Ok(())
@@ -354,11 +385,11 @@ impl Interpreter {
     }
 
     /// Unpickles a job through the worker loop's `load` (imports included: no interrupt is
-    /// injected meanwhile, rule 9).
+    /// injected meanwhile, rule 11).
     ///
     /// # Safety
     /// This interpreter's thread state must be attached.
-    unsafe fn load_job(&self, payload: &[u8]) -> Loaded {
+    unsafe fn load_job(&self, payload: &[u8], buffers: &[Buffer]) -> Loaded {
         // SAFETY: attached per the caller; every new reference is released here or handed over
         // in `Loaded::Job`.
         unsafe {
@@ -367,13 +398,33 @@ impl Interpreter {
                 let reason = format!("could not pass the job to the worker: {}", take_error());
                 return Loaded::Done(broken_finished(reason));
             }
-            let result = ffi::PyObject_CallOneArg(self.load, arg);
+            let result = if buffers.is_empty() {
+                ffi::PyObject_CallOneArg(self.load, arg)
+            } else {
+                let views = self.caller_views(buffers);
+                if views.is_null() {
+                    ffi::Py_DECREF(arg);
+                    return Loaded::Done(broken_finished(format!(
+                        "could not pass the job's buffers to the worker: {}",
+                        take_error()
+                    )));
+                }
+                let result = ffi::PyObject_CallFunctionObjArgs(
+                    self.load,
+                    arg,
+                    views,
+                    ptr::null_mut::<ffi::PyObject>(),
+                );
+                ffi::Py_DECREF(views);
+                result
+            };
             ffi::Py_DECREF(arg);
             if result.is_null() {
                 let reason = format!("the worker loop failed to load the job: {}", take_error());
                 return Loaded::Done(broken_finished(reason));
             }
-            if ffi::PyTuple_Size(result) == 2 {
+            // `(fn, args, protocol_5)`, or a 4-tuple outcome.
+            if ffi::PyTuple_Size(result) == 3 {
                 return Loaded::Job(result);
             }
             let finished = parse_run_result(result);
@@ -392,8 +443,8 @@ impl Interpreter {
     /// `after_job` must run.
     ///
     /// # Safety
-    /// This interpreter's thread state must be attached, and `job` an owned `(fn, args)` tuple
-    /// from [`Interpreter::load_job`].
+    /// This interpreter's thread state must be attached, and `job` an owned `(fn, args,
+    /// protocol_5)` tuple from [`Interpreter::load_job`].
     unsafe fn call_job(&self, job: *mut ffi::PyObject) -> (Finished, bool) {
         // SAFETY: attached per the caller; every new reference is released here, and the outcome
         // is copied out before returning (rule 3).
@@ -402,7 +453,7 @@ impl Interpreter {
             ffi::Py_DECREF(job);
             if result.is_null() {
                 // Only an exception injected by an interrupt escapes `call`; the worker then
-                // ends (rule 9).
+                // ends (rule 11).
                 let reason = format!("the job was interrupted ({})", take_error());
                 return (broken_finished(reason), false);
             }
@@ -497,6 +548,39 @@ impl Interpreter {
         }
     }
 
+    /// A list of read-only memoryviews over `buffers` (rule 9), or NULL with an error set.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn caller_views(&self, buffers: &[Buffer]) -> *mut ffi::PyObject {
+        // SAFETY: attached per the caller; `caller_buffer` is this interpreter's CallerBuffer type,
+        // whose instances are laid out as `CallerBufferObject`; each instance owns its clone of
+        // the buffer from here until its dealloc.
+        unsafe {
+            let list = ffi::PyList_New(buffers.len() as ffi::Py_ssize_t);
+            if list.is_null() {
+                return list;
+            }
+            for (i, buffer) in buffers.iter().enumerate() {
+                let exporter = ffi::PyType_GenericAlloc(self.caller_buffer.cast(), 0);
+                if exporter.is_null() {
+                    ffi::Py_DECREF(list);
+                    return ptr::null_mut();
+                }
+                let this = exporter.cast::<CallerBufferObject>();
+                (*this).buffer = Box::into_raw(Box::new(buffer.clone()));
+                let view = ffi::PyMemoryView_FromObject(exporter);
+                ffi::Py_DECREF(exporter);
+                if view.is_null() {
+                    ffi::Py_DECREF(list);
+                    return ptr::null_mut();
+                }
+                ffi::PyList_SET_ITEM(list, i as ffi::Py_ssize_t, view);
+            }
+            list
+        }
+    }
+
     /// Releases everything and ends the interpreter; this thread is left with no thread state.
     ///
     /// # Safety
@@ -512,6 +596,7 @@ impl Interpreter {
                 self.load,
                 self.setup,
                 self.module,
+                self.caller_buffer,
             ];
             for obj in objects {
                 if !obj.is_null() {
@@ -535,6 +620,125 @@ unsafe fn new_bytes(data: &[u8]) -> *mut ffi::PyObject {
     }
 }
 
+/// A `CallerBuffer` instance: a Python object of a worker interpreter exporting a job's buffer,
+/// read-only (rule 9).
+#[repr(C)]
+struct CallerBufferObject {
+    ob_base: ffi::PyObject,
+    /// Owned: made in [`Interpreter::caller_views`], dropped in [`caller_buffer_dealloc`].
+    buffer: *mut Buffer,
+}
+
+unsafe extern "C" fn caller_buffer_getbuffer(
+    obj: *mut ffi::PyObject,
+    view: *mut ffi::Py_buffer,
+    flags: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: CPython calls this with a live CallerBuffer (attached to its interpreter), whose
+    // `buffer` is set before the object is exposed; PyBuffer_FillInfo refuses writable requests
+    // for read-only memory and keeps a reference to `obj` in `view`.
+    unsafe {
+        let buffer = &*(*obj.cast::<CallerBufferObject>()).buffer;
+        ffi::PyBuffer_FillInfo(
+            view,
+            obj,
+            buffer.as_ptr().cast_mut().cast(),
+            buffer.len() as ffi::Py_ssize_t,
+            1,
+            flags,
+        )
+    }
+}
+
+unsafe extern "C" fn caller_buffer_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls this once, attached, when the last reference (and so every export,
+    // each holding one) is gone. The Buffer clone is dropped here; its owner does not touch
+    // Python objects on this thread (rule 9). The object was allocated by PyType_GenericAlloc of
+    // a heap type, so it is freed with the type's tp_free and the type's reference is dropped.
+    unsafe {
+        let this = obj.cast::<CallerBufferObject>();
+        if !(*this).buffer.is_null() {
+            drop(Box::from_raw((*this).buffer));
+        }
+        let tp = ffi::Py_TYPE(obj);
+        let free = (*tp).tp_free.expect("heap types have tp_free");
+        free(obj.cast());
+        ffi::Py_DECREF(tp.cast());
+    }
+}
+
+/// Creates the `CallerBuffer` type of the attached interpreter (a heap type: one per
+/// interpreter), or NULL with an error set.
+///
+/// # Safety
+/// A thread state must be attached.
+unsafe fn new_caller_buffer_type() -> *mut ffi::PyObject {
+    let mut slots = [
+        ffi::PyType_Slot {
+            slot: ffi::Py_bf_getbuffer,
+            pfunc: caller_buffer_getbuffer as *mut std::ffi::c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_dealloc,
+            pfunc: caller_buffer_dealloc as *mut std::ffi::c_void,
+        },
+        ffi::PyType_Slot {
+            slot: 0,
+            pfunc: ptr::null_mut(),
+        },
+    ];
+    let mut spec = ffi::PyType_Spec {
+        name: c"_interpool_worker.CallerBuffer".as_ptr(),
+        basicsize: std::mem::size_of::<CallerBufferObject>() as std::ffi::c_int,
+        itemsize: 0,
+        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION) as _,
+        slots: slots.as_mut_ptr(),
+    };
+    // SAFETY: attached per the caller; CPython copies what it keeps of `spec` and `slots`.
+    unsafe { ffi::PyType_FromSpec(&mut spec) }
+}
+
+/// Copies the contiguous buffer `obj` exports into host memory (rule 10).
+///
+/// # Safety
+/// A thread state must be attached, and `obj` must be a live object of its interpreter.
+unsafe fn copy_out_buffer(obj: *mut ffi::PyObject) -> Option<Buffer> {
+    // SAFETY: per the caller; the view is released before returning, after the copy.
+    unsafe {
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        if ffi::PyObject_GetBuffer(obj, view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
+            return None;
+        }
+        let mut view = view.assume_init();
+        let len = view.len as usize;
+        let mut data = Vec::<u8>::with_capacity(len);
+        ptr::copy_nonoverlapping(view.buf as *const u8, data.as_mut_ptr(), len);
+        data.set_len(len);
+        ffi::PyBuffer_Release(&mut view);
+        Some(Buffer::from_vec(data))
+    }
+}
+
+/// The outcome buffers of `run`'s result (a list of buffer objects, or None), copied out.
+///
+/// # Safety
+/// A thread state must be attached and `list` must be a live object of its interpreter or NULL.
+unsafe fn copy_out_buffers(list: *mut ffi::PyObject) -> Option<Vec<Buffer>> {
+    // SAFETY: per the caller; PyList_GetItem returns borrowed references.
+    unsafe {
+        if list.is_null() || list == ffi::Py_None() {
+            return Some(Vec::new());
+        }
+        let len = ffi::PyList_Size(list);
+        if len < 0 {
+            return None;
+        }
+        (0..len)
+            .map(|i| copy_out_buffer(ffi::PyList_GetItem(list, i)))
+            .collect()
+    }
+}
+
 /// `N arenas * 1048576 bytes/arena = 2,097,152` in `_PyObject_DebugMallocStats`'s text.
 fn arena_bytes(text: &[u8]) -> Option<u64> {
     let text = std::str::from_utf8(text).ok()?;
@@ -543,8 +747,9 @@ fn arena_bytes(text: &[u8]) -> Option<u64> {
     total.trim().replace(',', "").parse().ok()
 }
 
-/// Reads `(kind: int, data: bytes, retire: int)`, `retire` being KEEP (0) or RETIRE_PENDING (3):
-/// the outcome, and whether `after_job` must run.
+/// Reads `(kind: int, data: bytes, retire: int, buffers: list | None)`, `retire` being KEEP (0)
+/// or RETIRE_PENDING (3): the outcome (its buffers copied out, rule 10), and whether `after_job`
+/// must run.
 ///
 /// # Safety
 /// A thread state must be attached and `result` must be a live object of its interpreter.
@@ -555,8 +760,10 @@ unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<(Finished, bool
         let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
         let data = bytes_to_vec(ffi::PyTuple_GetItem(result, 1))?;
         let retire = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
+        let buffers = copy_out_buffers(ffi::PyTuple_GetItem(result, 3))?;
         let outcome = match kind {
-            0 => Outcome::Value(data),
+            0 if buffers.is_empty() => Outcome::Value(data),
+            0 => Outcome::ValueWithBuffers(data, buffers),
             1 => Outcome::Raised(data),
             2 => Outcome::LoadError(data),
             _ => return None,
@@ -659,7 +866,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
             } else {
                 // Loaded while `running_seq` says no job runs: an interrupt claimed meanwhile
                 // waits for the function to start, and so stops it before it does.
-                match interpreter.load_job(&job.payload) {
+                match interpreter.load_job(&job.payload, &job.buffers) {
                     Loaded::Done(finished) => (finished, false),
                     Loaded::Job(loaded) if completion.interrupt_claimed() => {
                         ffi::Py_DECREF(loaded);
@@ -674,13 +881,13 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
                 }
             };
             // An interrupt that raced with the job's end is dropped here, under the GIL, so it
-            // cannot hit a later job (rule 9; cpython#139622: 3.13 may deliver it late).
+            // cannot hit a later job (rule 11; cpython#139622: 3.13 may deliver it late).
             ffi::PyThreadState_SetAsyncExc(
                 ffi::PyThread_get_thread_ident() as c_long,
                 ptr::null_mut(),
             );
             // An interrupt claimed from now on cannot inject any more: checked only if one was
-            // claimed before (rule 9).
+            // claimed before (rule 11).
             let intact = !completion.interrupt_claimed() || interpreter.intact();
             saved = Some(ffi::PyEval_SaveThread());
             let (finished, pending) = ran;
@@ -769,7 +976,7 @@ fn deliver(
         intact,
     } = ran;
     if completion.settle() == Verdict::Interrupted {
-        // Whatever it returned, the caller decided first (rule 9 says which interpreter stays).
+        // Whatever it returned, the caller decided first (rule 11 says which interpreter stays).
         match finished.outcome {
             // Before it started (kept), or out of the loop itself (ends).
             Outcome::Broken(_) => {}
