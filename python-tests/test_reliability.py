@@ -48,7 +48,7 @@ def worker_threads():
         try:
             with open(f"/proc/self/task/{task}/comm") as f:
                 name = f.read().strip()
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
             continue
         if name.startswith("interpool-") and not name.startswith("interpool-inter"):
             names.append(name)
