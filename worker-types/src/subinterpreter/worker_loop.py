@@ -146,6 +146,12 @@ def _dumps5(value, buffer_callback, collected):
     return cloudpickle.dumps(value, 5, buffer_callback=buffer_callback)
 
 
+def _loads_args(data, *buffers):
+    """The arguments of the Rust ``Pool``'s ``call_pickled_with_buffers``: a protocol-5 pickle
+    and the job's out-of-band buffers."""
+    return pickle.loads(data, buffers=buffers)
+
+
 def _dumps(obj):
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
