@@ -432,6 +432,7 @@ pub(crate) async fn buffers_cross_both_ways(pool: &Pool, exporter: &str) {
         value.data.windows(needle.len()).any(|w| w == needle),
         "the job did not see a {exporter}"
     );
+}
 
 /// `max_tasks_per_worker(2)`: each worker serves two calls, then a fresh one takes over.
 pub(crate) async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls(kind: WorkerKind) {
