@@ -433,3 +433,22 @@ pub(crate) async fn buffers_cross_both_ways(pool: &Pool, exporter: &str) {
         "the job did not see a {exporter}"
     );
 }
+
+/// `max_tasks_per_worker(2)`: each worker serves two calls, then a fresh one takes over.
+pub(crate) async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls(kind: WorkerKind) {
+    let pool = Pool::builder()
+        .worker_type(kind)
+        .max_workers(1)
+        .max_tasks_per_worker(2)
+        .build()
+        .unwrap_or_else(|e| panic!("building a {} pool failed: {e}", kind.name()));
+    let mut threads = Vec::new();
+    for _ in 0..4 {
+        let thread: u64 = pool.call("threading:get_native_id", ()).await.unwrap();
+        threads.push(thread);
+    }
+    assert_eq!(threads[0], threads[1]);
+    assert_ne!(threads[1], threads[2]);
+    assert_eq!(threads[2], threads[3]);
+    pool.shutdown(GRACE).await.unwrap();
+}
