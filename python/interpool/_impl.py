@@ -31,15 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pickle import loads as pickle_loads
-from typing import Any, TypeVar
-
-import trio
-from trio.lowlevel import (
-    RunVar,
-    cancel_shielded_checkpoint,
-    checkpoint_if_cancelled,
-    wait_readable,
-)
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _auto, _backends, _interpool, _outcome
 from ._types import (
@@ -50,6 +42,11 @@ from ._types import (
     WorkerTypeStatistics,
     WorkerTypeUnavailableError,
 )
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: an asyncio program never imports trio
+    trio = _backends.DeferredModule("trio", globals())
 
 T = TypeVar("T")
 
@@ -67,7 +64,7 @@ ABANDON_AFTER = 1.0
 # script under that name), as multiprocessing arranges too.
 sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 
-_default_limiter: RunVar[trio.CapacityLimiter] = RunVar("interpool_default_limiter")
+_default_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] | None = None  # made under trio
 
 
 def current_default_worker_limiter() -> trio.CapacityLimiter | _backends.CapacityLimiter:
@@ -80,6 +77,9 @@ def current_default_worker_limiter() -> trio.CapacityLimiter | _backends.Capacit
 
 
 def _trio_default_limiter() -> trio.CapacityLimiter:
+    global _default_limiter
+    if _default_limiter is None:
+        _default_limiter = trio.lowlevel.RunVar("interpool_default_limiter")
     try:
         return _default_limiter.get()
     except LookupError:
@@ -297,7 +297,7 @@ class WorkerContext:
             return await self._run_sync_asyncio(
                 sync_fn, args, kill_on_cancel or cancellable, limiter
             )
-        await checkpoint_if_cancelled()
+        await trio.lowlevel.checkpoint_if_cancelled()
         payload = _outcome.dumps((sync_fn, args), sync_fn)
         kill_on_cancel = kill_on_cancel or cancellable
         # The AUTO decision, inlined: no route known, one list read (see _auto.py).
@@ -330,7 +330,7 @@ class WorkerContext:
         try:
             while True:
                 call = cache.submit(payload)
-                await cancel_shielded_checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 if not call.spin(_SPIN_MICROSECONDS):
                     if self._auto is not None:
                         self._auto.note_parked()
@@ -458,14 +458,14 @@ async def _wait(call: Any, kill_on_cancel: bool) -> None:
         return
     if not kill_on_cancel:
         with trio.CancelScope(shield=True):
-            await wait_readable(fd)
+            await trio.lowlevel.wait_readable(fd)
         return
     try:
-        await wait_readable(fd)
+        await trio.lowlevel.wait_readable(fd)
     except BaseException:
         call.interrupt()
         with trio.move_on_after(ABANDON_AFTER, shield=True):
-            await wait_readable(fd)
+            await trio.lowlevel.wait_readable(fd)
         if call.done():
             call.result()  # hands the (retiring) worker back; the outcome is moot
         else:
@@ -599,15 +599,22 @@ def _scoped_context(scope: _Scope | None) -> WorkerContext:
     # A contextvar follows the task that *spawned* a task, a scope follows the task tree: a task
     # spawned from inside a scope into a nursery outside it sees the scope only while the scope
     # is open and the task descends from the scope's task.
-    try:
-        task: Any = trio.lowlevel.current_task()
-    except RuntimeError:  # not in trio: contextvar rules (asyncio copies them into tasks)
-        task = None
+    task = _current_trio_task()  # None if not in trio: contextvar rules (asyncio copies them)
     while scope is not None:
         if scope.open and (scope.owner is None or _descends(task, scope.owner)):
             return scope.context
         scope = scope.parent
     return _get_default_context()
+
+
+def _current_trio_task() -> Any:
+    """The running trio task; None outside trio (without importing trio if it is not)."""
+    if "trio" not in sys.modules:
+        return None
+    try:
+        return trio.lowlevel.current_task()
+    except RuntimeError:
+        return None
 
 
 def _descends(task: Any, owner: object) -> bool:
@@ -700,11 +707,7 @@ async def cache_scope(
     not affected. Under trio the scope follows the task tree; under asyncio, contextvars.
     Yields None."""
     async with open_worker_context(idle_timeout, init, retire, grace_period, worker_type) as ctx:
-        try:
-            owner: object = trio.lowlevel.current_task()
-        except RuntimeError:  # asyncio
-            owner = None
-        scope = _Scope(ctx, owner, _scope_var.get())
+        scope = _Scope(ctx, _current_trio_task(), _scope_var.get())
         token = _scope_var.set(scope)
         try:
             yield
