@@ -6,7 +6,9 @@ A call's path under trio, which decides interpool's latency (see docs/architectu
 2. the limiter is taken (``acquire_nowait`` first: ``async with`` costs ~5 µs);
 3. the Rust cache hands the job to the hottest idle worker, which is usually still spinning;
 4. one schedule point (shielded, so it does not cancel a job that already started) overlaps
-   the job;
+   the job, if no other call holds a token of the limiter; among other calls (a burst), the
+   schedule point comes before step 2 instead, so no task yields while holding a token (for a
+   ``trio.CapacityLimiter``; other limiters always overlap);
 5. the caller spins a few microseconds with the GIL released, and only then parks in trio on
    a file descriptor that the worker writes only if somebody parked.
 
@@ -311,18 +313,41 @@ class WorkerContext:
         if limiter is None:
             limiter = _trio_default_limiter()
         if type(limiter) is trio.CapacityLimiter:
+            # The call's schedule point. Alone, it yields while its job runs (see _run). Among
+            # other calls (a token is out), it yields before taking a token instead, and once
+            # more before it parks on the limiter: yielding with a token held makes every call
+            # that runs meanwhile park on the limiter, and trio wakes those one per pass of its
+            # loop, several times what a trivial job costs, while the calls that merely yielded
+            # all take a token in turn in the next pass.
+            overlap = limiter.borrowed_tokens == 0
+            if overlap:
+                try:
+                    limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    await limiter.acquire()
+                    overlap = False
+            else:
+                await trio.lowlevel.checkpoint()
+                try:
+                    limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    await trio.lowlevel.checkpoint()
+                    try:
+                        limiter.acquire_nowait()
+                    except trio.WouldBlock:
+                        await limiter.acquire()
             try:
-                limiter.acquire_nowait()
-            except trio.WouldBlock:
-                await limiter.acquire()
-            try:
-                return await self._run(cache, payload, kill_on_cancel, sync_fn)
+                return await self._run(cache, payload, kill_on_cancel, sync_fn, overlap)
             finally:
                 limiter.release()
         async with limiter:
-            return await self._run(cache, payload, kill_on_cancel, sync_fn)
+            return await self._run(cache, payload, kill_on_cancel, sync_fn, True)
 
-    async def _run(self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object) -> Any:
+    async def _run(
+        self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object, overlap: bool
+    ) -> Any:
+        """Submits the job and waits for its outcome. ``overlap``: yield to trio once right
+        after submitting, while the job runs (the call has made its schedule point otherwise)."""
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
@@ -330,7 +355,8 @@ class WorkerContext:
         try:
             while True:
                 call = cache.submit(payload)
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if overlap:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 if not call.spin(_SPIN_MICROSECONDS):
                     if self._auto is not None:
                         self._auto.note_parked()
