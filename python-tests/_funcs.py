@@ -343,3 +343,8 @@ def raise_refusal_lookalike():
 
 def pid():
     return os.getpid()
+
+
+def modules_loaded(names):
+    """Which of ``names`` this interpreter has imported."""
+    return [name for name in names if name in sys.modules]

@@ -10,10 +10,10 @@ first, each entry ``(pickled_exc | None, pickling_error | None, type_name, messa
 formatted_traceback, cause_index | None, context_index | None, suppress_context)``.
 """
 
-import pickle
+import _pickle as pickle  # the C pickler: pickle.py imports re, struct, ... (~4 ms per worker)
 import sys
-import traceback
 
+HIGHEST_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL, which _pickle does not name
 VALUE, RAISED, LOAD_ERROR = 0, 1, 2
 KEEP, RETIRE, RETIRE_FAILED = 0, 1, 2
 _MAX_CHAIN = 32
@@ -23,13 +23,13 @@ _retire = bool
 
 def _dumps(obj):
     try:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(obj, HIGHEST_PROTOCOL)
     except Exception:
         try:
             import cloudpickle
         except ImportError:
             raise
-        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return cloudpickle.dumps(obj, HIGHEST_PROTOCOL)
 
 
 def _format(exc, skip_frames):
@@ -38,6 +38,8 @@ def _format(exc, skip_frames):
         if tb is not None:
             tb = tb.tb_next
     try:
+        import traceback  # on the first error only: ~3 ms of imports for a new worker
+
         return "".join(traceback.format_exception(type(exc), exc, tb, chain=False))
     except BaseException as error:  # the error path must not fail: no source lines then
         return f"{type(exc).__qualname__} (traceback unavailable: {type(error).__qualname__})\n"
@@ -80,7 +82,7 @@ def _exception_records(exc, skip_frames=0):
         return index
 
     visit(exc, skip_frames)
-    return pickle.dumps(records, pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(records, HIGHEST_PROTOCOL)
 
 
 def _flush():
