@@ -192,9 +192,7 @@ fn no_setup() -> Result<Vec<u8>, String> {
 }
 
 fn run(cache: &WorkerCache, payload: &[u8]) -> Finished {
-    let job = Job {
-        payload: payload.to_vec(),
-    };
+    let job = Job::new(payload.to_vec());
     let mut lease = cache.submit(job, &no_setup).expect("submit");
     lease.finish().expect("echo completes at once")
 }

@@ -308,6 +308,18 @@ class LoadFailsInWorker:
         return raise_in_worker, ("unpickling in the worker failed",)
 
 
+def raise_in_worker_naming_pid(message):
+    if in_a_worker():
+        raise ValueError(f"{message} (pid {os.getpid()})")
+
+
+class LoadFailsInWorkerNamingPid:
+    """Unpickling it in any worker raises ValueError naming the worker's pid."""
+
+    def __reduce__(self):
+        return raise_in_worker_naming_pid, ("unpickling in the worker failed",)
+
+
 class LoadFailsInParent:
     """Pickles in a worker; unpickling it in the parent raises ValueError."""
 
@@ -348,3 +360,60 @@ def pid():
 def modules_loaded(names):
     """Which of ``names`` this interpreter has imported."""
     return [name for name in names if name in sys.modules]
+
+
+# --- out-of-band buffers (test_buffers.py) ----------------------------------------------------
+
+
+def make_buffer(kind, size):
+    """A buffer of ``kind`` holding ``size`` bytes of a known pattern, made in the worker."""
+    from array import array
+
+    data = bytes(i % 251 for i in range(size))
+    if kind == "bytes":
+        return data
+    if kind == "bytearray":
+        return bytearray(data)
+    if kind == "memoryview":
+        return memoryview(bytearray(data))
+    if kind == "array":
+        return array("B", data)
+    if kind == "numpy":
+        import numpy
+
+        return numpy.frombuffer(bytearray(data), dtype=numpy.uint8)
+    if kind == "picklebuffer":
+        return Blob(bytearray(data))
+    raise ValueError(kind)
+
+
+def describe(value):
+    """``(type name, contents as bytes)`` of a buffer of any kind."""
+    if isinstance(value, Blob):
+        return "Blob", bytes(value.data)
+    return type(value).__name__, bytes(memoryview(value).cast("B"))
+
+
+def exporter_of(view):
+    """The type name of the object exporting ``view``'s memory: how an argument arrived."""
+    return type(view.obj).__name__
+
+
+class Blob:
+    """A user type that exposes its data as a ``PickleBuffer`` (as numpy arrays do)."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        import pickle
+
+        if protocol >= 5:
+            return Blob, (pickle.PickleBuffer(self.data),)
+        return Blob, (bytes(self.data),)
+
+
+def spin_with_buffer_after_signal(path, buffer):
+    signal_started_at(path)
+    while True:
+        pass

@@ -11,6 +11,7 @@ import warnings
 
 import _funcs
 import _helpers
+import _lazy_imports
 import _uses_numpy
 import _uses_singlephase
 import pytest
@@ -124,10 +125,45 @@ async def test_a_user_exception_is_never_retried(actx):
     assert by_type(actx)[SUB].fallbacks == 0
 
 
-async def test_other_load_errors_are_not_retried(actx):
-    with pytest.raises(ValueError, match="unpickling in the worker failed"):
-        await actx.run_sync(_funcs.identity, _funcs.LoadFailsInWorker())
-    assert by_type(actx)[SUB].fallbacks == 0
+@pytest.mark.parametrize(
+    ("fn", "args", "refused"),
+    [
+        (_lazy_imports.numpy_total, (10,), "numpy._core._multiarray_umath"),
+        (_lazy_imports.singlephase_name, (), "_testsinglephase"),
+    ],
+    ids=["import-numpy-in-the-body", "import_module-_testsinglephase"],
+)
+async def test_a_refusal_while_the_job_runs_falls_back_once(actx, fn, args, refused):
+    pids = {(await actx.run_sync(fn, *args))[1] for _ in range(5)}
+    assert MY_PID not in pids
+    stats = by_type(actx)
+    assert stats[SUB].fallbacks == 1
+    assert stats[SUB].routed_away == {"_lazy_imports": refused}
+
+
+async def test_a_refusal_after_a_side_effect_repeats_the_side_effect(actx, tmp_path):
+    log = tmp_path / "log"
+    value, pid = await actx.run_sync(_lazy_imports.append_then_import_numpy, str(log))
+    assert (value, pid != MY_PID) == (7, True)
+    assert log.read_text() == "xx"  # once in the subinterpreter, once in the process
+    await actx.run_sync(_lazy_imports.append_then_import_numpy, str(log))
+    assert log.read_text() == "xxx"  # routed away: once
+
+
+async def test_a_lazy_refusal_on_explicit_subinterpreters_raises_with_the_hint():
+    async with _helpers.checked_context(worker_type=SUB) as ctx:
+        with pytest.raises(ImportError, match="Original error was") as excinfo:
+            await ctx.run_sync(_lazy_imports.numpy_total, 3)
+    assert "WorkerType.AUTO" in "\n".join(excinfo.value.__notes__)
+
+
+async def test_a_load_error_failing_on_the_process_too_raises_the_process_error(actx):
+    with pytest.raises(ValueError, match=r"unpickling in the worker failed \(pid") as excinfo:
+        await actx.run_sync(_funcs.identity, _funcs.LoadFailsInWorkerNamingPid())
+    assert f"(pid {MY_PID})" not in str(excinfo.value)  # the process's error
+    stats = by_type(actx)
+    assert stats[SUB].fallbacks == 1
+    assert stats[SUB].routed_away == {}  # it fails anywhere: nothing learnt
 
 
 async def test_an_init_refusing_subinterpreters_sends_the_context_to_processes():
@@ -174,6 +210,36 @@ async def test_a_main_script_importing_numpy_falls_back(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "['__main__']"]
+
+
+def test_a_main_script_failing_to_load_only_in_subinterpreters_runs_on_a_process(tmp_path):
+    """tricycle (trio-parallel's dependency) does not load in a 3.13 subinterpreter."""
+    pytest.importorskip("tricycle")
+    result = _helpers.run_script(
+        tmp_path,
+        """
+        import os
+        import tricycle  # AttributeError in a 3.13 subinterpreter: _contextvars.Token.MISSING
+        import trio
+        import interpool
+
+        def job():
+            return os.getpid()
+
+        async def main():
+            for _ in range(3):
+                assert await interpool.run_sync(job) != os.getpid()
+            assert await interpool.run_sync(os.getpid) == os.getpid()
+            stats = interpool.default_context_statistics()
+            stats = stats.by_type[interpool.WorkerType.SUBINTERPRETER]
+            print(stats.fallbacks, stats.routed_away)
+
+        if __name__ == "__main__":
+            trio.run(main)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(maxsplit=1) == ["1", "{'__main__': '<AttributeError>'}\n"]
 
 
 async def test_asyncio_falls_back_too():

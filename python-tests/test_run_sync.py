@@ -170,7 +170,7 @@ async def test_worker_survives_an_exception(ctx):
 
 async def test_unpicklable_exception_raises_the_pickling_error(ctx):
     before = await ctx.run_sync(_funcs.interpreter_id)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"cannot pickle '_thread\.lock' object"):
         await ctx.run_sync(_funcs.raise_unpicklable_exception)
     assert await ctx.run_sync(_funcs.interpreter_id) == before
 
@@ -240,9 +240,47 @@ async def test_unpicklable_argument_before_any_worker_started(ctx):
 
 async def test_unpicklable_result_raises_in_caller_and_worker_survives(ctx):
     before = await ctx.run_sync(_funcs.interpreter_id)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"cannot pickle '_thread\.lock' object"):
         await ctx.run_sync(_funcs.make_lock)
     assert await ctx.run_sync(_funcs.interpreter_id) == before
+
+
+def test_without_cloudpickle_unpicklable_outcomes_raise_the_pickling_error(tmp_path):
+    """Where cloudpickle is missing (``pip install interpool`` does not pull it in), the worker's
+    fallback to it must not replace pickle's error with ``ModuleNotFoundError``."""
+    (tmp_path / "cloudpickle.py").write_text("raise ImportError('no cloudpickle here')\n")
+    (tmp_path / "jobs.py").write_text(
+        "import threading\n"
+        "def make_lock():\n    return threading.Lock()\n"
+        "def raise_lock():\n    raise ValueError(threading.Lock())\n"
+    )
+    result = _helpers.run_script(
+        tmp_path,
+        """
+        import trio
+        import interpool
+        import jobs
+
+        async def main():
+            for worker_type in ("subinterpreter", "forkserver", "spawn"):
+                async with interpool.open_worker_context(worker_type=worker_type) as ctx:
+                    for job in (jobs.make_lock, jobs.raise_lock):
+                        try:
+                            await ctx.run_sync(job)
+                        except TypeError as error:
+                            print(worker_type, job.__name__, error)
+
+        if __name__ == "__main__":
+            trio.run(main)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    message = "cannot pickle '_thread.lock' object"
+    assert result.stdout.splitlines() == [
+        f"{t} {job} {message}"
+        for t in ("subinterpreter", "forkserver", "spawn")
+        for job in ("make_lock", "raise_lock")
+    ]
 
 
 # --- stdout and sys.path ----------------------------------------------------

@@ -509,14 +509,7 @@ mod tests {
     }
 
     fn run(cache: &WorkerCache, payload: &[u8]) -> (u64, Finished) {
-        let mut lease = cache
-            .submit(
-                Job {
-                    payload: payload.to_vec(),
-                },
-                &no_setup,
-            )
-            .unwrap();
+        let mut lease = cache.submit(Job::new(payload.to_vec()), &no_setup).unwrap();
         let id = lease.worker_id().unwrap();
         (id, lease.finish().expect("echo completes at once"))
     }
@@ -554,9 +547,7 @@ mod tests {
     #[test]
     fn reuse_is_last_in_first_out() {
         let (_, cache) = cache();
-        let job = |p: &[u8]| Job {
-            payload: p.to_vec(),
-        };
+        let job = |p: &[u8]| Job::new(p.to_vec());
         let mut first = cache.submit(job(b"a"), &no_setup).unwrap();
         let mut second = cache.submit(job(b"b"), &no_setup).unwrap();
         let (id1, id2) = (first.worker_id().unwrap(), second.worker_id().unwrap());
@@ -594,14 +585,7 @@ mod tests {
     #[test]
     fn statistics_count_running_jobs_and_prune_ended_idle_workers() {
         let (_, cache) = cache();
-        let lease = cache
-            .submit(
-                Job {
-                    payload: b"hold".to_vec(),
-                },
-                &no_setup,
-            )
-            .unwrap();
+        let lease = cache.submit(Job::new(b"hold".to_vec()), &no_setup).unwrap();
         assert_eq!(cache.statistics().running_workers, 1);
         drop(lease); // abandons the held worker
         assert_eq!(cache.statistics(), Statistics::default());
@@ -639,16 +623,7 @@ mod tests {
         let (_, cache) = cache();
         let mut leases: Vec<_> = [&b"exit-3"[..], b"broken"]
             .iter()
-            .map(|p| {
-                cache
-                    .submit(
-                        Job {
-                            payload: p.to_vec(),
-                        },
-                        &no_setup,
-                    )
-                    .unwrap()
-            })
+            .map(|p| cache.submit(Job::new(p.to_vec()), &no_setup).unwrap())
             .collect();
         for lease in &mut leases {
             lease.finish().unwrap();
@@ -665,7 +640,7 @@ mod tests {
         run(&cache, b"x");
         cache.close();
         assert!(matches!(
-            cache.submit(Job { payload: vec![] }, &no_setup),
+            cache.submit(Job::new(vec![]), &no_setup),
             Err(Error::Closed)
         ));
         assert_eq!(cache.statistics().idle_workers, 0);
@@ -676,7 +651,7 @@ mod tests {
     fn a_setup_failure_is_reported_and_not_counted_as_running() {
         let (_, cache) = cache();
         let err = cache
-            .submit(Job { payload: vec![] }, &|| Err("boom".to_owned()))
+            .submit(Job::new(vec![]), &|| Err("boom".to_owned()))
             .unwrap_err();
         assert_eq!(err.to_string(), "preparing the worker setup failed: boom");
         assert_eq!(cache.statistics(), Statistics::default());

@@ -6,8 +6,9 @@
 //! on the completion's waker; the futures need no particular async runtime.
 //!
 //! A [`WorkerKind::Auto`] pool on subinterpreters also has a second cache of process workers, the
-//! *fallback*: a job whose module refuses to load in a subinterpreter runs again there once, and
-//! later calls to that module go there directly.
+//! *fallback*: a job that fails to load in a subinterpreter (its module refuses to load there,
+//! at import or while the function runs, or anything else fails while loading it) runs again
+//! there once, and later calls to that module go there directly once it loaded there.
 
 use std::{
     collections::HashSet,
@@ -61,13 +62,16 @@ pub enum WorkerKind {
     /// as [`WorkerKind::Forkserver`].
     Spawn,
     /// The first available of `Subinterpreter`, `Forkserver`, `Spawn`, in that order, plus a
-    /// per-call fallback: on subinterpreters, a call whose job fails to load because a module
-    /// refuses subinterpreters (numpy, most PyO3 and Cython packages; the [`Error::Load`] chain
-    /// says "does not support loading in subinterpreters", "cannot load module more than once per
-    /// process", "PyO3 modules do not yet support subinterpreters" or "Interpreter change
-    /// detected") runs once more on the first available process kind (`Forkserver`, then
-    /// `Spawn`), and later calls to the same module go there directly. Only load errors: an
-    /// exception raised by the function itself is never retried.
+    /// per-call fallback: on subinterpreters, a call whose job fails to load ([`Error::Load`])
+    /// runs once more on the first available process kind (`Forkserver`, then `Spawn`), whose
+    /// outcome is the call's. A load error is also a module refusing subinterpreters while the
+    /// function runs (an `import numpy` in its body: the function may have done things before
+    /// it, and does them again on the process). When a module refused (numpy, most PyO3 and
+    /// Cython packages; the chain says "does not support loading in subinterpreters", "cannot
+    /// load module more than once per process", "PyO3 modules do not yet support
+    /// subinterpreters" or "Interpreter change detected"), or when the process loaded the job,
+    /// later calls to the same module go there directly. An exception raised by the function
+    /// itself is never retried.
     #[default]
     Auto,
 }
@@ -331,7 +335,8 @@ struct Inner {
 struct Fallback {
     worker_type: &'static str,
     cache: WorkerCache,
-    /// Modules that refused to load in a subinterpreter: their calls skip the subinterpreters.
+    /// Modules that refused to load in a subinterpreter, or failed to load there and loaded in a
+    /// process: their calls skip the subinterpreters.
     modules: RwLock<HashSet<String>>,
 }
 
@@ -367,7 +372,7 @@ impl Inner {
     /// Runs `payload` on a worker of `cache` and waits for it. Dropping the future cancels it.
     async fn attempt(&self, cache: &WorkerCache, payload: Vec<u8>) -> Result<Finished> {
         let setup = || Ok(self.setup.clone());
-        let lease = cache.submit(Job { payload }, &setup)?;
+        let lease = cache.submit(Job::new(payload), &setup)?;
         Ok(InFlight::new(self, lease).await)
     }
 }
@@ -385,6 +390,12 @@ impl Drop for Inner {
 fn into_result(outcome: Outcome) -> Result<Vec<u8>> {
     match outcome {
         Outcome::Value(value) => Ok(value),
+        // Only protocol-5 jobs get out-of-band buffers back (worker_loop.py), and ours are 4.
+        Outcome::ValueWithBuffers(..) => Err(Error::Broken {
+            reason: "the worker answered a protocol-4 job with out-of-band buffers".to_owned(),
+            exit_code: None,
+            exception: None,
+        }),
         Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
         Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
         Outcome::Broken(broken) => Err(Error::Broken {
@@ -611,17 +622,22 @@ impl Pool {
             return into_result(inner.attempt(&fallback.cache, payload).await?.outcome);
         }
         let retry = payload.clone();
-        match inner.attempt(&inner.cache, payload).await?.outcome {
-            Outcome::LoadError(records) => {
-                let error = wire::exception(&records);
-                if !refuses_subinterpreters(&error) {
-                    return Err(Error::Load(Box::new(error)));
-                }
-                fallback.remember(module);
-                into_result(inner.attempt(&fallback.cache, retry).await?.outcome)
-            }
-            outcome => into_result(outcome),
+        let outcome = inner.attempt(&inner.cache, payload).await?.outcome;
+        let Outcome::LoadError(records) = &outcome else {
+            return into_result(outcome);
+        };
+        // Any load error is retried once on a process; a refusal routes the module there at
+        // once, another load error only once the process loaded it. A second load error is the
+        // call's.
+        if refuses_subinterpreters(&wire::exception(records)) {
+            fallback.remember(module);
+            return into_result(inner.attempt(&fallback.cache, retry).await?.outcome);
         }
+        let outcome = inner.attempt(&fallback.cache, retry).await?.outcome;
+        if !matches!(outcome, Outcome::LoadError(_) | Outcome::Broken(_)) {
+            fallback.remember(module);
+        }
+        into_result(outcome)
     }
 }
 

@@ -170,15 +170,6 @@ async fn an_exception_raised_by_the_function_is_never_retried() {
         "raised on the subinterpreter, not retried: {}",
         e.message
     );
-    // Other load errors are not retried either: no process worker was started.
-    let err = pool
-        .call::<_, i64>("no_such_module:f", ())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Load(e) if e.type_name == "ModuleNotFoundError"),
-        "{err:?}"
-    );
     assert_eq!(
         pool.statistics().idle_workers,
         1,
@@ -229,6 +220,71 @@ async fn dropping_a_call_on_the_fallback_kills_its_process() {
     // The process died; the module still goes to (a new) process worker.
     let next: u32 = pool.call("single_phase_plugin:pid", ()).await.unwrap();
     assert!(next != worker && next != std::process::id());
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_while_the_function_runs_falls_back_on_every_call() {
+    let dir = TempDir::new("auto-lazy");
+    let Some(pool) = auto_pool(&dir, 1) else {
+        return;
+    };
+    if !has_single_phase_module(&pool).await {
+        return;
+    }
+    let host = std::process::id();
+    for _ in 0..3 {
+        let pid: u32 = pool
+            .call("pool_fixtures:single_phase_lazily", ())
+            .await
+            .unwrap();
+        assert_ne!(pid, host);
+    }
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_importing_numpy_in_its_body_runs_on_a_process() {
+    let dir = TempDir::new("auto-lazy-numpy");
+    let Some(pool) = auto_pool(&dir, 1) else {
+        return;
+    };
+    for _ in 0..3 {
+        match pool
+            .call::<_, (i64, u32)>("pool_fixtures:numpy_total_lazily", (5,))
+            .await
+        {
+            Ok((total, pid)) => assert_eq!((total, pid == std::process::id()), (10, false)),
+            Err(Error::Python(e)) if e.type_name.contains("ModuleNotFoundError") => {
+                eprintln!("skipped: numpy is not installed for the workers' Python");
+                break;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_load_error_is_retried_once_on_a_process() {
+    let dir = TempDir::new("auto-load-error");
+    let Some(pool) = auto_pool(&dir, 1) else {
+        return;
+    };
+    let host = std::process::id();
+    let pid: u32 = pool.call("fails_in_subinterpreters:pid", ()).await.unwrap();
+    assert_ne!(pid, host);
+    let again: u32 = pool.call("fails_in_subinterpreters:pid", ()).await.unwrap();
+    assert_eq!(again, pid, "routed to the process once it loaded there");
+    // A job failing to load on the process too: the process's error is the call's.
+    let err = pool
+        .call::<_, u32>("no_such_module_anywhere:f", ())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Load(e) if e.type_name == "ModuleNotFoundError"),
+        "{err:?}"
+    );
     pool.shutdown(GRACE).await.unwrap();
 }
 

@@ -9,13 +9,15 @@ quick calls, with priors subinterpreter < forkserver < spawn). This module keeps
 - routes: pins (a callable or module sent to a type) and modules routed away from
   subinterpreters after a load error; looked up (and memoized per callable) only once a route
   exists;
-- the classification of load errors: a job whose callable, arguments or the parent's main
-  script could not be *unpickled* in a subinterpreter because a module refuses to load there
-  (research note §3.3: CPython's, PyO3's and Cython's messages, anywhere in the cause/context
-  chain, numpy's "Original error was: ..." included). Such a job never started, so it is re-run
-  on the fastest process type. An ``init`` (or ``retire``) that refuses makes the whole context
-  skip subinterpreters. Nothing else is retried: not an exception raised by the user's function,
-  not a job that may have started.
+- the fallback of load errors: a job whose callable, arguments or the parent's main script
+  could not be *unpickled* in a subinterpreter, for any reason, or that hit a module refusing
+  to load there *while it ran* (a lazy ``import numpy``; the worker loop tells such an import
+  from a user's ``raise``), is re-run once on the fastest process type, and the process's
+  outcome is the call's. A module that refused (research note §3.3: CPython's, PyO3's and
+  Cython's messages, anywhere in the cause/context chain, numpy's "Original error was: ..."
+  included) is routed away at once; one that failed to load otherwise, once a process loaded
+  it. An ``init`` (or ``retire``) that refuses makes the whole context skip subinterpreters.
+  Nothing else is retried: not an exception raised by the user's function.
 """
 
 from __future__ import annotations
@@ -236,30 +238,52 @@ class Auto:
 
     # --- fallback ------------------------------------------------------------------------
 
-    def fallback(self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object) -> bool:
-        """Whether this failed outcome may be re-run elsewhere; if so, the routes now send it
-        there. Only for subinterpreter outcomes that say the job never started."""
+    def fallback(
+        self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object, kill: bool
+    ) -> Any:
+        """The cache that re-runs this failed subinterpreter outcome, or None (raise it).
+
+        A LOAD_ERROR (the job, its arguments or the main script did not load, or a module
+        refused to load while the job ran) is re-run once on the fastest process type; a module
+        that refused is routed away now, any other load error once the process loaded it
+        (:meth:`loaded_elsewhere`). A setup that a refusing ``init`` broke sends the whole
+        context to processes."""
         if cache is not self.caches.get(WorkerType.SUBINTERPRETER) or self.pinned(fn):
-            return False
+            return None
         if kind == _outcome.LOAD_ERROR:
             refused = refusal(_outcome.rebuild_exception(data))
             module = callable_key(fn)[0]
-            if refused is None or module is None:
-                return False
             with self.lock:
-                self.routed_away[module] = refused
-                self.routes.setdefault(module, None)
+                self.fallbacks += 1
+                if refused is not None and module is not None:
+                    self.routed_away[module] = refused
+                    self.routes.setdefault(module, None)
         elif kind == _outcome.BROKEN and reason in SETUP_STAGES and data:
             refused = refusal(_outcome.rebuild_exception(data))
             if refused is None:
-                return False
+                return None
             self.init_refused = refused
+            with self.lock:
+                self.fallbacks += 1
         else:
-            return False
-        with self.lock:
-            self.fallbacks += 1
+            return None
         self.rerank()
-        return True
+        return self.away[kill]
+
+    def loaded_elsewhere(self, fn: object, data: bytes) -> None:
+        """A job that failed to load in a subinterpreter (for a reason other than a refusal,
+        ``data`` its records) loaded on a process: route its module away from subinterpreters,
+        with the root error's type (``"<AttributeError>"``) in place of a refusing module."""
+        module = callable_key(fn)[0]
+        if module is None or module in self.routed_away:
+            return
+        exc = _outcome.rebuild_exception(data)
+        while exc.__cause__ is not None:  # the main script's loader wraps the real error
+            exc = exc.__cause__
+        with self.lock:
+            self.routed_away[module] = f"<{type(exc).__qualname__}>"
+            self.routes.setdefault(module, None)
+        self.rerank()
 
     # --- statistics ----------------------------------------------------------------------
 

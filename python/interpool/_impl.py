@@ -240,17 +240,26 @@ class WorkerContext:
                 worker_type = None
         self._auto.pin(target, worker_type)
 
-    def _failed(self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object) -> bool:
-        """A LOAD_ERROR or BROKEN outcome: True if AUTO re-runs the job elsewhere; else raises
-        it (with a hint, when a module refused to load in a subinterpreter)."""
-        if self._auto is not None and self._auto.fallback(cache, kind, data, reason, fn):
-            return True
+    def _failed(
+        self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object, kill: bool
+    ) -> Any:
+        """A LOAD_ERROR or BROKEN outcome: the cache where AUTO re-runs the job; else raises it
+        (with a hint, when a module refused to load in a subinterpreter)."""
+        if self._auto is not None:
+            retry = self._auto.fallback(cache, kind, data, reason, fn, kill)
+            if retry is not None:
+                return retry
         if kind == _outcome.LOAD_ERROR:
             exc = _outcome.rebuild_exception(data)
             if self._is_subinterpreter(cache) and _auto.refusal(exc) is not None:
                 exc.add_note(_auto.HINT)
             raise exc
         return _outcome.unwrap(kind, data, reason)  # type: ignore[return-value]
+
+    def _loaded_elsewhere(self, fn: object, kind: int, load_error: bytes) -> None:
+        """The outcome (``kind``) of a job re-run after a subinterpreter's ``load_error``."""
+        if kind != _outcome.LOAD_ERROR and kind != _outcome.BROKEN:
+            self._auto.loaded_elsewhere(fn, load_error)  # type: ignore[union-attr]
 
     def _is_subinterpreter(self, cache: Any) -> bool:
         if self._auto is None:
@@ -300,7 +309,7 @@ class WorkerContext:
                 sync_fn, args, kill_on_cancel or cancellable, limiter
             )
         await trio.lowlevel.checkpoint_if_cancelled()
-        payload = _outcome.dumps((sync_fn, args), sync_fn)
+        payload = _outcome.dumps_job(sync_fn, args)
         kill_on_cancel = kill_on_cancel or cancellable
         # The AUTO decision, inlined: no route known, one list read (see _auto.py).
         auto = self._auto
@@ -344,7 +353,7 @@ class WorkerContext:
             return await self._run(cache, payload, kill_on_cancel, sync_fn, True)
 
     async def _run(
-        self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object, overlap: bool
+        self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object, overlap: bool
     ) -> Any:
         """Submits the job and waits for its outcome. ``overlap``: yield to trio once right
         after submitting, while the job runs (the call has made its schedule point otherwise)."""
@@ -352,6 +361,7 @@ class WorkerContext:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
         running.append(None)
+        load_error = None  # the records of a subinterpreter's load error being retried
         try:
             while True:
                 call = cache.submit(payload)
@@ -362,13 +372,22 @@ class WorkerContext:
                         self._auto.note_parked()
                     await _wait(call, kill_on_cancel)
                 kind, data, reason = call.result()
+                if load_error is not None:
+                    self._loaded_elsewhere(fn, kind, load_error)
+                    load_error = None
                 if kind == _outcome.VALUE:
                     return pickle_loads(data)
-                if kind == _outcome.RAISED or not self._failed(cache, kind, data, reason, fn):
+                if kind == _outcome.VALUE_BUFFERS:
+                    return pickle_loads(data[0], buffers=data[1])
+                if kind == _outcome.RAISED:
                     break
-                # The job never started: run it where AUTO now routes it, still counted as
-                # running (a closing context waits for it).
-                cache = self._cache_for(fn, kill_on_cancel)
+                retry = self._failed(cache, kind, data, reason, fn, kill_on_cancel)
+                if retry is None:
+                    break
+                # Re-run once on a process, still counted as running (a closing context waits
+                # for it); a second load error there is the call's.
+                load_error = data if kind == _outcome.LOAD_ERROR else None
+                cache = retry
         finally:
             running.pop()
             if self._on_drained is not None and not running:
@@ -384,7 +403,7 @@ class WorkerContext:
     ) -> T:
         aio = _backends.ASYNCIO
         await aio.checkpoint()  # before anything runs: see the module docstring
-        payload = _outcome.dumps((sync_fn, args), sync_fn)
+        payload = _outcome.dumps_job(sync_fn, args)
         cache = self._cache_for(sync_fn, kill_on_cancel)
         if limiter is None:
             limiter = _backends.asyncio_default_limiter()
@@ -398,13 +417,12 @@ class WorkerContext:
         async with limiter:
             return await self._run_asyncio(cache, payload, kill_on_cancel, sync_fn)
 
-    async def _run_asyncio(
-        self, cache: Any, payload: bytes, kill_on_cancel: bool, fn: object
-    ) -> Any:
+    async def _run_asyncio(self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object) -> Any:
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
         running.append(None)
+        load_error = None  # the records of a subinterpreter's load error being retried
         try:
             while True:
                 call = cache.submit(payload)
@@ -413,11 +431,20 @@ class WorkerContext:
                         self._auto.note_parked()
                     await _wait_asyncio(call, kill_on_cancel)
                 kind, data, reason = call.result()
+                if load_error is not None:
+                    self._loaded_elsewhere(fn, kind, load_error)
+                    load_error = None
                 if kind == _outcome.VALUE:
                     return pickle_loads(data)
-                if kind == _outcome.RAISED or not self._failed(cache, kind, data, reason, fn):
+                if kind == _outcome.VALUE_BUFFERS:
+                    return pickle_loads(data[0], buffers=data[1])
+                if kind == _outcome.RAISED:
                     break
-                cache = self._cache_for(fn, kill_on_cancel)  # never started: run it there
+                retry = self._failed(cache, kind, data, reason, fn, kill_on_cancel)
+                if retry is None:
+                    break
+                load_error = data if kind == _outcome.LOAD_ERROR else None
+                cache = retry
         finally:
             running.pop()
             if self._on_drained is not None and not running:

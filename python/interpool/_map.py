@@ -32,7 +32,7 @@ class _Entry:
     """A chunk in flight (``call`` on ``cache``, kept with its ``payload`` for an AUTO
     fallback), or an error to raise at this position (``error``)."""
 
-    __slots__ = ("cache", "call", "error", "fd", "payload")
+    __slots__ = ("cache", "call", "error", "fd", "load_error", "payload")
 
     def __init__(
         self,
@@ -43,6 +43,8 @@ class _Entry:
     ) -> None:
         self.call, self.error, self.fd = call, error, None
         self.cache, self.payload = cache, payload
+        # The records of a subinterpreter's load error while AUTO re-runs the chunk.
+        self.load_error: bytes | None = None
 
 
 class MapResults(Generic[T]):
@@ -173,7 +175,7 @@ class MapResults(Generic[T]):
 
     def _submit(self, items: list[Any]) -> None:
         try:
-            payload = _outcome.dumps((_chunks.run_chunk, (self._fn, self._star, items)), self._fn)
+            payload = _outcome.dumps_job(_chunks.run_chunk, (self._fn, self._star, items), self._fn)
         except Exception as exc:  # noqa: BLE001, an item (or fn) that cannot be pickled
             self._entries.append(_Entry(error=exc))
             self._input_done = True
@@ -223,15 +225,20 @@ class MapResults(Generic[T]):
             self._epoll.unregister(entry.fd)  # type: ignore[union-attr]
             entry.fd = None
         kind, data, reason = entry.call.result()
-        if (
-            kind >= _outcome.LOAD_ERROR
-            and entry.payload is not None
-            and self._ctx._auto.fallback(entry.cache, kind, data, reason, self._fn)  # type: ignore[union-attr]
-        ):
-            entry.cache = self._ctx._cache_for(self._fn, self._need_hard_kill)
-            entry.call = entry.cache.submit(entry.payload)
-            self._entries.appendleft(entry)
-            return False
+        if entry.load_error is not None:
+            self._ctx._loaded_elsewhere(self._fn, kind, entry.load_error)
+            entry.load_error = None
+        if (kind == _outcome.LOAD_ERROR or kind == _outcome.BROKEN) and entry.payload is not None:
+            auto = self._ctx._auto
+            retry = auto.fallback(  # type: ignore[union-attr]
+                entry.cache, kind, data, reason, self._fn, self._need_hard_kill
+            )
+            if retry is not None:
+                entry.load_error = data if kind == _outcome.LOAD_ERROR else None
+                entry.cache = retry
+                entry.call = retry.submit(entry.payload)
+                self._entries.appendleft(entry)
+                return False
         try:
             self._ready.extend(_outcome.unwrap(kind, data, reason))  # type: ignore[arg-type]
         except _chunks.ChunkError as exc:

@@ -1,8 +1,14 @@
 """Pickling jobs in the caller, and turning a worker's outcome back into a value or an exception.
 
 The worker side of this format is the worker loop
-(``worker-types/src/subinterpreter/worker_loop.py``):
-exception records are a pickled list, the raised exception first, each entry
+(``worker-types/src/subinterpreter/worker_loop.py``).
+
+Large buffers travel out of band (pickle protocol 5): a job with any is ``(pickle, buffers)``
+instead of ``pickle``, ``buffers`` being contiguous ``"B"`` memoryviews over the caller's objects
+(the worker reads them in place or through shared memory; see docs/payloads.md), and a value with
+any comes back as kind ``VALUE_BUFFERS`` with ``(pickle, buffers)``.
+
+Exception records are a pickled list, the raised exception first, each entry
 ``(pickled_exc | None, pickling_error | None, type_name, message, formatted_traceback,
 cause_index | None, context_index | None, suppress_context)``.
 """
@@ -12,6 +18,8 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+from array import array
+from operator import methodcaller
 
 from ._types import BrokenWorkerError
 
@@ -20,8 +28,12 @@ try:
 except ImportError:  # pragma: no cover, cloudpickle is optional and installed in the test venv
     cloudpickle = None
 
-VALUE, RAISED, LOAD_ERROR, BROKEN = 0, 1, 2, 3
+VALUE, RAISED, LOAD_ERROR, BROKEN, VALUE_BUFFERS = 0, 1, 2, 3, 4
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+# Buffers of at least this many bytes travel out of band; the same value as BUFFER_THRESHOLD in
+# the worker loop. At most _MAX_BUFFERS per job (the rest stay in band).
+BUFFER_THRESHOLD = 256 * 1024
+_MAX_BUFFERS = 64
 _main_importable: bool | None = None
 
 
@@ -63,6 +75,78 @@ def dumps(obj: object, callable_: object = None) -> bytes:
     return cloudpickle.dumps(obj, _PROTOCOL)
 
 
+class _OutOfBand:
+    """Pickles a large ``bytes``, ``bytearray`` or ``array.array``, or a contiguous
+    ``memoryview`` (which pickle refuses otherwise), as a protocol-5 buffer: pickle sends only
+    ``PickleBuffer``s out of band by itself, and never asks a ``reducer_override`` about ``bytes``.
+    The worker rebuilds the same type with builtins only. Kept in step with the worker loop's
+    copy."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
+        obj: object = self.obj
+        if type(obj) is array:
+            return array, (obj.typecode,), pickle.PickleBuffer(obj), None, None, array.frombytes
+        if type(obj) is memoryview:
+            if obj.ndim == 1 and obj.format == "B":
+                return memoryview, (pickle.PickleBuffer(obj),)
+            return methodcaller("cast", obj.format, obj.shape), (_OutOfBand(obj.cast("B")),)
+        return type(obj), (pickle.PickleBuffer(obj),)  # type: ignore[arg-type]
+
+
+def _large_buffer(obj: object) -> bool:
+    kind = type(obj)
+    if kind is bytes or kind is bytearray:
+        return len(obj) >= BUFFER_THRESHOLD  # type: ignore[arg-type]
+    if kind is array:
+        return len(obj) * obj.itemsize >= BUFFER_THRESHOLD  # type: ignore[attr-defined]
+    if kind is memoryview:  # always: pickle refuses memoryviews (small ones stay in band)
+        return obj.c_contiguous and obj.ndim > 0 and len(obj.format) == 1  # type: ignore[attr-defined]
+    return False
+
+
+def dumps_job(
+    fn: object, args: tuple[object, ...], callable_: object = None
+) -> bytes | tuple[bytes, list[memoryview]]:
+    """Pickles the job ``(fn, args)`` like :func:`dumps`: ``bytes``, or ``(bytes, buffers)`` when
+    it has large buffers (positional arguments that are large ``bytes``, ``bytearray``,
+    ``memoryview`` or ``array.array`` objects, and ``PickleBuffer``s anywhere, such as numpy
+    arrays')."""
+    wrapped: dict[int, _OutOfBand] | None = None
+    for arg in args:
+        if _large_buffer(arg):
+            if wrapped is None:
+                wrapped = {}
+            wrapped.setdefault(id(arg), _OutOfBand(arg))
+    if wrapped is not None:
+        args = tuple(wrapped.get(id(arg), arg) for arg in args)
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < BUFFER_THRESHOLD or len(buffers) >= _MAX_BUFFERS:
+            return True
+        buffers.append(raw)
+        return False
+
+    job = (fn, args)
+    if cloudpickle is not None and _needs_cloudpickle(fn if callable_ is None else callable_):
+        data = cloudpickle.dumps(job, _PROTOCOL, buffer_callback=out_of_band)
+    else:
+        try:
+            data = pickle.dumps(job, _PROTOCOL, buffer_callback=out_of_band)
+        except Exception:
+            if cloudpickle is None:
+                raise
+            buffers.clear()
+            data = cloudpickle.dumps(job, _PROTOCOL, buffer_callback=out_of_band)
+    return (data, buffers) if buffers else data
+
+
 def _worker_note(traceback_text: str) -> str:
     header = "Traceback (most recent call last):\n"
     if traceback_text.startswith(header):
@@ -100,6 +184,8 @@ def unwrap(kind: int, data: bytes, reason: str | None) -> object:
     """The job's value, or raise what the job (or its worker) raised."""
     if kind == VALUE:
         return pickle.loads(data)
+    if kind == VALUE_BUFFERS:
+        return pickle.loads(data[0], buffers=data[1])  # type: ignore[index]
     if kind == RAISED or kind == LOAD_ERROR:
         raise rebuild_exception(data)
     cause = rebuild_exception(data) if data else None

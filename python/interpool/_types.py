@@ -22,9 +22,10 @@ class WorkerType(str, enum.Enum):
     only its own call.
 
     ``AUTO`` (the default): per call, the fastest available type able to run it. Calls with
-    ``kill_on_cancel=True`` go to the fastest process type; a job that cannot be loaded in a
-    subinterpreter (its module refuses to import there) is re-run on a process, and its module
-    goes straight there afterwards. Before CPython 3.13 it uses processes. See docs/auto.md.
+    ``kill_on_cancel=True`` go to the fastest process type; a job that fails to load in a
+    subinterpreter (a module refuses to import there, while unpickling or while the job runs, or
+    anything else fails while unpickling) is re-run once on a process, and its module goes
+    straight there afterwards. Before CPython 3.13 it uses processes. See docs/auto.md.
 
     There is no ``FORK``: forking a multi-threaded process (interpool's host always has threads)
     can deadlock the child; use FORKSERVER.
@@ -60,8 +61,9 @@ class WorkerTypeStatistics:
     fallbacks: int = 0
     """Calls that could not be loaded on this type and were re-run on another."""
     routed_away: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Modules whose calls no longer come here, each with the module that refused to load
-    (``"<init>"``: the context's ``init`` refused, so no call comes here)."""
+    """Modules whose calls no longer come here, each with the module that refused to load, or
+    the type of another load error (``"<AttributeError>"``); key ``"<init>"``: the context's
+    ``init`` refused, so no call comes here."""
     pinned: tuple[str, ...] = ()
     """Pins sending callables or modules here (``module`` or ``module:qualname``)."""
 

@@ -6,19 +6,32 @@
 //! the event-loop integration; this module owns the workers.
 //!
 //! All mapping of Rust errors to Python exceptions sits in [`to_py_err`].
+//!
+//! Out-of-band buffers (pickle protocol 5): a job's buffers are the caller's `memoryview`s, read
+//! in place by the worker through [`Buffer`]s that pin them (see [`pinned`]); an outcome's buffers
+//! are host memory that the caller gets as [`HostBuffer`] views, without another copy.
 
-use std::time::Duration;
+use std::{
+    ffi::c_int,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
 
 use pyo3::{
-    exceptions::{PyRuntimeError, PyValueError},
+    buffer::PyBuffer,
+    exceptions::{PyBufferError, PyRuntimeError, PyValueError},
+    ffi,
     prelude::*,
-    types::PyBytes,
+    types::{PyBytes, PyList, PyMemoryView, PyTuple},
 };
 
 use crate::{
     cache::{Lease, WorkerCache},
     scheduler::{self, Candidate},
-    worker_types::{self, Availability, Finished, Job, Outcome},
+    worker_types::{self, Availability, Buffer, Finished, Job, Outcome},
     Error,
 };
 
@@ -27,6 +40,8 @@ const VALUE: u8 = 0;
 const RAISED: u8 = 1;
 const LOAD_ERROR: u8 = 2;
 const BROKEN: u8 = 3;
+/// A value with out-of-band buffers: the data is `(pickle, [memoryview, ...])`.
+const VALUE_BUFFERS: u8 = 4;
 
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let class = match &err {
@@ -134,6 +149,157 @@ fn configure_forkserver(preload: Vec<String>) -> bool {
     worker_types::process::set_forkserver_preload(preload)
 }
 
+/// The caller's `memoryview`s of one job, kept alive while any [`Buffer`] over them lives. The
+/// last one may be dropped on a worker thread, attached to another interpreter or to none: so its
+/// drop only queues the views, and [`release_pinned`] decrefs them in this interpreter, when a call
+/// is submitted or its outcome taken (this build has no PyO3 reference pool).
+struct Pinned(Vec<Py<PyAny>>);
+
+/// Views whose [`Pinned`] was dropped, waiting for [`release_pinned`].
+static RELEASED: Mutex<Vec<Py<PyAny>>> = Mutex::new(Vec::new());
+/// Set once views are queued in [`RELEASED`], so that most calls skip its lock.
+static ANY_RELEASED: AtomicBool = AtomicBool::new(false);
+/// How many [`Pinned`] live: jobs whose caller buffers a worker may still read.
+static PINNED_JOBS: AtomicUsize = AtomicUsize::new(0);
+
+impl Pinned {
+    fn new(views: Vec<Py<PyAny>>) -> Self {
+        PINNED_JOBS.fetch_add(1, Ordering::AcqRel);
+        Self(views)
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        RELEASED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(&mut self.0);
+        ANY_RELEASED.store(true, Ordering::Release);
+        PINNED_JOBS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Drops the views of finished jobs (see [`Pinned`]); `py` proves this thread is attached here.
+fn release_pinned(_py: Python<'_>) {
+    if !ANY_RELEASED.swap(false, Ordering::AcqRel) {
+        return; // the usual case: no job had buffers since the last time
+    }
+    let views = std::mem::take(&mut *RELEASED.lock().unwrap_or_else(PoisonError::into_inner));
+    drop(views);
+}
+
+/// Releases the views of finished jobs now (they are also released whenever a call is submitted
+/// or its outcome taken). Returns how many jobs' buffers are still pinned by running jobs.
+#[pyfunction]
+fn release_buffers(py: Python<'_>) -> usize {
+    release_pinned(py);
+    PINNED_JOBS.load(Ordering::Acquire)
+}
+
+/// [`Buffer`]s over the contiguous `"B"` memoryviews `views`, pinned (see [`Pinned`]).
+#[allow(unsafe_code)]
+fn pinned(views: &Bound<'_, PyList>) -> PyResult<Vec<Buffer>> {
+    let mut spans = Vec::with_capacity(views.len());
+    let mut owners = Vec::with_capacity(views.len());
+    for view in views.iter() {
+        if !view.is_instance_of::<PyMemoryView>() {
+            return Err(PyValueError::new_err(
+                "a job's out-of-band buffers must be memoryviews",
+            ));
+        }
+        let buffer = PyBuffer::<u8>::get(&view)?;
+        if !buffer.is_c_contiguous() {
+            return Err(PyValueError::new_err(
+                "a job's out-of-band buffers must be contiguous",
+            ));
+        }
+        spans.push((buffer.buf_ptr() as *const u8, buffer.len_bytes()));
+        owners.push(view.unbind());
+    }
+    let owner: Arc<dyn worker_types::Owner> = Arc::new(Pinned::new(owners));
+    Ok(spans
+        .into_iter()
+        // SAFETY: each memoryview holds its own export of the memory (a bytearray cannot resize,
+        // nothing is freed) for as long as it lives, and `owner` keeps every one of them alive
+        // for as long as any of these buffers does.
+        .map(|(ptr, len)| unsafe { Buffer::from_raw(ptr, len, owner.clone()) })
+        .collect())
+}
+
+/// An outcome buffer in host memory, exported to the caller without a copy: writable when the
+/// caller holds it alone (always, for outcomes).
+#[pyclass(module = "interpool._interpool", frozen)]
+struct HostBuffer {
+    buffer: Buffer,
+}
+
+#[pymethods]
+#[allow(unsafe_code)]
+impl HostBuffer {
+    /// # Safety
+    /// Called by CPython with a valid `view` to fill.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let buffer = &slf.get().buffer;
+        let readonly = !buffer.writable();
+        if readonly && flags & ffi::PyBUF_WRITABLE != 0 {
+            return Err(PyBufferError::new_err("this buffer is read-only"));
+        }
+        // SAFETY: `view` is valid per CPython; the memory lives as long as `slf`, which the view
+        // keeps a reference to (PyBuffer_FillInfo increfs it). It is written only through a
+        // writable export of a buffer that nobody else holds.
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len() as ffi::Py_ssize_t,
+                c_int::from(readonly),
+                flags,
+            )
+        };
+        if rc == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// Called by CPython with a view this object filled.
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+
+    fn __len__(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+/// `(pickle, [memoryview of HostBuffer, ...])` for a value with out-of-band buffers.
+fn value_with_buffers<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    buffers: Vec<Buffer>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let views = buffers
+        .into_iter()
+        .map(|buffer| {
+            let host = Bound::new(py, HostBuffer { buffer })?;
+            PyMemoryView::from(&host.into_any())
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(PyTuple::new(
+        py,
+        [
+            PyBytes::new(py, data).into_any(),
+            PyList::new(py, views)?.into_any(),
+        ],
+    )?
+    .into_any())
+}
+
 /// `Cache.wait_closed`'s result: `(retire_failures, not_ended, killed, nonzero_exit_codes)`.
 type ShutdownTuple<'py> = (Vec<Bound<'py, PyBytes>>, usize, usize, Vec<i32>);
 
@@ -162,9 +328,24 @@ impl Cache {
     }
 
     /// Runs the pickled job on the hottest idle worker or a new one; never blocks on a worker.
-    fn submit(&self, py: Python<'_>, payload: &[u8]) -> PyResult<Call> {
-        let job = Job {
-            payload: payload.to_vec(),
+    /// `payload` is the pickle (`bytes`), or `(pickle, buffers)` with its out-of-band buffers
+    /// (contiguous `"B"` memoryviews, read in place: see [`pinned`]).
+    fn submit(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<Call> {
+        release_pinned(py);
+        let job = match payload.cast::<PyBytes>() {
+            Ok(bytes) => Job::new(bytes.as_bytes().to_vec()),
+            Err(_) => {
+                let (pickle, buffers): (Bound<'_, PyBytes>, Bound<'_, PyList>) =
+                    payload.extract().map_err(|_| {
+                        PyValueError::new_err(
+                            "a job payload must be bytes or (bytes, list of memoryviews)",
+                        )
+                    })?;
+                Job {
+                    payload: pickle.as_bytes().to_vec(),
+                    buffers: pinned(&buffers)?,
+                }
+            }
         };
         let setup = || -> Result<Vec<u8>, String> {
             let payload = self.setup.call0(py).map_err(|e| e.to_string())?;
@@ -265,12 +446,13 @@ impl Call {
     }
 
     /// Takes the outcome: `(kind, data, reason)`; kinds are VALUE, RAISED, LOAD_ERROR (data:
-    /// pickled value or exception records) and BROKEN (reason: str; data: exception records of
+    /// pickled value or exception records), VALUE_BUFFERS (data: `(pickle, buffers)`, the
+    /// buffers memoryviews of host memory) and BROKEN (reason: str; data: exception records of
     /// the cause, possibly empty). The worker goes back to the cache.
     fn result<'py>(
         &mut self,
         py: Python<'py>,
-    ) -> PyResult<(u8, Bound<'py, PyBytes>, Option<String>)> {
+    ) -> PyResult<(u8, Bound<'py, PyAny>, Option<String>)> {
         let lease = self
             .lease
             .as_mut()
@@ -279,13 +461,18 @@ impl Call {
             .finish()
             .ok_or_else(|| PyRuntimeError::new_err("the job is still running"))?;
         self.lease = None;
+        release_pinned(py);
+        let bytes = |data: &[u8]| PyBytes::new(py, data).into_any();
         Ok(match outcome {
-            Outcome::Value(data) => (VALUE, PyBytes::new(py, &data), None),
-            Outcome::Raised(data) => (RAISED, PyBytes::new(py, &data), None),
-            Outcome::LoadError(data) => (LOAD_ERROR, PyBytes::new(py, &data), None),
+            Outcome::Value(data) => (VALUE, bytes(&data), None),
+            Outcome::ValueWithBuffers(data, buffers) => {
+                (VALUE_BUFFERS, value_with_buffers(py, &data, buffers)?, None)
+            }
+            Outcome::Raised(data) => (RAISED, bytes(&data), None),
+            Outcome::LoadError(data) => (LOAD_ERROR, bytes(&data), None),
             Outcome::Broken(broken) => (
                 BROKEN,
-                PyBytes::new(py, broken.exception.as_deref().unwrap_or_default()),
+                bytes(broken.exception.as_deref().unwrap_or_default()),
                 Some(broken.reason),
             ),
         })
@@ -315,11 +502,13 @@ impl Call {
 fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Cache>()?;
     m.add_class::<Call>()?;
+    m.add_class::<HostBuffer>()?;
     m.add_function(wrap_pyfunction!(worker_type_info, m)?)?;
     m.add_function(wrap_pyfunction!(end_all_subinterpreters, m)?)?;
     m.add_function(wrap_pyfunction!(live_subinterpreters, m)?)?;
     m.add_function(wrap_pyfunction!(configure_forkserver, m)?)?;
     m.add_function(wrap_pyfunction!(rank, m)?)?;
+    m.add_function(wrap_pyfunction!(release_buffers, m)?)?;
     m.add_function(wrap_pyfunction!(prior_latency, m)?)?;
     // Process workers run this interpreter's executable, unless the host chose another.
     if worker_types::process::python_executable().is_none() {
@@ -332,6 +521,7 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("RAISED", RAISED)?;
     m.add("LOAD_ERROR", LOAD_ERROR)?;
     m.add("BROKEN", BROKEN)?;
+    m.add("VALUE_BUFFERS", VALUE_BUFFERS)?;
     m.add(
         "SUBINTERPRETER_REFUSALS",
         worker_types::subinterpreter::REFUSALS.to_vec(),

@@ -94,3 +94,17 @@ def can_import(name):
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def numpy_total_lazily(n):
+    """Imports numpy in its body: the refusal comes while the function runs."""
+    import numpy
+
+    return [int(numpy.arange(n).sum()), os.getpid()]
+
+
+def single_phase_lazily():
+    """Imports CPython's single-phase-init test module in its body."""
+    import _testsinglephase  # noqa: F401
+
+    return os.getpid()

@@ -21,11 +21,13 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
+mod buffer;
 mod completion;
 mod mailbox;
 pub mod process;
 pub mod subinterpreter;
 
+pub use buffer::{Buffer, Owner};
 pub use completion::Completion;
 
 /// The result type of this crate.
@@ -57,6 +59,19 @@ pub enum Error {
 pub struct Job {
     /// The pickle payload.
     pub payload: Vec<u8>,
+    /// The payload's out-of-band buffers (pickle protocol 5), in the order its `NEXT_BUFFER`
+    /// opcodes take them; usually none.
+    pub buffers: Vec<Buffer>,
+}
+
+impl Job {
+    /// A job without out-of-band buffers.
+    pub fn new(payload: Vec<u8>) -> Self {
+        Self {
+            payload,
+            buffers: Vec::new(),
+        }
+    }
 }
 
 /// A job handed back by a worker that will not run it (it closed itself, e.g. on idle timeout).
@@ -69,6 +84,9 @@ pub struct Rejected(pub Job);
 pub enum Outcome {
     /// The callable returned; the pickled value.
     Value(Vec<u8>),
+    /// The callable returned; the pickled value and its out-of-band buffers (pickle protocol 5),
+    /// for values holding large buffers.
+    ValueWithBuffers(Vec<u8>, Vec<Buffer>),
     /// The callable raised (or its value could not be pickled); the pickled exception records.
     Raised(Vec<u8>),
     /// The job could not even be loaded in the worker (unpickling the callable or its arguments

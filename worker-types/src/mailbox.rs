@@ -180,9 +180,7 @@ mod tests {
     use super::*;
 
     fn job(b: &[u8]) -> Job {
-        Job {
-            payload: b.to_vec(),
-        }
+        Job::new(b.to_vec())
     }
 
     #[test]

@@ -49,9 +49,7 @@ fn start(setup: &[u8], idle_timeout: Option<Duration>) -> Box<dyn Worker> {
 
 fn run(worker: &dyn Worker, payload: &[u8]) -> Finished {
     let completion = worker
-        .submit(Job {
-            payload: payload.to_vec(),
-        })
+        .submit(Job::new(payload.to_vec()))
         .expect("idle worker accepts a job");
     assert!(completion.wait(TEN_SECONDS), "job did not finish");
     completion.take().expect("outcome")
@@ -137,7 +135,7 @@ fn interrupt_stops_a_running_python_loop_and_the_worker_ends_after_it() {
         "import os; os.write({}, b's')\nwhile True: pass",
         job_end.as_raw_fd()
     ));
-    let completion = worker.submit(Job { payload: job }).unwrap();
+    let completion = worker.submit(Job::new(job)).unwrap();
     let mut byte = [0u8];
     started.read_exact(&mut byte).unwrap(); // the loop is running now
     worker.interrupt();
@@ -161,11 +159,7 @@ fn a_job_interrupted_while_its_worker_starts_still_ends_it() {
         return;
     }
     let worker = start(SETUP_PLAIN, None);
-    let completion = worker
-        .submit(Job {
-            payload: SPIN_FOREVER.to_vec(),
-        })
-        .unwrap();
+    let completion = worker.submit(Job::new(SPIN_FOREVER.to_vec())).unwrap();
     worker.interrupt(); // the interpreter is still being created (~10 ms)
     assert!(completion.wait(TEN_SECONDS));
     let finished = completion.take().unwrap();
@@ -183,7 +177,7 @@ fn a_truthy_retire_ends_the_worker_after_its_job() {
     assert_eq!(finished.outcome, Outcome::Value(THREE.to_vec()));
     assert_eq!(finished.retire, Retire::Retire);
     assert!(worker.wait_ended(TEN_SECONDS));
-    assert!(worker.submit(Job { payload: vec![] }).is_err());
+    assert!(worker.submit(Job::new(vec![])).is_err());
 }
 
 #[test]

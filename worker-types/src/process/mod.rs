@@ -12,6 +12,16 @@
 //! loop source, the setup, then one job per frame). Worker → parent: `<BBQQ` (kind, retire,
 //! `len(data)`, `len(retire_error)`) + data + retire error, once for the setup and once per job.
 //!
+//! **Shared memory.** A job's out-of-band buffers (pickle protocol 5) do not cross the socket:
+//! each is copied once into a fresh `memfd`, whose descriptor rides on one byte (`SCM_RIGHTS`)
+//! right after a frame header flagged [`HAS_BUFFERS`]; the worker maps it privately (copy on
+//! write: a job may write its numpy argument without touching anything of ours) and closes the
+//! descriptor. A value with buffers comes back the same way, as kind [`VALUE_WITH_BUFFERS`] whose
+//! header is followed by the byte carrying the worker's memfds; the parent maps them privately and
+//! the caller reads the mappings in place. A memfd is freed with its last descriptor and mapping,
+//! so a killed worker leaves no segment behind, and the parent's descriptors are closed as soon
+//! as they are sent or mapped.
+//!
 //! **Threads.** Each worker has one parent-side thread, like a subinterpreter worker: it takes jobs
 //! from the [`Mailbox`], writes them, reads the outcome (spinning briefly on a non-blocking read
 //! before it polls: see `wakeup.md` in the research notes) and completes the job's [`Completion`].
@@ -41,8 +51,8 @@ use std::{
 
 use crate::{
     mailbox::{Mailbox, Next},
-    Availability, Broken, Capabilities, Completion, Error, Finished, Job, Outcome, Rejected,
-    Result, Retire, Worker, WorkerConfig, WorkerType,
+    Availability, Broken, Buffer, Capabilities, Completion, Error, Finished, Job, Outcome,
+    Rejected, Result, Retire, Worker, WorkerConfig, WorkerType,
 };
 
 mod forkserver;
@@ -93,11 +103,17 @@ const SPIN_FOR_OUTCOME: Duration = Duration::from_micros(50);
 const VALUE: u8 = 0;
 const RAISED: u8 = 1;
 const LOAD_ERROR: u8 = 2;
+/// A value with out-of-band buffers: the memfds follow the header (see the module docs).
+const VALUE_WITH_BUFFERS: u8 = 3;
 const SETUP_OK: u8 = 10;
 const SETUP_FAILED: u8 = 11;
 const KEEP: u8 = 0;
 const RETIRE: u8 = 1;
 const RETIRE_FAILED: u8 = 2;
+/// Set in a frame's length when memfds of out-of-band buffers follow its header.
+const HAS_BUFFERS: u64 = 1 << 63;
+/// At most this many buffers per job or value (`_MAX_BUFFERS` in the worker loop).
+const MAX_BUFFERS: usize = 64;
 
 static PYTHON: RwLock<Option<PathBuf>> = RwLock::new(None);
 
@@ -459,8 +475,38 @@ impl Channel {
     /// Writes one frame: `<Q len` + `data`.
     fn send_frame(&self, data: &[u8]) -> io::Result<()> {
         let header = (data.len() as u64).to_le_bytes();
-        let mut bufs = [IoSlice::new(&header), IoSlice::new(data)];
-        let mut bufs = &mut bufs[..];
+        self.write_all(&mut [IoSlice::new(&header), IoSlice::new(data)])
+    }
+
+    /// Writes a job's frame; its out-of-band buffers go in fresh memfds (see the module docs).
+    fn send_job(&self, job: &Job) -> io::Result<()> {
+        if job.buffers.is_empty() {
+            return self.send_frame(&job.payload);
+        }
+        if job.buffers.len() > MAX_BUFFERS {
+            return Err(io::Error::other("too many out-of-band buffers"));
+        }
+        let memfds = job
+            .buffers
+            .iter()
+            .map(|b| sys::memfd_with(b.as_slice()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let header = (job.payload.len() as u64 | HAS_BUFFERS).to_le_bytes();
+        self.write_all(&mut [IoSlice::new(&header)])?;
+        let raw: Vec<_> = memfds.iter().map(|fd| fd.as_raw_fd()).collect();
+        loop {
+            match sys::send_with_fds(self.sock.as_fd(), &[0], &raw) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait(true)?,
+                Err(e) => return Err(e),
+            }
+        }
+        drop(memfds); // the worker holds its own descriptors now
+        self.write_all(&mut [IoSlice::new(&job.payload)])
+    }
+
+    /// Writes `bufs` back to back.
+    fn write_all(&self, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
         while !bufs.is_empty() {
             match (&*self.sock).write_vectored(bufs) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -515,19 +561,40 @@ impl Channel {
         Ok(data)
     }
 
-    /// Reads one message: `(kind, retire, data, retire_error)`.
-    fn receive(&self, spin: Duration) -> io::Result<(u8, u8, Vec<u8>, Vec<u8>)> {
+    /// Reads one message: `(kind, retire, data, retire_error, buffers)`.
+    fn receive(&self, spin: Duration) -> io::Result<Message> {
         let mut header = [0u8; 18];
         self.read_exact(&mut header, spin)?;
         let [kind, retire, rest @ ..] = header;
         let (data_len, error_len) = rest.split_at(8);
         let data_len = u64::from_le_bytes(data_len.try_into().expect("8 bytes"));
         let error_len = u64::from_le_bytes(error_len.try_into().expect("8 bytes"));
+        let buffers = if kind == VALUE_WITH_BUFFERS {
+            self.receive_buffers()?
+        } else {
+            Vec::new()
+        };
         let data = self.read_vec(data_len)?;
         let error = self.read_vec(error_len)?;
-        Ok((kind, retire, data, error))
+        Ok((kind, retire, data, error, buffers))
+    }
+
+    /// The worker's memfds after a [`VALUE_WITH_BUFFERS`] header, mapped privately.
+    fn receive_buffers(&self) -> io::Result<Vec<Buffer>> {
+        let fds = loop {
+            match sys::recv_fds(self.sock.as_fd(), MAX_BUFFERS)? {
+                Some(fds) => break fds,
+                None => self.wait(false)?,
+            }
+        };
+        fds.iter()
+            .map(|fd| sys::Mapping::private(fd.as_fd()).map(sys::Mapping::into_buffer))
+            .collect()
     }
 }
+
+/// One message from a worker: `(kind, retire, data, retire_error, buffers)`.
+type Message = (u8, u8, Vec<u8>, Vec<u8>, Vec<Buffer>);
 
 /// A running worker process, as its thread sees it.
 #[derive(Debug)]
@@ -638,7 +705,7 @@ fn handshake(
         .map_err(|_| Handshake::Died)?;
     match running.channel.receive(Duration::ZERO) {
         Ok((SETUP_OK, ..)) => Ok(()),
-        Ok((SETUP_FAILED, _, reason, records)) => Err(Handshake::Failed(Broken {
+        Ok((SETUP_FAILED, _, reason, records, _)) => Err(Handshake::Failed(Broken {
             reason: String::from_utf8_lossy(&reason).into_owned(),
             exception: Some(records),
             exit_code: None,
@@ -674,9 +741,10 @@ fn died(shared: &Shared, during: &str, code: Option<i32>) -> Broken {
     }
 }
 
-fn parse_outcome(kind: u8, retire: u8, data: Vec<u8>, error: Vec<u8>) -> Option<Finished> {
+fn parse_outcome((kind, retire, data, error, buffers): Message) -> Option<Finished> {
     let outcome = match kind {
         VALUE => Outcome::Value(data),
+        VALUE_WITH_BUFFERS => Outcome::ValueWithBuffers(data, buffers),
         RAISED => Outcome::Raised(data),
         LOAD_ERROR => Outcome::LoadError(data),
         _ => return None,
@@ -742,13 +810,11 @@ fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forks
             });
             break;
         };
-        let result = r
-            .channel
-            .send_frame(&job.payload)
-            .and_then(|()| r.channel.receive(SPIN_FOR_OUTCOME));
+        let sent = r.channel.send_job(&job);
+        // The worker has its own copy of everything now: the caller's buffers are free.
         drop(job);
-        let finished = match result {
-            Ok((kind, retire, data, error)) => parse_outcome(kind, retire, data, error),
+        let finished = match sent.and_then(|()| r.channel.receive(SPIN_FOR_OUTCOME)) {
+            Ok(message) => parse_outcome(message),
             Err(_) => None,
         };
         let Some(mut finished) = finished else {

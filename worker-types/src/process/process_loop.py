@@ -6,8 +6,13 @@
 #                     first once for the setup (kind SETUP_OK or SETUP_FAILED), then once per job.
 # End of file from the parent means "end": the worker exits 0. A worker also exits after a job
 # whose retire decision is not KEEP, and after a failed setup.
+# Out-of-band buffers travel in memfds (see process/mod.rs): a job frame whose length has bit 63
+# set is followed by one byte carrying their descriptors (SCM_RIGHTS), then the payload; a value
+# with buffers is kind VALUE_WITH_BUFFERS, its header followed by such a byte.
 
 SETUP_OK, SETUP_FAILED = 10, 11
+VALUE_WITH_BUFFERS = 3
+_HAS_BUFFERS = 1 << 63
 _SPIN_SECONDS = 50e-6
 _HEADER = "<BBQQ"
 
@@ -51,22 +56,99 @@ class _Channel:
             pos += n
         return True
 
+    def _socket(self):
+        import socket
+
+        self._sock = socket.fromfd(self.fd, socket.AF_UNIX, socket.SOCK_STREAM)
+        return self._sock
+
+    def _receive_buffers(self):
+        """The memfds on the next byte, as memoryviews of private (copy-on-write) mappings."""
+        import mmap
+        import socket
+
+        sock = getattr(self, "_sock", None) or self._socket()
+        space = socket.CMSG_SPACE(_MAX_BUFFERS * 4)
+        while True:
+            try:
+                byte, ancdata, _flags, _addr = sock.recvmsg(1, space)
+                break
+            except BlockingIOError:
+                self._poll.poll()
+        if not byte:
+            return None
+        fds = []
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += memoryview(data[: len(data) - len(data) % 4]).cast("i")
+        views = []
+        for fd in fds:
+            try:
+                size = self._os.fstat(fd).st_size
+                views.append(
+                    memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY) if size else b"")
+                )
+            finally:
+                self._os.close(fd)
+        return views
+
     def receive(self):
-        """The next frame as a bytearray, or None at end of file."""
+        """The next frame as ``(bytearray, buffers | None)``, or None at end of file."""
         header = bytearray(8)
         if not self._readinto(memoryview(header), spin=True):
             return None
-        data = bytearray(int.from_bytes(header, "little"))
+        size, buffers = int.from_bytes(header, "little"), None
+        if size & _HAS_BUFFERS:
+            size &= ~_HAS_BUFFERS
+            buffers = self._receive_buffers()
+            if buffers is None:
+                return None
+        data = bytearray(size)
         if not self._readinto(memoryview(data), spin=False):
             return None
-        return data
+        return data, buffers
 
-    def send(self, kind, retire, data, retire_error=b""):
+    def _send_buffers(self, buffers):
+        """Sends ``buffers`` as fresh memfds on one byte (the worker's descriptors are closed)."""
+        import socket
+        from array import array
+
+        os = self._os
+        fds = []
+        try:
+            for buffer in buffers:
+                fd = os.memfd_create("interpool-value", os.MFD_CLOEXEC)
+                fds.append(fd)
+                view = memoryview(buffer).cast("B")
+                while view:
+                    view = view[os.write(fd, view) :]
+            sock = getattr(self, "_sock", None) or self._socket()
+            ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))]
+            while True:
+                try:
+                    sock.sendmsg([b"\0"], ancdata)
+                    return
+                except BlockingIOError:
+                    self._out.poll()
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def send(self, kind, retire, data, retire_error=b"", buffers=None):
         import struct
 
+        if buffers:
+            kind = VALUE_WITH_BUFFERS
+        header = struct.pack(_HEADER, kind, retire, len(data), len(retire_error))
+        if buffers:
+            self._write([header])
+            self._send_buffers(buffers)
+            header = b""
+        self._write([header, data, retire_error])
+
+    def _write(self, parts):
         os, fd = self._os, self.fd
-        chunks = [struct.pack(_HEADER, kind, retire, len(data), len(retire_error))]
-        chunks += [memoryview(c) for c in (data, retire_error) if c]
+        chunks = [memoryview(c) for c in parts if c]
         while chunks:
             try:
                 n = os.writev(fd, chunks)
@@ -93,7 +175,7 @@ def _serve(channel):
     config = channel.receive()
     if config is None:
         return 0
-    failed = setup(bytes(config))
+    failed = setup(bytes(config[0]))
     if failed is not None:
         reason, records = failed
         channel.send(SETUP_FAILED, KEEP, reason.encode("utf-8", "replace"), records)
@@ -101,13 +183,13 @@ def _serve(channel):
     channel.send(SETUP_OK, KEEP, b"")
     config = None
     while True:
-        payload = channel.receive()
-        if payload is None:
+        frame = channel.receive()
+        if frame is None:
             return 0
-        kind, data, retire, retire_error = run(payload)
-        payload = None
-        channel.send(kind, retire, data, retire_error or b"")
-        data = retire_error = None
+        kind, data, retire, retire_error, buffers = run(*frame)
+        frame = None
+        channel.send(kind, retire, data, retire_error or b"", buffers)
+        data = retire_error = buffers = None
         if retire != KEEP:
             return 0
 
@@ -141,7 +223,7 @@ def forkserver(boot, control):
 
     _set_parent_death_signal()
     channel = _Channel(boot)
-    config, preload = channel.receive(), channel.receive()
+    config, preload = (frame and frame[0] for frame in (channel.receive(), channel.receive()))
     os.close(boot)
     if config is not None:
         try:

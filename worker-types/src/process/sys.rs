@@ -203,3 +203,153 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[RawFd]) ->
         }
     }
 }
+
+/// A fresh anonymous shared-memory file (`memfd`, `CLOEXEC`) holding a copy of `data`. It
+/// vanishes with its last descriptor and mapping: a killed worker cannot leak it.
+pub(crate) fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
+    // SAFETY: the name is a valid NUL-terminated string; the flags are plain bits.
+    let fd = check(unsafe { libc::memfd_create(c"interpool-buffer".as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: memfd_create succeeded, so `fd` is fresh and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut rest = data;
+    while !rest.is_empty() {
+        // SAFETY: `rest` is valid for reads of `rest.len()` bytes during the call.
+        let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        rest = &rest[n as usize..];
+    }
+    Ok(fd)
+}
+
+/// Receives one byte on a stream socket together with the descriptors attached to it
+/// (`SCM_RIGHTS`, at most `max_fds`), made `CLOEXEC`. `Ok(None)`: nothing to read yet.
+pub(crate) fn recv_fds(sock: BorrowedFd<'_>, max_fds: usize) -> io::Result<Option<Vec<OwnedFd>>> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space =
+        unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as libc::c_uint) }
+            as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut byte = 0u8;
+    let mut iov = libc::iovec {
+        iov_base: (&mut byte as *mut u8).cast(),
+        iov_len: 1,
+    };
+    // SAFETY: an all-zero msghdr is valid before we fill it in.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (one byte) and `control` (`space` aligned bytes), which
+        // live until the call returns.
+        let rc = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if rc >= 0 {
+            break rc;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg_controllen` bytes of `control` with well-formed cmsghdrs;
+    // CMSG_FIRSTHDR/NXTHDR stay within them, and each SCM_RIGHTS payload holds descriptors that
+    // are now ours.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data_len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg);
+                for i in 0..data_len / std::mem::size_of::<RawFd>() {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other(
+            "too many descriptors attached to a message",
+        ));
+    }
+    Ok(Some(fds))
+}
+
+/// A private, writable mapping of a whole file (copy on write: nothing reaches the file),
+/// unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; it is only unmapped in `drop`.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `Mapping` itself never reads or writes the memory.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps all of `fd`, which the caller may close afterwards.
+    pub(crate) fn private(fd: BorrowedFd<'_>) -> io::Result<Self> {
+        // SAFETY: an all-zero stat is valid; fstat writes into it.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `stat` is a valid out-pointer for the call.
+        check(unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) })?;
+        let len = usize::try_from(stat.st_size).map_err(|_| io::Error::other("bad file size"))?;
+        if len == 0 {
+            return Ok(Self {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            });
+        }
+        // SAFETY: a fresh mapping at an address the kernel picks; nothing else is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// A buffer over the whole mapping, which it owns.
+    pub(crate) fn into_buffer(self) -> crate::Buffer {
+        let (ptr, len) = (self.ptr, self.len);
+        // SAFETY: a private mapping of our own, valid until the owner (`self`) is dropped, and
+        // reachable through this buffer only.
+        unsafe { crate::Buffer::from_raw_exclusive(ptr, len, std::sync::Arc::new(self)) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: `ptr..ptr + len` is our own mapping, unmapped only here.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+}

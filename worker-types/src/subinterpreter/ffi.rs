@@ -14,6 +14,7 @@
 //! 3. **No Python object crosses interpreters.** Jobs enter as bytes copied into a fresh `bytes` of
 //!    the worker's interpreter; outcomes leave as bytes copied out before detaching. The only
 //!    object of another interpreter used here is `PyExc_KeyboardInterrupt`, a static immortal type.
+//!    A job's out-of-band buffers are the exception to the copy, not to this rule: see rule 9.
 //! 4. **No lock of ours is held across interpreter creation**, which takes the *main* GIL inside
 //!    CPython (3.13 loads single-phase builtins through the main interpreter); a lock held there
 //!    by a thread that also holds the main GIL deadlocks.
@@ -27,6 +28,24 @@
 //! 7. **Every worker ends before the host finalizes**: a subinterpreter still running at
 //!    `Py_FinalizeEx` aborts the process. Hosts call `close_all` / `wait_all_ended` first.
 //! 8. PyO3's safe API is never used here: its statics and deferred-decref pool are process-global.
+//! 9. **Out-of-band argument buffers are read in place, never copied by the transport.** Each
+//!    [`Buffer`] of a job is raw memory of the caller plus an owner that keeps it valid (for the
+//!    Python front end: the caller's `memoryview`s, objects of the *caller's* interpreter that
+//!    nothing here touches). The job sees each one as a read-only `memoryview` of a
+//!    `CallerBuffer`, a heap type created in each worker interpreter whose instances own a clone of
+//!    the `Buffer`. Lifetime, exactly: the caller's memory stays valid while any clone lives,
+//!    which is (a) the job's own, dropped by the worker thread, detached, after `run` returned and
+//!    before the outcome is published, and (b) each `CallerBuffer`, deallocated in the worker's
+//!    interpreter when its last view is gone: normally when `run` returns, later if the job kept
+//!    a view (a global): then the caller's memory outlives the job, never the other way round.
+//!    Dropping the last clone on this thread must not touch the caller's objects: owners only
+//!    queue them for release by their own interpreter (`src/python/mod.rs`, `Pinned`).
+//!    A job cannot write the caller's memory (read-only exports). A caller that writes it during
+//!    the call races with the job, which may read old, new or mixed bytes.
+//! 10. **Outcome buffers are copied once, into host memory**, before the worker detaches: the
+//!     job's value may keep its objects (a global, a cache), so nothing of the worker's
+//!     interpreter is referenced after the outcome is published. The host memory then goes to
+//!     the caller as is (`HostBuffer`), without another copy.
 
 #![allow(unsafe_code)]
 
@@ -42,7 +61,7 @@ use std::{
 use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
-use crate::{mailbox::Next, Broken, Completion, Finished, Outcome, Retire, WorkerConfig};
+use crate::{mailbox::Next, Broken, Buffer, Completion, Finished, Outcome, Retire, WorkerConfig};
 
 /// `running_seq` when no job runs. `running_seq` is written by the worker and read by interrupters,
 /// both only while holding that worker's GIL.
@@ -154,6 +173,8 @@ struct Interpreter {
     module: *mut ffi::PyObject,
     setup: *mut ffi::PyObject,
     run: *mut ffi::PyObject,
+    /// The `CallerBuffer` type of this interpreter (rule 9).
+    caller_buffer: *mut ffi::PyObject,
 }
 
 impl Interpreter {
@@ -210,6 +231,7 @@ impl Interpreter {
                 module: ptr::null_mut(),
                 setup: ptr::null_mut(),
                 run: ptr::null_mut(),
+                caller_buffer: ptr::null_mut(),
             };
             if let Err(reason) = this.load_worker_loop() {
                 this.end();
@@ -234,6 +256,13 @@ impl Interpreter {
             self.run = ffi::PyObject_GetAttrString(self.module, c"run".as_ptr());
             if self.setup.is_null() || self.run.is_null() {
                 return Err(format!("the worker loop is incomplete: {}", take_error()));
+            }
+            self.caller_buffer = new_caller_buffer_type();
+            if self.caller_buffer.is_null() {
+                return Err(format!(
+                    "creating the CallerBuffer type failed: {}",
+                    take_error()
+                ));
             }
         }
         Ok(())
@@ -296,9 +325,9 @@ impl Interpreter {
     ///
     /// # Safety
     /// This interpreter's thread state must be attached.
-    unsafe fn run_job(&self, payload: &[u8]) -> Finished {
+    unsafe fn run_job(&self, payload: &[u8], buffers: &[Buffer]) -> Finished {
         // SAFETY: attached per the caller; every new reference is released here, and the outcome
-        // is copied out before returning (rule 3).
+        // is copied out before returning (rules 3 and 10).
         unsafe {
             let arg = new_bytes(payload);
             if arg.is_null() {
@@ -307,7 +336,26 @@ impl Interpreter {
                     take_error()
                 ));
             }
-            let result = ffi::PyObject_CallOneArg(self.run, arg);
+            let result = if buffers.is_empty() {
+                ffi::PyObject_CallOneArg(self.run, arg)
+            } else {
+                let views = self.caller_views(buffers);
+                if views.is_null() {
+                    ffi::Py_DECREF(arg);
+                    return broken_finished(format!(
+                        "could not pass the job's buffers to the worker: {}",
+                        take_error()
+                    ));
+                }
+                let result = ffi::PyObject_CallFunctionObjArgs(
+                    self.run,
+                    arg,
+                    views,
+                    ptr::null_mut::<ffi::PyObject>(),
+                );
+                ffi::Py_DECREF(views);
+                result
+            };
             ffi::Py_DECREF(arg);
             if result.is_null() {
                 // Only an exception injected by an interrupt escapes `run`.
@@ -322,6 +370,39 @@ impl Interpreter {
         }
     }
 
+    /// A list of read-only memoryviews over `buffers` (rule 9), or NULL with an error set.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn caller_views(&self, buffers: &[Buffer]) -> *mut ffi::PyObject {
+        // SAFETY: attached per the caller; `caller_buffer` is this interpreter's CallerBuffer type,
+        // whose instances are laid out as `CallerBufferObject`; each instance owns its clone of
+        // the buffer from here until its dealloc.
+        unsafe {
+            let list = ffi::PyList_New(buffers.len() as ffi::Py_ssize_t);
+            if list.is_null() {
+                return list;
+            }
+            for (i, buffer) in buffers.iter().enumerate() {
+                let exporter = ffi::PyType_GenericAlloc(self.caller_buffer.cast(), 0);
+                if exporter.is_null() {
+                    ffi::Py_DECREF(list);
+                    return ptr::null_mut();
+                }
+                let this = exporter.cast::<CallerBufferObject>();
+                (*this).buffer = Box::into_raw(Box::new(buffer.clone()));
+                let view = ffi::PyMemoryView_FromObject(exporter);
+                ffi::Py_DECREF(exporter);
+                if view.is_null() {
+                    ffi::Py_DECREF(list);
+                    return ptr::null_mut();
+                }
+                ffi::PyList_SET_ITEM(list, i as ffi::Py_ssize_t, view);
+            }
+            list
+        }
+    }
+
     /// Releases everything and ends the interpreter; this thread is left with no thread state.
     ///
     /// # Safety
@@ -330,7 +411,7 @@ impl Interpreter {
         // SAFETY: attached per the caller; references are dropped before the interpreter that
         // owns them is ended (rule 1: same thread, own thread state).
         unsafe {
-            for obj in [self.run, self.setup, self.module] {
+            for obj in [self.caller_buffer, self.run, self.setup, self.module] {
                 if !obj.is_null() {
                     ffi::Py_DECREF(obj);
                 }
@@ -404,7 +485,126 @@ unsafe fn new_bytes(data: &[u8]) -> *mut ffi::PyObject {
     }
 }
 
-/// Reads `(kind: int, data: bytes, retire: int, retire_error: bytes | None)`.
+/// A `CallerBuffer` instance: a Python object of a worker interpreter exporting a job's buffer,
+/// read-only (rule 9).
+#[repr(C)]
+struct CallerBufferObject {
+    ob_base: ffi::PyObject,
+    /// Owned: made in [`Interpreter::caller_views`], dropped in [`caller_buffer_dealloc`].
+    buffer: *mut Buffer,
+}
+
+unsafe extern "C" fn caller_buffer_getbuffer(
+    obj: *mut ffi::PyObject,
+    view: *mut ffi::Py_buffer,
+    flags: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: CPython calls this with a live CallerBuffer (attached to its interpreter), whose
+    // `buffer` is set before the object is exposed; PyBuffer_FillInfo refuses writable requests
+    // for read-only memory and keeps a reference to `obj` in `view`.
+    unsafe {
+        let buffer = &*(*obj.cast::<CallerBufferObject>()).buffer;
+        ffi::PyBuffer_FillInfo(
+            view,
+            obj,
+            buffer.as_ptr().cast_mut().cast(),
+            buffer.len() as ffi::Py_ssize_t,
+            1,
+            flags,
+        )
+    }
+}
+
+unsafe extern "C" fn caller_buffer_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: CPython calls this once, attached, when the last reference (and so every export,
+    // each holding one) is gone. The Buffer clone is dropped here; its owner does not touch
+    // Python objects on this thread (rule 9). The object was allocated by PyType_GenericAlloc of
+    // a heap type, so it is freed with the type's tp_free and the type's reference is dropped.
+    unsafe {
+        let this = obj.cast::<CallerBufferObject>();
+        if !(*this).buffer.is_null() {
+            drop(Box::from_raw((*this).buffer));
+        }
+        let tp = ffi::Py_TYPE(obj);
+        let free = (*tp).tp_free.expect("heap types have tp_free");
+        free(obj.cast());
+        ffi::Py_DECREF(tp.cast());
+    }
+}
+
+/// Creates the `CallerBuffer` type of the attached interpreter (a heap type: one per
+/// interpreter), or NULL with an error set.
+///
+/// # Safety
+/// A thread state must be attached.
+unsafe fn new_caller_buffer_type() -> *mut ffi::PyObject {
+    let mut slots = [
+        ffi::PyType_Slot {
+            slot: ffi::Py_bf_getbuffer,
+            pfunc: caller_buffer_getbuffer as *mut std::ffi::c_void,
+        },
+        ffi::PyType_Slot {
+            slot: ffi::Py_tp_dealloc,
+            pfunc: caller_buffer_dealloc as *mut std::ffi::c_void,
+        },
+        ffi::PyType_Slot {
+            slot: 0,
+            pfunc: ptr::null_mut(),
+        },
+    ];
+    let mut spec = ffi::PyType_Spec {
+        name: c"_interpool_worker.CallerBuffer".as_ptr(),
+        basicsize: std::mem::size_of::<CallerBufferObject>() as std::ffi::c_int,
+        itemsize: 0,
+        flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION) as _,
+        slots: slots.as_mut_ptr(),
+    };
+    // SAFETY: attached per the caller; CPython copies what it keeps of `spec` and `slots`.
+    unsafe { ffi::PyType_FromSpec(&mut spec) }
+}
+
+/// Copies the contiguous buffer `obj` exports into host memory (rule 10).
+///
+/// # Safety
+/// A thread state must be attached, and `obj` must be a live object of its interpreter.
+unsafe fn copy_out_buffer(obj: *mut ffi::PyObject) -> Option<Buffer> {
+    // SAFETY: per the caller; the view is released before returning, after the copy.
+    unsafe {
+        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+        if ffi::PyObject_GetBuffer(obj, view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
+            return None;
+        }
+        let mut view = view.assume_init();
+        let len = view.len as usize;
+        let mut data = Vec::<u8>::with_capacity(len);
+        ptr::copy_nonoverlapping(view.buf as *const u8, data.as_mut_ptr(), len);
+        data.set_len(len);
+        ffi::PyBuffer_Release(&mut view);
+        Some(Buffer::from_vec(data))
+    }
+}
+
+/// The outcome buffers of `run`'s result (a list of buffer objects, or None), copied out.
+///
+/// # Safety
+/// A thread state must be attached and `list` must be a live object of its interpreter or NULL.
+unsafe fn copy_out_buffers(list: *mut ffi::PyObject) -> Option<Vec<Buffer>> {
+    // SAFETY: per the caller; PyList_GetItem returns borrowed references.
+    unsafe {
+        if list.is_null() || list == ffi::Py_None() {
+            return Some(Vec::new());
+        }
+        let len = ffi::PyList_Size(list);
+        if len < 0 {
+            return None;
+        }
+        (0..len)
+            .map(|i| copy_out_buffer(ffi::PyList_GetItem(list, i)))
+            .collect()
+    }
+}
+
+/// Reads `(kind: int, data: bytes, retire: int, retire_error: bytes | None[, buffers])`.
 ///
 /// # Safety
 /// A thread state must be attached and `result` must be a live object of its interpreter.
@@ -415,8 +615,14 @@ unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<Finished> {
         let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
         let data = bytes_to_vec(ffi::PyTuple_GetItem(result, 1))?;
         let retire = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
+        let buffers = if ffi::PyTuple_Size(result) > 4 {
+            copy_out_buffers(ffi::PyTuple_GetItem(result, 4))?
+        } else {
+            Vec::new()
+        };
         let outcome = match kind {
-            0 => Outcome::Value(data),
+            0 if buffers.is_empty() => Outcome::Value(data),
+            0 => Outcome::ValueWithBuffers(data, buffers),
             1 => Outcome::Raised(data),
             2 => Outcome::LoadError(data),
             _ => return None,
@@ -508,7 +714,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
                 broken_finished("the job was interrupted before it started".to_owned())
             } else {
                 running_seq.store(seq, Ordering::Release);
-                let finished = interpreter.run_job(&job.payload);
+                let finished = interpreter.run_job(&job.payload, &job.buffers);
                 running_seq.store(NO_JOB, Ordering::Release);
                 finished
             };

@@ -341,3 +341,19 @@ pub fn wait_all_ended(timeout: Option<Duration>) -> usize {
     }
     *live
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{REFUSALS, WORKER_LOOP_SOURCE};
+
+    #[test]
+    fn the_worker_loop_knows_every_refusal() {
+        // The worker loop has its own copy, to tell a refusal while a job runs from its errors.
+        for marker in REFUSALS {
+            assert!(
+                WORKER_LOOP_SOURCE.contains(&format!("    {marker:?},\n")),
+                "worker_loop.py's REFUSALS lacks {marker:?}"
+            );
+        }
+    }
+}

@@ -5,6 +5,12 @@ unpickles the job, calls it, and pickles the outcome. It imports neither trio no
 front end's extension module refuses to load in a subinterpreter); ``interpool/__init__.py`` sees
 this module in ``sys.modules`` and stays import-safe for user scripts that ``import interpool``.
 
+Large buffers travel out of band (pickle protocol 5, shared with ``interpool/_outcome.py``): a
+job arrives as ``run(payload, buffers)``, ``buffers`` being memoryviews over the caller's memory
+(subinterpreters: read-only, in place) or over a private mapping of shared memory (processes),
+and a value holding large buffers leaves as its pickle plus a list of its buffers
+(``_dumps_value``).
+
 Exception records (shared with ``interpool/_outcome.py``): a pickled list, the raised exception
 first, each entry ``(pickled_exc | None, pickling_error | None, type_name, message,
 formatted_traceback, cause_index | None, context_index | None, suppress_context)``.
@@ -12,24 +18,147 @@ formatted_traceback, cause_index | None, context_index | None, suppress_context)
 
 import _pickle as pickle  # the C pickler: pickle.py imports re, struct, ... (~4 ms per worker)
 import sys
+from array import array
+from operator import methodcaller
 
 HIGHEST_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL, which _pickle does not name
 VALUE, RAISED, LOAD_ERROR = 0, 1, 2
 KEEP, RETIRE, RETIRE_FAILED = 0, 1, 2
 _MAX_CHAIN = 32
+# Buffers of at least this many bytes travel out of band; the same value as BUFFER_THRESHOLD in
+# ``interpool/_outcome.py``. At most _MAX_BUFFERS per job or value (the rest stay in band).
+BUFFER_THRESHOLD = 256 * 1024
+_MAX_BUFFERS = 64
+_SCANNED_ITEMS = 16
+# What a module's import error says when it refuses to load in an isolated subinterpreter: the
+# same list as worker-types' ``subinterpreter::REFUSALS`` (a Rust test keeps them equal).
+REFUSALS = (
+    "does not support loading in subinterpreters",
+    "cannot load module more than once per process",
+    "PyO3 modules do not yet support subinterpreters",
+    "Interpreter change detected",
+)
 
 _retire = bool
+
+
+class _OutOfBand:
+    """Pickles a large ``bytes``, ``bytearray`` or ``array.array``, or a contiguous
+    ``memoryview`` (which pickle refuses otherwise), as a protocol-5 buffer: pickle itself sends
+    only ``PickleBuffer``s (numpy arrays, ...) out of band, and never asks a ``reducer_override``
+    about ``bytes``. The loading side rebuilds the same type with builtins only."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol):
+        obj = self.obj
+        kind = type(obj)
+        if kind is array:
+            return array, (obj.typecode,), pickle.PickleBuffer(obj), None, None, array.frombytes
+        if kind is memoryview:
+            if obj.ndim == 1 and obj.format == "B":
+                return memoryview, (pickle.PickleBuffer(obj),)
+            return methodcaller("cast", obj.format, obj.shape), (_OutOfBand(obj.cast("B")),)
+        return kind, (pickle.PickleBuffer(obj),)
+
+
+def _out_of_band(obj, wrapped):
+    kind = type(obj)
+    if kind is bytes or kind is bytearray or kind is array:
+        size = len(obj) if kind is not array else len(obj) * obj.itemsize
+    elif kind is memoryview and obj.c_contiguous and obj.ndim and len(obj.format) == 1:
+        size = BUFFER_THRESHOLD  # always: pickle refuses memoryviews (small ones stay in band)
+    else:
+        return obj
+    if size < BUFFER_THRESHOLD:
+        return obj
+    return wrapped.setdefault(id(obj), _OutOfBand(obj))
+
+
+def _dumps_value(value):
+    """``(pickle, buffers)``: ``value`` pickled with its large buffers out of band (``buffers``:
+    contiguous ``"B"`` memoryviews, empty if none). Large ``bytes`` and friends are found as the
+    value itself or the items of a short tuple, list or dict (deeper ones, and those of longer
+    containers, stay in band: looking costs a call per item); ``PickleBuffer``s anywhere."""
+    kind, wrapped = type(value), {}
+    if (kind is tuple or kind is list) and len(value) <= _SCANNED_ITEMS:
+        items = [_out_of_band(item, wrapped) for item in value]
+        if wrapped:
+            value = kind(items)
+    elif kind is dict and len(value) <= _SCANNED_ITEMS:
+        items = {key: _out_of_band(item, wrapped) for key, item in value.items()}
+        if wrapped:
+            value = items
+    else:
+        value = _out_of_band(value, wrapped)
+    buffers = []
+
+    def out_of_band(buffer):
+        raw = buffer.raw()
+        if raw.nbytes < BUFFER_THRESHOLD or len(buffers) >= _MAX_BUFFERS:
+            return True
+        buffers.append(raw)
+        return False
+
+    try:
+        return pickle.dumps(value, 5, buffer_callback=out_of_band), buffers
+    except Exception:
+        cloudpickle = _cloudpickle()
+        if cloudpickle is None:
+            raise  # pickle's own error: cloudpickle is optional
+        del buffers[:]
+        return cloudpickle.dumps(value, 5, buffer_callback=out_of_band), buffers
 
 
 def _dumps(obj):
     try:
         return pickle.dumps(obj, HIGHEST_PROTOCOL)
     except Exception:
-        try:
-            import cloudpickle
-        except ImportError:
-            raise
+        cloudpickle = _cloudpickle()
+        if cloudpickle is None:
+            raise  # pickle's own error: cloudpickle is optional
         return cloudpickle.dumps(obj, HIGHEST_PROTOCOL)
+
+
+def _cloudpickle():
+    """cloudpickle if installed, else None (outside an ``except`` clause of the caller, so that
+    a missing cloudpickle does not replace the pickling error the caller re-raises)."""
+    try:
+        import cloudpickle
+    except ImportError:
+        return None
+    return cloudpickle
+
+
+def _refused_import(exc):
+    """Whether ``exc`` comes from a module that refused to load here while the job ran (a lazy
+    ``import numpy`` in the function's body): an ImportError in its cause/context chain says so
+    and was raised by an import itself (its innermost frame is at an import statement or in
+    ``importlib``), not by a ``raise`` in user code that merely quotes the message."""
+    seen = set()
+    while exc is not None and id(exc) not in seen and len(seen) < _MAX_CHAIN:
+        seen.add(id(exc))
+        if isinstance(exc, ImportError) and any(m in str(exc) for m in REFUSALS):
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None and _at_import(tb.tb_frame.f_code, tb.tb_lasti):
+                return True
+        exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
+    return False
+
+
+def _at_import(code, lasti):
+    import opcode
+
+    if code.co_filename.endswith(("importlib/__init__.py", "<frozen importlib._bootstrap>")):
+        return True
+    if not 0 <= lasti < len(code.co_code):
+        return False
+    return opcode.opname[code.co_code[lasti]] in ("IMPORT_NAME", "IMPORT_FROM")
 
 
 def _format(exc, skip_frames):
@@ -177,12 +306,15 @@ def setup(config):
     return None
 
 
-def run(payload):
-    """Runs one job; returns ``(kind, data, retire, retire_error)``."""
+def run(payload, buffers=None):
+    """Runs one job; returns ``(kind, data, retire, retire_error, buffers)``: ``buffers`` are the
+    value's out-of-band buffers (None or a list), to be copied out before anything else runs here.
+    Only a job pickled with protocol 5 (the Python front end's) gets any: the Rust ``Pool``'s
+    protocol-4 jobs read values in band."""
     try:
-        fn, args = pickle.loads(payload)
+        fn, args = pickle.loads(payload, buffers=buffers)
     except BaseException as exc:
-        return LOAD_ERROR, _exception_records(exc), KEEP, None
+        return LOAD_ERROR, _exception_records(exc), KEEP, None, None
     try:
         result = fn(*args)
         if hasattr(result, "__await__") and hasattr(result, "close"):
@@ -191,14 +323,20 @@ def run(payload):
                 f"interpool expected a sync function, but {fn!r} returned an awaitable; "
                 "run coroutines in the event loop, not in a worker"
             )
-        kind, data = VALUE, _dumps(result)
+        if payload[1] == 5:  # a protocol-5 caller loads out-of-band buffers; others get none
+            kind, (data, out) = VALUE, _dumps_value(result)
+        else:
+            kind, data, out = VALUE, _dumps(result), None
     except BaseException as exc:
-        kind, data = RAISED, _exception_records(exc, skip_frames=1)
-    result = fn = args = None
+        # A refusal while the job ran is a load error too: the job may have started (see
+        # docs/auto.md), but AUTO can still re-run it on a process.
+        kind = LOAD_ERROR if _refused_import(exc) else RAISED
+        data, out = _exception_records(exc, skip_frames=1), None
+    result = fn = args = buffers = None
     _flush()
     if _retire is bool:
-        return kind, data, KEEP, None
+        return kind, data, KEEP, None, out
     try:
-        return kind, data, (RETIRE if _retire() else KEEP), None
+        return kind, data, (RETIRE if _retire() else KEEP), None, out
     except BaseException as exc:
-        return kind, data, RETIRE_FAILED, _exception_records(exc)
+        return kind, data, RETIRE_FAILED, _exception_records(exc), out

@@ -51,9 +51,7 @@ fn start(setup: &[u8], idle_timeout: Option<Duration>) -> Box<dyn Worker> {
 
 fn run(worker: &dyn Worker, payload: &[u8]) -> Finished {
     let completion = worker
-        .submit(Job {
-            payload: payload.to_vec(),
-        })
+        .submit(Job::new(payload.to_vec()))
         .expect("idle worker accepts a job");
     assert!(completion.wait(TEN_SECONDS), "job did not finish");
     completion.take().expect("outcome")
@@ -177,9 +175,7 @@ fn interrupt_kills_a_running_loop_and_the_job_is_broken_with_sigkill() {
     let worker = start(SETUP_PLAIN, None);
     let (listener, connect, _dir) = started_signal("interrupt");
     let completion = worker
-        .submit(Job {
-            payload: exec_job(&format!("{connect}while True: pass")),
-        })
+        .submit(Job::new(exec_job(&format!("{connect}while True: pass"))))
         .unwrap();
     wait_started(&listener);
     worker.interrupt();
@@ -195,9 +191,7 @@ fn interrupt_kills_a_running_loop_and_the_job_is_broken_with_sigkill() {
 fn a_job_interrupted_while_its_worker_starts_still_ends_it() {
     let worker = start(SETUP_PLAIN, None);
     let completion = worker
-        .submit(Job {
-            payload: SPIN_FOREVER.to_vec(),
-        })
+        .submit(Job::new(SPIN_FOREVER.to_vec()))
         .unwrap();
     worker.interrupt(); // the process is still starting
     assert!(completion.wait(TEN_SECONDS));
@@ -228,7 +222,7 @@ fn a_worker_killed_while_idle_hands_the_next_job_back() {
     run(&*worker, ABS_MINUS_3);
     worker.kill();
     assert!(worker.wait_ended(TEN_SECONDS));
-    assert!(worker.submit(Job { payload: vec![] }).is_err());
+    assert!(worker.submit(Job::new(vec![])).is_err());
 }
 
 #[test]

@@ -1,0 +1,198 @@
+"""Large buffers travel out of band (pickle protocol 5), on every worker type, both ways.
+
+What is checked: every kind of buffer (``bytes``, ``bytearray``, ``memoryview``, ``array.array``,
+numpy arrays on process workers, a user type exposing a ``PickleBuffer``) arrives whole and of the
+right type in the worker and back in the caller; sizes of 0 bytes, just under and exactly at the
+threshold; which path a buffer took (the object exporting a memoryview's memory says it); that a
+caller's ``bytearray`` is free again once its call returned or was cancelled (it can be resized:
+no export is left), with the pinned-job counter back to zero; that a value outlives its context;
+and that a killed process worker leaves no shared-memory segment in the caller.
+"""
+
+import os
+
+import _funcs
+import pytest
+import trio
+
+import interpool
+from interpool import _interpool, _outcome
+
+pytestmark = pytest.mark.needs_subinterpreters
+
+THRESHOLD = _outcome.BUFFER_THRESHOLD
+TYPES = [
+    interpool.WorkerType.SUBINTERPRETER,
+    interpool.WorkerType.FORKSERVER,
+    interpool.WorkerType.SPAWN,
+]
+KINDS = ["bytes", "bytearray", "memoryview", "array", "numpy", "picklebuffer"]
+SIZES = [0, THRESHOLD - 1, THRESHOLD, 3 * THRESHOLD + 5]
+
+
+@pytest.fixture(params=TYPES, ids=lambda t: t.value)
+async def bctx(request):
+    async with interpool.open_worker_context(worker_type=request.param) as context:
+        yield context
+    assert _interpool.release_buffers() == 0, "a finished job still pins caller buffers"
+
+
+def skip_numpy_on_subinterpreters(kind, ctx):
+    if kind == "numpy":
+        pytest.importorskip("numpy")
+        if ctx.worker_type is interpool.WorkerType.SUBINTERPRETER:
+            pytest.skip("numpy refuses subinterpreters")
+
+
+def memfds_of_this_process():
+    """Descriptors and mappings of interpool's memfds held by this (the caller's) process."""
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/memfd:interpool"):
+            fds.append(target)
+    with open("/proc/self/maps") as maps:
+        mapped = [line for line in maps if "/memfd:interpool" in line]
+    return fds, mapped
+
+
+def test_the_job_pickle_carries_large_buffers_out_of_band_from_the_threshold_on():
+    for size, expected in [(0, 0), (THRESHOLD - 1, 0), (THRESHOLD, 1)]:
+        payload = _outcome.dumps_job(_funcs.identity, (b"x" * size,))
+        buffers = payload[1] if isinstance(payload, tuple) else []
+        assert len(buffers) == expected, size
+    same = b"y" * THRESHOLD
+    _, buffers = _outcome.dumps_job(_funcs.add, (same, same))
+    assert len(buffers) == 1, "one object passed twice travels once"
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("kind", KINDS)
+async def test_buffers_go_to_the_worker_and_back(bctx, kind, size):
+    skip_numpy_on_subinterpreters(kind, bctx)
+    sent = _funcs.make_buffer(kind, size)
+    expected = _funcs.describe(sent)
+    # Into the worker: the job sees the same type and bytes.
+    assert await bctx.run_sync(_funcs.describe, sent) == expected
+    # Out of the worker: the caller gets the same type and bytes.
+    made = await bctx.run_sync(_funcs.make_buffer, kind, size)
+    assert _funcs.describe(made) == expected
+    # Both ways at once.
+    assert _funcs.describe(await bctx.run_sync(_funcs.identity, sent)) == expected
+
+
+async def test_a_large_memoryview_argument_is_read_in_place_or_from_shared_memory(bctx):
+    view = memoryview(bytearray(b"m" * THRESHOLD))
+    exporter = await bctx.run_sync(_funcs.exporter_of, view)
+    if bctx.worker_type is interpool.WorkerType.SUBINTERPRETER:
+        assert exporter == "CallerBuffer"  # the caller's memory itself, read-only
+    else:
+        assert exporter == "mmap"  # a private mapping of the memfd
+    small = memoryview(bytearray(b"m" * 10))
+    assert await bctx.run_sync(_funcs.exporter_of, small) in ("bytes", "bytearray")
+
+
+async def test_a_large_value_comes_back_in_host_memory_without_another_copy(bctx):
+    value = await bctx.run_sync(_funcs.make_buffer, "memoryview", THRESHOLD)
+    assert type(value.obj).__name__ == "HostBuffer"
+    assert not value.readonly  # the caller owns it alone
+    value[0] = 7
+    assert value[0] == 7
+
+
+async def test_a_memoryview_keeps_its_format_and_shape(bctx):
+    from array import array
+
+    numbers = array("d", range(THRESHOLD // 8 + 3))
+    view = memoryview(numbers)
+    back = await bctx.run_sync(_funcs.identity, view)
+    assert (back.format, back.shape, back.tolist()) == ("d", view.shape, numbers.tolist())
+    assert await bctx.run_sync(memoryview.tolist, view) == numbers.tolist()
+
+
+async def test_mutating_a_bytearray_after_the_call_does_not_affect_the_finished_job(bctx):
+    data = bytearray(b"a" * (2 * THRESHOLD))
+    result = await bctx.run_sync(bytes, data)
+    data[:] = b"b" * len(data)
+    data.extend(b"more")  # no export is left: the array may resize
+    assert result == b"a" * (2 * THRESHOLD)
+    assert await bctx.run_sync(bytes, data) == b"b" * (2 * THRESHOLD) + b"more"
+
+
+async def test_a_large_value_outlives_its_context(worker_type=None):
+    for kind_of_worker in TYPES:
+        async with interpool.open_worker_context(worker_type=kind_of_worker) as ctx:
+            value = await ctx.run_sync(_funcs.make_buffer, "bytearray", 4 * THRESHOLD)
+            view = await ctx.run_sync(_funcs.make_buffer, "memoryview", 4 * THRESHOLD)
+        expected = _funcs.make_buffer("bytes", 4 * THRESHOLD)
+        assert bytes(value) == expected
+        assert bytes(view) == expected
+        del value, view
+    assert memfds_of_this_process() == ([], [])
+
+
+@pytest.mark.parametrize("worker_type", TYPES, ids=lambda t: t.value)
+async def test_a_cancelled_call_releases_its_buffers(worker_type, tmp_path):
+    started = tmp_path / "started"
+    os.mkfifo(started)
+    fd = os.open(started, os.O_RDWR | os.O_NONBLOCK)
+    data = bytearray(b"c" * (2 * THRESHOLD))
+    try:
+        async with interpool.open_worker_context(worker_type=worker_type) as ctx:
+            with trio.CancelScope() as scope:
+
+                async def cancel_when_started():
+                    await trio.lowlevel.wait_readable(fd)
+                    scope.cancel()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cancel_when_started)
+                    await ctx.run_sync(
+                        _funcs.spin_with_buffer_after_signal,
+                        str(started),
+                        data,
+                        kill_on_cancel=True,
+                    )
+            assert scope.cancelled_caught
+    finally:
+        os.close(fd)
+    # The interrupted worker ended with the context, and with it the job that read `data`.
+    assert _interpool.release_buffers() == 0
+    data.extend(b"!")  # resizable: nothing exports it any more
+    assert memfds_of_this_process() == ([], [])
+
+
+@pytest.mark.parametrize(
+    "worker_type", [interpool.WorkerType.FORKSERVER, interpool.WorkerType.SPAWN], ids=str
+)
+async def test_a_killed_process_worker_leaves_no_shared_memory_behind(worker_type, tmp_path):
+    started = tmp_path / "started"
+    os.mkfifo(started)
+    fd = os.open(started, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        async with interpool.open_worker_context(worker_type=worker_type) as ctx:
+            # A value in shared memory first: it is ours now, and freed with it.
+            value = await ctx.run_sync(_funcs.make_buffer, "bytes", 2 * THRESHOLD)
+            assert len(value) == 2 * THRESHOLD
+            del value
+            with trio.CancelScope() as scope:
+
+                async def cancel_when_started():
+                    await trio.lowlevel.wait_readable(fd)
+                    scope.cancel()  # kill_on_cancel: SIGKILL, mid-job, its buffers mapped
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cancel_when_started)
+                    await ctx.run_sync(
+                        _funcs.spin_with_buffer_after_signal,
+                        str(started),
+                        b"k" * (4 * THRESHOLD),
+                        kill_on_cancel=True,
+                    )
+            assert scope.cancelled_caught
+    finally:
+        os.close(fd)
+    assert memfds_of_this_process() == ([], [])
