@@ -193,9 +193,13 @@ def test_smoke_run_writes_json_and_plot(tmp_path):
     assert doc["mode"] == "smoke"
     assert set(doc["backends"]) == {
         f"interpool {info.worker_type.value}" for info in interpool.available_worker_types()
-    }
+    } | {"interpool.Executor auto"}
     figures = doc["backends"]["interpool subinterpreter"]["figures"]
     for key in ("cold_start_ms", "warm_call_us", "throughput_jobs_per_s", "cpu_speedup"):
+        assert key in figures, key
+    # The synchronous executor: the same figures, and its map with chunks.
+    figures = doc["backends"]["interpool.Executor auto"]["figures"]
+    for key in ("warm_call_us", "throughput_jobs_per_s", "map_jobs_per_s"):
         assert key in figures, key
     if has_matplotlib:
         assert (tmp_path / "results" / "latest.png").read_bytes().startswith(b"\x89PNG")

@@ -21,6 +21,7 @@ if "_interpool_worker" in sys.modules:
     # needed there: offer the same names, usable only in the parent.
     from ._in_worker import (
         AsyncioCapacityLimiter,
+        Executor,
         MapResults,
         WorkerContext,
         amap,
@@ -32,12 +33,14 @@ if "_interpool_worker" in sys.modules:
         configure_forkserver,
         current_default_worker_limiter,
         default_context_statistics,
+        get_reusable_executor,
         open_worker_context,
         pin,
         run_sync,
     )
 else:
     from ._backends import CapacityLimiter as AsyncioCapacityLimiter
+    from ._executor import Executor, get_reusable_executor
     from ._forkserver import configure_forkserver
     from ._impl import (
         WorkerContext,
@@ -56,6 +59,7 @@ else:
 __all__ = [
     "AsyncioCapacityLimiter",
     "BrokenWorkerError",
+    "Executor",
     "MapResults",
     "WorkerContext",
     "WorkerContextStatistics",
@@ -72,6 +76,7 @@ __all__ = [
     "configure_forkserver",
     "current_default_worker_limiter",
     "default_context_statistics",
+    "get_reusable_executor",
     "open_worker_context",
     "pin",
     "run_sync",

@@ -16,7 +16,8 @@ Figures, per worker type and peer (the keys of ``METRICS``):
 * throughput: N trivial jobs, one worker per core (trio: a nursery and a limiter);
 * CPU speedup: K pure-Python CPU jobs one after another on one worker, against one per core;
 * payload: ``bytes`` of 1 KiB, 1 MiB and 64 MiB there and back (MB/s of payload);
-* map throughput: ``interpool.amap`` with chunks, where this build has it.
+* map throughput: ``interpool.amap`` with chunks, where this build has it; the executors'
+  ``map(fn, items, chunksize=100)`` (``interpool.Executor`` and the peers').
 
 Everything measured in this process runs in one ``trio.run`` with every pool open at once, round
 by round: each round gives every backend one batch, so that a noisy neighbour hurts all alike.
@@ -425,6 +426,10 @@ class ExecutorBackend(Backend):
             namespace["loky"] = loky
         if "InterpreterPool" in expr:
             namespace["InterpreterPool"] = _baseline_pool_class()
+        if "interpool." in expr:
+            import interpool
+
+            namespace["interpool"] = interpool
         return eval(expr, namespace)
 
     async def open(self, stack: contextlib.AsyncExitStack, workers: int) -> None:
@@ -453,6 +458,8 @@ class ExecutorBackend(Backend):
         needs = "import loky" if "loky" in self._make else ""
         if "InterpreterPool" in self._make:
             needs = "exec(BASELINE_SRC, globals())"
+        if "interpool." in self._make:
+            needs = "import interpool"
         return textwrap.dedent(f"""
             def sample(n, hold_s):
                 import concurrent.futures, multiprocessing
@@ -527,6 +534,28 @@ def interpool_candidates(types: Sequence[str] | None) -> list[Candidate]:
             continue
         expr = f"lib.WorkerType({value!r})"
         out.append(Candidate(name, "interpool", TrioBackend(name, "interpool", "interpool", expr)))
+    return out
+
+
+def executor_candidates(types: Sequence[str] | None) -> list[Candidate]:
+    """``interpool.Executor``, the synchronous front end, measured as the peers' executors are
+    (a blocking ``submit(...).result()``, ``map`` with chunks): AUTO, its default, unless
+    ``--types`` names others."""
+    import interpool
+
+    infos = {i.worker_type.value: i for i in interpool.available_worker_types()}
+    out = []
+    for value in types or ["auto"]:
+        name = f"interpool.Executor {value}"
+        info = infos.get(value)
+        if info is not None and not info.available:
+            out.append(Candidate(name, "interpool", reason=info.reason))
+            continue
+        make = f"interpool.Executor(workers, worker_type={value!r})"
+        fresh = f"interpool.Executor(workers, worker_type={value!r}, max_tasks_per_child=1)"
+        backend = ExecutorBackend(name, make, fresh)
+        backend.group = "interpool"
+        out.append(Candidate(name, "interpool", backend))
     return out
 
 
@@ -853,6 +882,9 @@ async def measure_in_process(
         progress.phase("map helper")
         amap = getattr(interpool, "amap", None)
         for b in live:
+            if isinstance(b, ExecutorBackend):
+                _measure_executor_map(b, cfg, results)
+                continue
             if amap is None or b.group != "interpool":
                 why = (
                     "interpool.amap is not in this build"
@@ -885,6 +917,27 @@ async def _measure_amap(amap: Callable[..., Any], backend: Backend, n: int) -> f
     if count != n:
         raise ValueError(f"amap returned {count} results for {n} items")
     return n / (time.perf_counter() - t0)
+
+
+def _measure_executor_map(backend: ExecutorBackend, cfg: Settings, results: Results) -> None:
+    """Items per second of ``pool.map(abs, range(n), chunksize=100)``: the standard executors'
+    map with chunks (``multiprocessing.Pool.map`` takes the same arguments)."""
+    pool = backend._pool
+    if not hasattr(pool, "map"):
+        results.skip(backend.name, "map_jobs_per_s", "no map with chunks")
+        return
+    n = cfg.map_jobs
+    for _ in range(cfg.throughput_repeats):
+        t0 = time.perf_counter()
+        try:
+            count = sum(1 for _ in pool.map(abs, range(n), chunksize=100))
+        except Exception as e:  # noqa: BLE001, reported in place of the figure
+            results.skip(backend.name, "map_jobs_per_s", f"map failed: {e!r}")
+            return
+        if count != n:
+            results.skip(backend.name, "map_jobs_per_s", f"map returned {count} of {n} results")
+            return
+        results.add(backend.name, "map_jobs_per_s", n / (time.perf_counter() - t0))
 
 
 def total_steps(n_backends: int, cfg: Settings) -> int:
@@ -1309,6 +1362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = SETTINGS[mode]
     workers = args.workers or max(2, os.cpu_count() or 1)
     candidates = interpool_candidates(args.types)
+    candidates += executor_candidates(args.types)
     if args.peers:
         candidates += peer_candidates(args.peer)
     if not any(c.backend for c in candidates):

@@ -12,6 +12,7 @@ run_sync = open_worker_context = current_default_worker_limiter = _not_in_a_work
 default_context_statistics = available_worker_types = configure_forkserver = _not_in_a_worker
 amap = astarmap = _not_in_a_worker
 configure_default_context = cache_scope = atexit_shutdown_grace_period = pin = _not_in_a_worker
+get_reusable_executor = _not_in_a_worker
 
 
 class WorkerContext:
@@ -26,4 +27,8 @@ class MapResults(WorkerContext):
 
 
 class AsyncioCapacityLimiter(WorkerContext):
+    """Not available inside a worker."""
+
+
+class Executor(WorkerContext):
     """Not available inside a worker."""
