@@ -467,3 +467,32 @@ def spin_with_buffer_after_signal(path, buffer):
     signal_started_at(path)
     while True:
         pass
+
+
+# --- reliability (test_reliability.py) ----------------------------------------
+
+
+def busy_identity(x, iterations):
+    """``x``, after ``iterations`` of pure-Python work (interruptible anywhere)."""
+    for _ in range(iterations):
+        pass
+    return x
+
+
+def keep_once_released(release_path):
+    """A ``retire`` hook that blocks in C code until the parent writes a byte to the FIFO
+    ``release_path``, then keeps the worker."""
+    with open(release_path, "rb", buffering=0) as f:
+        f.read(1)
+    return False
+
+
+class BlockWhileLoaded:
+    """An argument whose unpickling, in the worker, signals "started" and blocks until released:
+    a job that is still being loaded."""
+
+    def __init__(self, started_w, release_r):
+        self.fds = started_w, release_r
+
+    def __reduce__(self):
+        return signal_and_block, (*self.fds, "loaded")
