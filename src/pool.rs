@@ -22,12 +22,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use interpool_worker_types::{process, Availability, Finished, Job, Outcome, WorkerType};
+use interpool_worker_types::{process, Availability, Buffer, Finished, Job, Outcome, WorkerType};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
-    cache::{Lease, Statistics, WorkerCache},
+    cache::{Lease, Recycling, Statistics, WorkerCache},
     embed,
     wire::{self, Target},
     Error, PythonError, Result,
@@ -160,6 +160,7 @@ pub struct PoolBuilder {
     init: Option<String>,
     python_executable: Option<PathBuf>,
     spin: Duration,
+    recycling: Recycling,
 }
 
 impl Default for PoolBuilder {
@@ -172,6 +173,7 @@ impl Default for PoolBuilder {
             init: None,
             python_executable: None,
             spin: DEFAULT_SPIN,
+            recycling: Recycling::default(),
         }
     }
 }
@@ -200,6 +202,28 @@ impl PoolBuilder {
     /// Idle workers never end by themselves.
     pub fn no_idle_timeout(mut self) -> Self {
         self.idle_timeout = None;
+        self
+    }
+
+    /// A worker is replaced by a fresh one after `n` jobs (`ProcessPoolExecutor`'s
+    /// `max_tasks_per_child`; default: never). The check runs after the caller has its result.
+    ///
+    /// # Errors
+    /// [`PoolBuilder::build`] answers [`Error::Setup`] for 0.
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.recycling.max_tasks = Some(n);
+        self
+    }
+
+    /// A worker whose memory is above `bytes` after a job is replaced by a fresh one (default: no
+    /// limit): a process worker's resident set size (Linux; elsewhere not measured), a
+    /// subinterpreter's arenas of its own object allocator. The check runs after the caller has
+    /// its result.
+    ///
+    /// # Errors
+    /// [`PoolBuilder::build`] answers [`Error::Setup`] for 0.
+    pub fn max_worker_memory(mut self, bytes: u64) -> Self {
+        self.recycling.max_memory = Some(bytes);
         self
     }
 
@@ -258,8 +282,16 @@ impl PoolBuilder {
     /// [`Error::Unavailable`] when the worker type cannot run here, with the reason (for the
     /// process kinds: no Python executable, see [`PoolBuilder::python_executable`]);
     /// [`Error::InvalidTarget`] for a malformed `init`; [`Error::Setup`] for a `python_path`
-    /// entry that is not UTF-8 or cannot be made absolute.
+    /// entry that is not UTF-8 or cannot be made absolute, or a recycling limit of 0.
     pub fn build(self) -> Result<Pool> {
+        for (name, value) in [
+            ("max_tasks_per_worker", self.recycling.max_tasks),
+            ("max_worker_memory", self.recycling.max_memory),
+        ] {
+            if value == Some(0) {
+                return Err(Error::Setup(format!("{name} must be at least 1, not 0")));
+            }
+        }
         let init = self.init.as_deref().map(Target::parse).transpose()?;
         let python_path = self
             .python_path
@@ -283,12 +315,12 @@ impl PoolBuilder {
         let uses_processes =
             worker_type.name() != WorkerKind::Subinterpreter.name() || fallback.is_some();
         let python_executable = uses_processes.then(|| python().ok()).flatten();
-        let cache = WorkerCache::new(worker_type.clone(), self.idle_timeout)?;
+        let cache = WorkerCache::new(worker_type.clone(), self.idle_timeout, self.recycling)?;
         let fallback = fallback
             .map(|kind| -> Result<_> {
                 Ok(Fallback {
                     worker_type: kind.name(),
-                    cache: WorkerCache::new(kind, self.idle_timeout)?,
+                    cache: WorkerCache::new(kind, self.idle_timeout, self.recycling)?,
                     modules: RwLock::new(HashSet::new()),
                 })
             })
@@ -370,9 +402,9 @@ impl Inner {
     }
 
     /// Runs `payload` on a worker of `cache` and waits for it. Dropping the future cancels it.
-    async fn attempt(&self, cache: &WorkerCache, payload: Vec<u8>) -> Result<Finished> {
+    async fn attempt(&self, cache: &WorkerCache, job: Job) -> Result<Finished> {
         let setup = || Ok(self.setup.clone());
-        let lease = cache.submit(Job::new(payload), &setup)?;
+        let lease = cache.submit(job, &setup)?;
         Ok(InFlight::new(self, lease).await)
     }
 }
@@ -386,16 +418,26 @@ impl Drop for Inner {
     }
 }
 
-/// A job's outcome as the caller's result.
-fn into_result(outcome: Outcome) -> Result<Vec<u8>> {
+/// A pickled value with its out-of-band buffers (pickle protocol 5), as
+/// [`Pool::call_pickled_with_buffers`] returns it: `pickle.loads(data, buffers=buffers)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pickled {
+    /// The pickle stream.
+    pub data: Vec<u8>,
+    /// The buffers its `NEXT_BUFFER` opcodes take, in order: host memory of this process,
+    /// writable by whoever holds it alone (no further copy was made).
+    pub buffers: Vec<Buffer>,
+}
+
+/// A job's outcome as the caller's result. Only protocol-5 jobs get buffers back
+/// (worker_loop.py): those of [`Pool::call_pickled_with_buffers`].
+fn into_result(outcome: Outcome) -> Result<Pickled> {
     match outcome {
-        Outcome::Value(value) => Ok(value),
-        // Only protocol-5 jobs get out-of-band buffers back (worker_loop.py), and ours are 4.
-        Outcome::ValueWithBuffers(..) => Err(Error::Broken {
-            reason: "the worker answered a protocol-4 job with out-of-band buffers".to_owned(),
-            exit_code: None,
-            exception: None,
+        Outcome::Value(data) => Ok(Pickled {
+            data,
+            buffers: Vec::new(),
         }),
+        Outcome::ValueWithBuffers(data, buffers) => Ok(Pickled { data, buffers }),
         Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
         Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
         Outcome::Broken(broken) => Err(Error::Broken {
@@ -484,12 +526,14 @@ impl Pool {
         A: Serialize,
         R: DeserializeOwned,
     {
-        let payload = Target::parse(callable).and_then(|target| wire::job(&target, &args));
+        let payload = Target::parse(callable)
+            .and_then(|target| wire::job(&target, &args))
+            .map(Job::new);
         Call::new(
             self.clone(),
             payload,
             self.module_to_route(callable),
-            |pickled| wire::value::<R>(&pickled),
+            |pickled| wire::value::<R>(&pickled.data),
         )
     }
 
@@ -497,7 +541,33 @@ impl Pool {
     /// any protocol) and the pickled return value (protocol 5) handed back as is.
     pub fn call_pickled(&self, callable: &str, pickled_args: impl AsRef<[u8]>) -> Call<Vec<u8>> {
         let payload = Target::parse(callable)
-            .and_then(|target| wire::job_pickled(&target, pickled_args.as_ref()));
+            .and_then(|target| wire::job_pickled(&target, pickled_args.as_ref()))
+            .map(Job::new);
+        Call::new(self.clone(), payload, self.module_to_route(callable), |p| {
+            Ok(p.data)
+        })
+    }
+
+    /// Like [`Pool::call_pickled`], with pickle protocol 5 out-of-band buffers both ways:
+    /// `pickled_args` is a protocol-5 pickle of the argument tuple whose `NEXT_BUFFER` opcodes
+    /// take `buffers` in order (as `pickle.loads(pickled_args, buffers=buffers)` would), and the
+    /// value comes back as [`Pickled`]: its pickle plus its large buffers (from 256 KiB:
+    /// `bytes`, `memoryview`s, numpy arrays, see docs/payloads.md), to be loaded the same way.
+    ///
+    /// The buffers are not copied into the job: a subinterpreter worker reads them in place
+    /// (wrap a `Vec<u8>` with [`Buffer::from_vec`]), a process worker gets them through shared
+    /// memory. The job keeps them until the worker is done with them.
+    pub fn call_pickled_with_buffers(
+        &self,
+        callable: &str,
+        pickled_args: impl AsRef<[u8]>,
+        buffers: Vec<Buffer>,
+    ) -> Call<Pickled> {
+        let payload = Target::parse(callable)
+            .and_then(|target| {
+                wire::job_pickled_with_buffers(&target, pickled_args.as_ref(), buffers.len())
+            })
+            .map(|payload| Job { payload, buffers });
         Call::new(self.clone(), payload, self.module_to_route(callable), Ok)
     }
 
@@ -602,7 +672,7 @@ impl Pool {
 
     /// Runs one job: takes a slot, submits, waits; on an `Auto` pool, routes it by `module` and
     /// falls back to a process worker. Not generic, so it is compiled once.
-    async fn run(self, payload: Result<Vec<u8>>, module: Option<String>) -> Result<Vec<u8>> {
+    async fn run(self, payload: Result<Job>, module: Option<String>) -> Result<Pickled> {
         let payload = payload?;
         let limiter = self.inner.limiter.clone();
         // Held across a fallback's second attempt too; dropped after the attempt in flight (the
@@ -706,17 +776,17 @@ impl Drop for InFlight<'_> {
 /// Dropping it before it resolves cancels the call (see [`Pool::call`]).
 #[must_use = "a call does nothing unless awaited, and dropping it cancels it"]
 pub struct Call<R> {
-    run: Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>,
-    convert: fn(Vec<u8>) -> Result<R>,
+    run: Pin<Box<dyn Future<Output = Result<Pickled>> + Send>>,
+    convert: fn(Pickled) -> Result<R>,
     _result: PhantomData<fn() -> R>,
 }
 
 impl<R> Call<R> {
     fn new(
         pool: Pool,
-        payload: Result<Vec<u8>>,
+        payload: Result<Job>,
         module: Option<String>,
-        convert: fn(Vec<u8>) -> Result<R>,
+        convert: fn(Pickled) -> Result<R>,
     ) -> Self {
         Self {
             run: Box::pin(pool.run(payload, module)),
@@ -755,6 +825,22 @@ mod tests {
             message: message.into(),
             traceback: traceback.into(),
             pickled: None,
+        }
+    }
+
+    #[test]
+    fn a_recycling_limit_of_zero_is_refused_with_its_name() {
+        for (builder, name) in [
+            (
+                Pool::builder().max_tasks_per_worker(0),
+                "max_tasks_per_worker",
+            ),
+            (Pool::builder().max_worker_memory(0), "max_worker_memory"),
+        ] {
+            match builder.build() {
+                Err(Error::Setup(message)) => assert!(message.contains(name), "{message}"),
+                other => panic!("expected Error::Setup, got {other:?}"),
+            }
         }
     }
 

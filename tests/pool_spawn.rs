@@ -18,6 +18,13 @@ async fn values_cross_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffers_cross_both_ways_through_shared_memory() {
+    let pool = support::pool(KIND, 1);
+    support::buffers_cross_both_ways(&pool, "mmap").await;
+    pool.shutdown(support::GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_come_back_with_their_traceback() {
     support::errors_come_back_with_their_traceback(KIND).await;
 }
@@ -55,4 +62,9 @@ fn a_missing_executable_makes_the_kind_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_discovered_executable_is_the_embedded_pythons() {
     support::the_discovered_executable_is_the_embedded_pythons(KIND).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls() {
+    support::max_tasks_per_worker_replaces_a_worker_after_that_many_calls(KIND).await;
 }

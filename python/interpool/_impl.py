@@ -106,6 +106,16 @@ def _check_seconds(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_limit(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+    if not 1 <= value < 2**64:
+        raise ValueError(f"{name} must be >= 1 (None for no limit), not {value!r}")
+    return value
+
+
 def _check_worker_type(worker_type: object) -> WorkerType:
     if worker_type == "fork":
         raise ValueError(
@@ -137,6 +147,8 @@ class WorkerContext:
         "_grace_period",
         "_idle_timeout",
         "_init",
+        "_max_tasks_per_worker",
+        "_max_worker_memory",
         "_on_drained",
         "_retire",
         "_running",
@@ -157,9 +169,13 @@ class WorkerContext:
         retire: Callable[[], object] = bool,
         grace_period: float = 30.0,
         worker_type: WorkerType | str = WorkerType.AUTO,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | None = None,
     ) -> WorkerContext:
         idle_timeout = _check_seconds("idle_timeout", idle_timeout)
         grace_period = _check_seconds("grace_period", grace_period)
+        max_tasks_per_worker = _check_limit("max_tasks_per_worker", max_tasks_per_worker)
+        max_worker_memory = _check_limit("max_worker_memory", max_worker_memory)
         for name, hook in (("init", init), ("retire", retire)):
             if not callable(hook):
                 raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
@@ -167,6 +183,8 @@ class WorkerContext:
         self = object.__new__(cls)
         self._idle_timeout, self._grace_period = idle_timeout, grace_period
         self._init, self._retire, self._worker_type = init, retire, worker_type
+        self._max_tasks_per_worker = max_tasks_per_worker
+        self._max_worker_memory = max_worker_memory
         self._setup_hooks = (_outcome.dumps(init), _outcome.dumps(retire))
         if worker_type is WorkerType.AUTO:
             # One cache per available type; the AUTO decision picks one per call.
@@ -197,6 +215,14 @@ class WorkerContext:
     worker_type = property(
         lambda self: self._worker_type, doc="The :class:`WorkerType` of the workers."
     )
+    max_tasks_per_worker = property(
+        lambda self: self._max_tasks_per_worker,
+        doc="Jobs after which a worker is replaced by a fresh one (None: never).",
+    )
+    max_worker_memory = property(
+        lambda self: self._max_worker_memory,
+        doc="Bytes of memory above which a worker is replaced after a job (None: no limit).",
+    )
 
     def __repr__(self) -> str:
         return (
@@ -205,7 +231,13 @@ class WorkerContext:
         )
 
     def _make_cache(self, worker_type: WorkerType) -> Any:
-        return _interpool.Cache(worker_type.value, self._idle_timeout, self._worker_setup)
+        return _interpool.Cache(
+            worker_type.value,
+            self._idle_timeout,
+            self._worker_setup,
+            self._max_tasks_per_worker,
+            self._max_worker_memory,
+        )
 
     def _caches(self) -> list[Any]:
         return [self._cache] if self._auto is None else list(self._auto.caches.values())
@@ -250,7 +282,7 @@ class WorkerContext:
             if retry is not None:
                 return retry
         if kind == _outcome.LOAD_ERROR:
-            exc = _outcome.rebuild_exception(data)
+            exc = _outcome.load_error(data)
             if self._is_subinterpreter(cache) and _auto.refusal(exc) is not None:
                 exc.add_note(_auto.HINT)
             raise exc
@@ -267,10 +299,15 @@ class WorkerContext:
         return cache is self._auto.caches.get(WorkerType.SUBINTERPRETER)
 
     def _worker_setup(self) -> bytes:
-        """A new worker's setup: the parent's sys.path, argv and main script as of now."""
+        """A new worker's setup: the parent's sys.path, argv and main script as of now, and its
+        multiprocessing authkey once multiprocessing is in use (as its children inherit it)."""
         main_kind, main_ref = _outcome.main_reference()
         init, retire = self._setup_hooks
-        return _outcome.dumps((list(sys.path), list(sys.argv), main_kind, main_ref, init, retire))
+        process = sys.modules.get("multiprocessing.process")
+        authkey = None if process is None else bytes(process.current_process().authkey)
+        return _outcome.dumps(
+            (list(sys.path), list(sys.argv), main_kind, main_ref, init, retire, None, authkey)
+        )
 
     def statistics(self) -> WorkerContextStatistics:
         """How many workers are idle and how many calls are running, in all, and ``by_type``:
@@ -576,6 +613,8 @@ async def open_worker_context(
     retire: Callable[[], object] = bool,
     grace_period: float = 30.0,
     worker_type: WorkerType | str = WorkerType.AUTO,
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | None = None,
 ) -> AsyncIterator[WorkerContext]:
     """Opens a worker context with its own workers and settings.
 
@@ -589,15 +628,30 @@ async def open_worker_context(
         grace_period: Seconds the workers get to end when the context closes (``math.inf``: no
             limit).
         worker_type: A :class:`WorkerType`.
+        max_tasks_per_worker: A worker is replaced by a fresh one after this many jobs
+            (``ProcessPoolExecutor``'s ``max_tasks_per_child``; None: never).
+        max_worker_memory: A worker whose memory is above this many bytes after a job is
+            replaced by a fresh one (None: no limit): a process worker's RSS (Linux), a
+            subinterpreter's arenas of its own object allocator. Like ``retire``, both are
+            checked after the caller has its result.
 
     Raises:
-        ValueError: a negative timeout, or an unknown worker type (``"fork"`` included: see
-            :class:`WorkerType`).
-        TypeError: a timeout that is not a number, or an ``init``/``retire`` that is not callable.
+        ValueError: a negative timeout, an unknown worker type (``"fork"`` included: see
+            :class:`WorkerType`), or a recycling limit below 1.
+        TypeError: a timeout that is not a number, an ``init``/``retire`` that is not callable,
+            or a recycling limit that is not an int or None.
         WorkerTypeUnavailableError: the worker type cannot run here (the message says why).
         BrokenWorkerError: on exit, if workers failed to shut down cleanly.
     """
-    ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type)
+    ctx = WorkerContext._create(
+        idle_timeout,
+        init,
+        retire,
+        grace_period,
+        worker_type,
+        max_tasks_per_worker,
+        max_worker_memory,
+    )
     try:
         yield ctx
     finally:
@@ -624,59 +678,33 @@ def _get_default_context() -> WorkerContext:
     return _default_context
 
 
-class _Scope:
-    """A :func:`cache_scope` in force: its context, the trio task that opened it (None under
-    asyncio), the enclosing scope, and whether it is still open."""
-
-    __slots__ = ("context", "open", "owner", "parent")
-
-    def __init__(self, context: WorkerContext, owner: object, parent: _Scope | None) -> None:
-        self.context, self.owner, self.parent, self.open = context, owner, parent, True
-
-
-_scope_var: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+# cache_scope's context: under trio a tricycle.TreeVar, as trio-parallel's, so a scope follows
+# trio's task tree (a task sees the scope of the nursery it runs in, whoever started it), made on
+# first use; under asyncio a contextvar (asyncio has no task tree: a task sees the scope of the
+# task that created it). ``_trio_scopes`` holds one entry per trio scope open in the process:
+# while there is none, looking the TreeVar up is skipped.
+_scope_tree: Any = None
+_trio_scopes: list[None] = []
+_scope_var: contextvars.ContextVar[WorkerContext | None] = contextvars.ContextVar(
     "interpool_cache_scope", default=None
 )
 
 
+def _scoped_context() -> WorkerContext | None:
+    """The innermost :func:`cache_scope`'s context here, or None."""
+    if _trio_scopes:
+        try:
+            return _scope_tree.get()
+        except RuntimeError:  # no trio here (asyncio in a trio worker thread): contextvars
+            pass
+    return _scope_var.get()
+
+
 def _current_default_context() -> WorkerContext:
-    """The context ``run_sync`` uses here: the innermost open :func:`cache_scope` of this task
-    tree, else the global default."""
-    scope = _scope_var.get()
-    if scope is None:
-        return _get_default_context()
-    return _scoped_context(scope)
-
-
-def _scoped_context(scope: _Scope | None) -> WorkerContext:
-    # A contextvar follows the task that *spawned* a task, a scope follows the task tree: a task
-    # spawned from inside a scope into a nursery outside it sees the scope only while the scope
-    # is open and the task descends from the scope's task.
-    task = _current_trio_task()  # None if not in trio: contextvar rules (asyncio copies them)
-    while scope is not None:
-        if scope.open and (scope.owner is None or _descends(task, scope.owner)):
-            return scope.context
-        scope = scope.parent
-    return _get_default_context()
-
-
-def _current_trio_task() -> Any:
-    """The running trio task; None outside trio (without importing trio if it is not)."""
-    if "trio" not in sys.modules:
-        return None
-    try:
-        return trio.lowlevel.current_task()
-    except RuntimeError:
-        return None
-
-
-def _descends(task: Any, owner: object) -> bool:
-    while task is not None:
-        if task is owner:
-            return True
-        nursery = task.parent_nursery
-        task = nursery.parent_task if nursery is not None else None
-    return False
+    """The context ``run_sync`` uses here: the innermost open :func:`cache_scope`, else the
+    global default."""
+    scoped = _scoped_context()
+    return _get_default_context() if scoped is None else scoped
 
 
 def _check_main_thread(name: str) -> None:
@@ -690,6 +718,8 @@ def configure_default_context(
     retire: Callable[[], object] = bool,
     grace_period: float = 30.0,
     worker_type: WorkerType | str = WorkerType.AUTO,
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | None = None,
 ) -> None:
     """Replaces the default context (of :func:`run_sync`, :func:`amap`, ...) with one of these
     settings; the arguments are :func:`open_worker_context`'s. Meant to be called once, before
@@ -708,6 +738,8 @@ def configure_default_context(
         "retire": retire,
         "grace_period": grace_period,
         "worker_type": worker_type,
+        "max_tasks_per_worker": max_tasks_per_worker,
+        "max_worker_memory": max_worker_memory,
     }
     context = WorkerContext._create(**settings)  # validates
     with _default_context_lock:
@@ -753,23 +785,47 @@ async def cache_scope(
     retire: Callable[[], object] = bool,
     grace_period: float = 30.0,
     worker_type: WorkerType | str = WorkerType.AUTO,
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | None = None,
 ) -> AsyncIterator[None]:
     """Within this block, and in the tasks started in it, :func:`run_sync` (and ``amap``) use a
     new worker context of these settings (:func:`open_worker_context`'s) instead of the default
     one; it closes on exit as ``open_worker_context``'s does. Explicit ``ctx.run_sync`` calls are
-    not affected. Under trio the scope follows the task tree; under asyncio, contextvars.
-    Yields None."""
-    async with open_worker_context(idle_timeout, init, retire, grace_period, worker_type) as ctx:
-        scope = _Scope(ctx, _current_trio_task(), _scope_var.get())
-        token = _scope_var.set(scope)
-        try:
-            yield
-        finally:
-            scope.open = False
+    not affected. Yields None.
+
+    Under trio the scope follows the task tree, as trio-parallel's (a ``tricycle.TreeVar``): a
+    task uses the scope of the nursery it runs in, whoever started it, so a task started into a
+    nursery opened inside the block uses the scope, and one started from inside the block into a
+    nursery opened outside it does not (not even before its ``task_status.started()``). Under
+    asyncio, which has no task tree, the scope follows contextvars: tasks created inside the
+    block use it."""
+    global _scope_tree
+    async with open_worker_context(
+        idle_timeout,
+        init,
+        retire,
+        grace_period,
+        worker_type,
+        max_tasks_per_worker,
+        max_worker_memory,
+    ) as ctx:
+        if _backends.current_library() != "trio":
+            token = _scope_var.set(ctx)
             try:
+                yield
+            finally:
                 _scope_var.reset(token)
-            except ValueError:  # pragma: no cover, left from another context: nothing to undo
-                pass
+            return
+        if _scope_tree is None:
+            import tricycle
+
+            _scope_tree = tricycle.TreeVar("interpool_cache_scope", default=None)
+        _trio_scopes.append(None)
+        try:
+            with _scope_tree.being(ctx):
+                yield
+        finally:
+            _trio_scopes.pop()
 
 
 def pin(target: object, worker_type: WorkerType | str | None) -> None:
@@ -808,8 +864,8 @@ async def run_sync(
         pickled; ``TypeError`` for an async function; :class:`BrokenWorkerError` if the worker
         failed; :class:`WorkerTypeUnavailableError` if the default worker type cannot run here.
     """
-    scope = _scope_var.get()
-    ctx = _get_default_context() if scope is None else _scoped_context(scope)
+    scoped = _scope_var.get() if not _trio_scopes else _scoped_context()
+    ctx = _get_default_context() if scoped is None else scoped
     return await ctx.run_sync(
         sync_fn, *args, kill_on_cancel=kill_on_cancel, cancellable=cancellable, limiter=limiter
     )
@@ -818,12 +874,33 @@ async def run_sync(
 def default_context_statistics() -> WorkerContextStatistics:
     """Statistics of the current default context: the innermost :func:`cache_scope`, else the
     global default (eventually consistent across threads)."""
-    scope = _scope_var.get()
-    if scope is not None:
-        return _scoped_context(scope).statistics()
+    scoped = _scoped_context()
+    if scoped is not None:
+        return scoped.statistics()
     if _default_context is None:
         return WorkerContextStatistics(idle_workers=0, running_workers=0)
     return _default_context.statistics()
+
+
+def _warn_before_fork() -> None:
+    """``os.register_at_fork`` hook: a fork while subinterpreters exist aborts the child."""
+    live = _interpool.live_subinterpreters()
+    if live:
+        import warnings
+
+        warnings.warn(
+            f"fork() while {live} interpool subinterpreter worker(s) exist: CPython aborts the "
+            "child process. Use the 'forkserver' or 'spawn' start method (multiprocessing."
+            "set_start_method, or mp_context= for ProcessPoolExecutor), or end the workers "
+            "first (leave their worker context; the default context's idle workers end after "
+            "its idle_timeout). See docs/limits.md.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_warn_before_fork)
 
 
 @atexit.register

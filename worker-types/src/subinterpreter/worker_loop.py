@@ -1,7 +1,9 @@
 """The loop inside every interpool worker interpreter.
 
-Rust calls ``setup`` once, then ``run`` once per job. Everything crosses as bytes: this module
-unpickles the job, calls it, and pickles the outcome. It imports neither trio nor interpool (the
+Rust calls ``setup`` once, then ``run`` (or ``load`` and ``call``) once per job and, after the
+job's outcome has been handed to the caller, ``after_job`` if ``run`` said the ``retire`` hook
+must run (the caller never waits for it). Everything crosses as bytes: this module unpickles the
+job, calls it, and pickles the outcome. It imports neither trio nor interpool (the
 front end's extension module refuses to load in a subinterpreter); ``interpool/__init__.py`` sees
 this module in ``sys.modules`` and stays import-safe for user scripts that ``import interpool``.
 
@@ -23,13 +25,17 @@ from operator import methodcaller
 
 HIGHEST_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL, which _pickle does not name
 VALUE, RAISED, LOAD_ERROR = 0, 1, 2
-KEEP, RETIRE, RETIRE_FAILED = 0, 1, 2
+KEEP, RETIRE, RETIRE_FAILED, RETIRE_PENDING = 0, 1, 2, 3
 _MAX_CHAIN = 32
 # Buffers of at least this many bytes travel out of band; the same value as BUFFER_THRESHOLD in
 # ``interpool/_outcome.py``. At most _MAX_BUFFERS per job or value (the rest stay in band).
 BUFFER_THRESHOLD = 256 * 1024
 _MAX_BUFFERS = 64
 _SCANNED_ITEMS = 16
+_WRAPPABLE = frozenset((bytes, bytearray, array, memoryview))
+_SCANNED = frozenset((tuple, list, dict))
+# Values of these types hold no PickleBuffer (large bytes are _WRAPPABLE, checked by size).
+_PLAIN = frozenset((int, float, str, bool, type(None), complex))
 # What a module's import error says when it refuses to load in an isolated subinterpreter: the
 # same list as worker-types' ``subinterpreter::REFUSALS`` (a Rust test keeps them equal).
 REFUSALS = (
@@ -80,37 +86,70 @@ def _out_of_band(obj, wrapped):
 
 def _dumps_value(value):
     """``(pickle, buffers)``: ``value`` pickled with its large buffers out of band (``buffers``:
-    contiguous ``"B"`` memoryviews, empty if none). Large ``bytes`` and friends are found as the
-    value itself or the items of a short tuple, list or dict (deeper ones, and those of longer
+    contiguous ``"B"`` memoryviews, or None). Large ``bytes`` and friends are found as the value
+    itself or the items of a short tuple, list or dict (deeper ones, and those of longer
     containers, stay in band: looking costs a call per item); ``PickleBuffer``s anywhere."""
-    kind, wrapped = type(value), {}
-    if (kind is tuple or kind is list) and len(value) <= _SCANNED_ITEMS:
-        items = [_out_of_band(item, wrapped) for item in value]
-        if wrapped:
-            value = kind(items)
-    elif kind is dict and len(value) <= _SCANNED_ITEMS:
-        items = {key: _out_of_band(item, wrapped) for key, item in value.items()}
+    kind = type(value)
+    if kind in _PLAIN or (kind is bytes and len(value) < BUFFER_THRESHOLD):
+        # The hot path: no buffer_callback (it costs pickle ~0.6 µs), no call of _dumps.
+        try:
+            return pickle.dumps(value, 5), None
+        except Exception:
+            return _dumps(value), None  # pickle again, then cloudpickle
+    if kind in _WRAPPABLE:
+        value = _out_of_band(value, {})
+        if type(value) is not _OutOfBand and kind is not memoryview:
+            return _dumps(value), None  # a small bytes-like: no PickleBuffer in it
+    elif kind in _SCANNED and len(value) <= _SCANNED_ITEMS:
+        wrapped = {}
+        wrappable = _WRAPPABLE
+        if kind is dict:
+            items = {
+                key: _out_of_band(item, wrapped) if type(item) in wrappable else item
+                for key, item in value.items()
+            }
+        else:
+            items = kind(
+                [_out_of_band(item, wrapped) if type(item) in wrappable else item for item in value]
+            )
         if wrapped:
             value = items
-    else:
-        value = _out_of_band(value, wrapped)
+    # Every PickleBuffer out of band first (a C callback: nothing more to pay on the hot path);
+    # only if some were small is the value pickled again, keeping those in band.
     buffers = []
+    data = _dumps5(value, buffers.append, buffers)
+    if not buffers:
+        return data, None
+    views = [buffer.raw() for buffer in buffers]
+    if len(views) <= _MAX_BUFFERS and all(v.nbytes >= BUFFER_THRESHOLD for v in views):
+        return data, views
+    views.clear()
 
-    def out_of_band(buffer):
+    def large_only(buffer):
         raw = buffer.raw()
-        if raw.nbytes < BUFFER_THRESHOLD or len(buffers) >= _MAX_BUFFERS:
+        if raw.nbytes < BUFFER_THRESHOLD or len(views) >= _MAX_BUFFERS:
             return True
-        buffers.append(raw)
+        views.append(raw)
         return False
 
+    return _dumps5(value, large_only, views), views or None
+
+
+def _dumps5(value, buffer_callback, collected):
     try:
-        return pickle.dumps(value, 5, buffer_callback=out_of_band), buffers
+        return pickle.dumps(value, 5, buffer_callback=buffer_callback)
     except Exception:
         cloudpickle = _cloudpickle()
         if cloudpickle is None:
             raise  # pickle's own error: cloudpickle is optional
-        del buffers[:]
-        return cloudpickle.dumps(value, 5, buffer_callback=out_of_band), buffers
+    collected.clear()  # what pickle collected before it failed
+    return cloudpickle.dumps(value, 5, buffer_callback=buffer_callback)
+
+
+def _loads_args(data, *buffers):
+    """The arguments of the Rust ``Pool``'s ``call_pickled_with_buffers``: a protocol-5 pickle
+    and the job's out-of-band buffers."""
+    return pickle.loads(data, buffers=buffers)
 
 
 def _dumps(obj):
@@ -266,10 +305,13 @@ class _ParentMain:
         except BaseException as exc:
             # Not an AttributeError, which pickle would turn into a misleading "Can't get
             # attribute": the script itself failed to load here.
+            # name="__mp_main__" tells the parent that the worker cannot serve the script's
+            # jobs at all: it raises BrokenWorkerError, as multiprocessing-based pools do.
             raise ImportError(
                 f"loading the parent's main script {self.ref!r} in the worker failed: "
                 f"{type(exc).__name__}: {exc} (workers run the script's module-level code: "
-                "does it keep its entry point under `if __name__ == '__main__':`?)"
+                "does it keep its entry point under `if __name__ == '__main__':`?)",
+                name="__mp_main__",
             ) from exc
         return getattr(module, name)
 
@@ -277,20 +319,27 @@ class _ParentMain:
 def setup(config):
     """Prepares the interpreter; returns None, or ``(reason, exception_records)`` if it cannot
     serve jobs. ``config`` is ``pickle((sys_path, argv, main_kind, main_ref, init, retire))``,
-    optionally followed by ``path_prepend``: ``sys_path``/``argv`` replace the interpreter's
-    (None: keep its own), ``main_kind`` is ``"path"``, ``"module"`` or None, ``init``/``retire``
-    are pickled callables, and ``path_prepend`` (a list, from the Rust API's ``python_path``)
-    goes in front of ``sys.path`` afterwards."""
+    optionally followed by ``path_prepend`` and ``authkey``: ``sys_path``/``argv`` replace the
+    interpreter's (None: keep its own), ``main_kind`` is ``"path"``, ``"module"`` or None,
+    ``init``/``retire`` are pickled callables, ``path_prepend`` (a list, from the Rust API's
+    ``python_path``, or None) goes in front of ``sys.path`` afterwards, and ``authkey`` (bytes,
+    or None) is the parent's ``multiprocessing`` authkey, which this worker takes as
+    multiprocessing's children do, so that Manager proxies passed to jobs connect."""
     global _retire
     stage = "unpickling the worker configuration failed"
     try:
-        sys_path, argv, main_kind, main_ref, init, retire, *path_prepend = pickle.loads(config)
+        sys_path, argv, main_kind, main_ref, init, retire, *extra = pickle.loads(config)
+        path_prepend, authkey = (*extra, None, None)[:2]
         if sys_path is not None:
             sys.path[:] = sys_path
         if path_prepend:
-            sys.path[:0] = path_prepend[0]
+            sys.path[:0] = path_prepend
         if argv is not None:
             sys.argv[:] = argv
+        if authkey is not None:
+            import multiprocessing.process
+
+            multiprocessing.process.current_process().authkey = authkey
         # A forkserver child inherits the script, already loaded by the server.
         if main_kind is not None and "__mp_main__" not in sys.modules:
             sys.modules["__main__"].__getattr__ = _ParentMain(main_kind, main_ref)
@@ -307,14 +356,31 @@ def setup(config):
 
 
 def run(payload, buffers=None):
-    """Runs one job; returns ``(kind, data, retire, retire_error, buffers)``: ``buffers`` are the
+    """Runs one job; returns ``(kind, data, retire, buffers)``: ``retire`` is KEEP, or
+    RETIRE_PENDING if ``after_job`` must run once the outcome is delivered; ``buffers`` are the
     value's out-of-band buffers (None or a list), to be copied out before anything else runs here.
     Only a job pickled with protocol 5 (the Python front end's) gets any: the Rust ``Pool``'s
     protocol-4 jobs read values in band."""
+    job = load(payload, buffers)
+    return job if len(job) == 4 else call(*job)
+
+
+def load(payload, buffers=None):
+    """Unpickles a job (which may import modules): ``(fn, args, protocol_5)``, or the LOAD_ERROR
+    outcome as ``run`` returns it. Subinterpreter workers call ``load`` and ``call`` apart, so
+    that an interrupt never cuts an import short: it waits for the function to start."""
     try:
-        fn, args = pickle.loads(payload, buffers=buffers)
+        # Without buffers, no keyword: passing one costs pickle ~0.5 µs.
+        fn, args = (
+            pickle.loads(payload) if buffers is None else pickle.loads(payload, buffers=buffers)
+        )
     except BaseException as exc:
-        return LOAD_ERROR, _exception_records(exc), KEEP, None, None
+        return LOAD_ERROR, _exception_records(exc), KEEP, None
+    return fn, args, payload[1] == 5
+
+
+def call(fn, args, protocol_5):
+    """Calls a loaded job; returns what ``run`` does."""
     try:
         result = fn(*args)
         if hasattr(result, "__await__") and hasattr(result, "close"):
@@ -323,7 +389,7 @@ def run(payload, buffers=None):
                 f"interpool expected a sync function, but {fn!r} returned an awaitable; "
                 "run coroutines in the event loop, not in a worker"
             )
-        if payload[1] == 5:  # a protocol-5 caller loads out-of-band buffers; others get none
+        if protocol_5:  # a protocol-5 caller loads out-of-band buffers; others get none
             kind, (data, out) = VALUE, _dumps_value(result)
         else:
             kind, data, out = VALUE, _dumps(result), None
@@ -332,11 +398,27 @@ def run(payload, buffers=None):
         # docs/auto.md), but AUTO can still re-run it on a process.
         kind = LOAD_ERROR if _refused_import(exc) else RAISED
         data, out = _exception_records(exc, skip_frames=1), None
-    result = fn = args = buffers = None
+    result = fn = args = None
     _flush()
+    return kind, data, (KEEP if _retire is bool else RETIRE_PENDING), out
+
+
+def intact():
+    """After an interrupted job: whether every import finished (none was cut short by the
+    interrupt and left a module initializing), so that the interpreter is fit for reuse."""
+    for module in list(sys.modules.values()):
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            return False
+    return True
+
+
+def after_job():
+    """Runs the ``retire`` hook; returns ``(KEEP | RETIRE | RETIRE_FAILED, records | None)``."""
     if _retire is bool:
-        return kind, data, KEEP, None, out
+        return KEEP, None
     try:
-        return kind, data, (RETIRE if _retire() else KEEP), None, out
+        return (RETIRE if _retire() else KEEP), None
     except BaseException as exc:
-        return kind, data, RETIRE_FAILED, _exception_records(exc), out
+        return RETIRE_FAILED, _exception_records(exc)
+    finally:
+        _flush()
