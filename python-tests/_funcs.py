@@ -399,6 +399,11 @@ def pid():
     return os.getpid()
 
 
+def modules_loaded(names):
+    """Which of ``names`` this interpreter has imported."""
+    return [name for name in names if name in sys.modules]
+
+
 def use_manager_proxies(event, queue, shared):
     """Uses ``multiprocessing.Manager()`` proxies: each connects to the manager with this
     worker's authkey, which must be the parent's."""

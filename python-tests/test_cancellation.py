@@ -8,7 +8,11 @@ import trio.testing
 
 import interpool
 
-pytestmark = [pytest.mark.needs_subinterpreters, pytest.mark.contract]
+pytestmark = [
+    pytest.mark.needs_subinterpreters,
+    pytest.mark.contract,
+    pytest.mark.usefixtures("worker_type"),
+]
 
 KILL_KWARGS = [{"kill_on_cancel": True}, {"cancellable": True}]
 ALL_KWARGS = [{}, *KILL_KWARGS]

@@ -6,7 +6,9 @@ A call's path under trio, which decides interpool's latency (see docs/architectu
 2. the limiter is taken (``acquire_nowait`` first: ``async with`` costs ~5 µs);
 3. the Rust cache hands the job to the hottest idle worker, which is usually still spinning;
 4. one schedule point (shielded, so it does not cancel a job that already started) overlaps
-   the job;
+   the job, if no other call holds a token of the limiter; among other calls (a burst), the
+   schedule point comes before step 2 instead, so no task yields while holding a token (for a
+   ``trio.CapacityLimiter``; other limiters always overlap);
 5. the caller spins a few microseconds with the GIL released, and only then parks in trio on
    a file descriptor that the worker writes only if somebody parked.
 
@@ -31,15 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pickle import loads as pickle_loads
-from typing import Any, TypeVar
-
-import trio
-from trio.lowlevel import (
-    RunVar,
-    cancel_shielded_checkpoint,
-    checkpoint_if_cancelled,
-    wait_readable,
-)
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _auto, _backends, _interpool, _outcome
 from ._types import (
@@ -50,6 +44,11 @@ from ._types import (
     WorkerTypeStatistics,
     WorkerTypeUnavailableError,
 )
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: an asyncio program never imports trio
+    trio = _backends.DeferredModule("trio", globals())
 
 T = TypeVar("T")
 
@@ -67,7 +66,7 @@ ABANDON_AFTER = 1.0
 # script under that name), as multiprocessing arranges too.
 sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 
-_default_limiter: RunVar[trio.CapacityLimiter] = RunVar("interpool_default_limiter")
+_default_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] | None = None  # made under trio
 
 
 def current_default_worker_limiter() -> trio.CapacityLimiter | _backends.CapacityLimiter:
@@ -80,6 +79,9 @@ def current_default_worker_limiter() -> trio.CapacityLimiter | _backends.Capacit
 
 
 def _trio_default_limiter() -> trio.CapacityLimiter:
+    global _default_limiter
+    if _default_limiter is None:
+        _default_limiter = trio.lowlevel.RunVar("interpool_default_limiter")
     try:
         return _default_limiter.get()
     except LookupError:
@@ -343,7 +345,7 @@ class WorkerContext:
             return await self._run_sync_asyncio(
                 sync_fn, args, kill_on_cancel or cancellable, limiter
             )
-        await checkpoint_if_cancelled()
+        await trio.lowlevel.checkpoint_if_cancelled()
         payload = _outcome.dumps_job(sync_fn, args)
         kill_on_cancel = kill_on_cancel or cancellable
         # The AUTO decision, inlined: no route known, one list read (see _auto.py).
@@ -357,18 +359,41 @@ class WorkerContext:
         if limiter is None:
             limiter = _trio_default_limiter()
         if type(limiter) is trio.CapacityLimiter:
+            # The call's schedule point. Alone, it yields while its job runs (see _run). Among
+            # other calls (a token is out), it yields before taking a token instead, and once
+            # more before it parks on the limiter: yielding with a token held makes every call
+            # that runs meanwhile park on the limiter, and trio wakes those one per pass of its
+            # loop, several times what a trivial job costs, while the calls that merely yielded
+            # all take a token in turn in the next pass.
+            overlap = limiter.borrowed_tokens == 0
+            if overlap:
+                try:
+                    limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    await limiter.acquire()
+                    overlap = False
+            else:
+                await trio.lowlevel.checkpoint()
+                try:
+                    limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    await trio.lowlevel.checkpoint()
+                    try:
+                        limiter.acquire_nowait()
+                    except trio.WouldBlock:
+                        await limiter.acquire()
             try:
-                limiter.acquire_nowait()
-            except trio.WouldBlock:
-                await limiter.acquire()
-            try:
-                return await self._run(cache, payload, kill_on_cancel, sync_fn)
+                return await self._run(cache, payload, kill_on_cancel, sync_fn, overlap)
             finally:
                 limiter.release()
         async with limiter:
-            return await self._run(cache, payload, kill_on_cancel, sync_fn)
+            return await self._run(cache, payload, kill_on_cancel, sync_fn, True)
 
-    async def _run(self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object) -> Any:
+    async def _run(
+        self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object, overlap: bool
+    ) -> Any:
+        """Submits the job and waits for its outcome. ``overlap``: yield to trio once right
+        after submitting, while the job runs (the call has made its schedule point otherwise)."""
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
@@ -377,7 +402,8 @@ class WorkerContext:
         try:
             while True:
                 call = cache.submit(payload)
-                await cancel_shielded_checkpoint()
+                if overlap:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 if not call.spin(_SPIN_MICROSECONDS):
                     if self._auto is not None:
                         self._auto.note_parked()
@@ -522,14 +548,14 @@ async def _wait(call: Any, kill_on_cancel: bool) -> None:
         return
     if not kill_on_cancel:
         with trio.CancelScope(shield=True):
-            await wait_readable(fd)
+            await trio.lowlevel.wait_readable(fd)
         return
     try:
-        await wait_readable(fd)
+        await trio.lowlevel.wait_readable(fd)
     except BaseException:
         call.interrupt()
         with trio.move_on_after(ABANDON_AFTER, shield=True):
-            await wait_readable(fd)
+            await trio.lowlevel.wait_readable(fd)
         if call.done():
             call.result()  # hands the (retiring) worker back; the outcome is moot
         else:

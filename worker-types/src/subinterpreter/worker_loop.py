@@ -18,12 +18,12 @@ first, each entry ``(pickled_exc | None, pickling_error | None, type_name, messa
 formatted_traceback, cause_index | None, context_index | None, suppress_context)``.
 """
 
-import pickle
+import _pickle as pickle  # the C pickler: pickle.py imports re, struct, ... (~4 ms per worker)
 import sys
-import traceback
 from array import array
 from operator import methodcaller
 
+HIGHEST_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL, which _pickle does not name
 VALUE, RAISED, LOAD_ERROR = 0, 1, 2
 KEEP, RETIRE, RETIRE_FAILED, RETIRE_PENDING = 0, 1, 2, 3
 _MAX_CHAIN = 32
@@ -154,12 +154,12 @@ def _loads_args(data, *buffers):
 
 def _dumps(obj):
     try:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(obj, HIGHEST_PROTOCOL)
     except Exception:
         cloudpickle = _cloudpickle()
         if cloudpickle is None:
             raise  # pickle's own error: cloudpickle is optional
-        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return cloudpickle.dumps(obj, HIGHEST_PROTOCOL)
 
 
 def _cloudpickle():
@@ -206,6 +206,8 @@ def _format(exc, skip_frames):
         if tb is not None:
             tb = tb.tb_next
     try:
+        import traceback  # on the first error only: ~3 ms of imports for a new worker
+
         return "".join(traceback.format_exception(type(exc), exc, tb, chain=False))
     except BaseException as error:  # the error path must not fail: no source lines then
         return f"{type(exc).__qualname__} (traceback unavailable: {type(error).__qualname__})\n"
@@ -248,7 +250,7 @@ def _exception_records(exc, skip_frames=0):
         return index
 
     visit(exc, skip_frames)
-    return pickle.dumps(records, pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(records, HIGHEST_PROTOCOL)
 
 
 def _flush():

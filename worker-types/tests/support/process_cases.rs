@@ -90,8 +90,20 @@ fn started_signal(name: &str) -> (UnixListener, String, tempdir::Dir) {
     (listener, connect, dir)
 }
 
+/// Waits for a job's started signal, within [`TEN_SECONDS`] (a hang becomes a failure, as in
+/// tests/subinterpreter.rs): a listener has no accept timeout, so a thread of its own accepts
+/// (left blocked if it hangs), and the read has the same timeout.
 fn wait_started(listener: &UnixListener) {
-    let (mut conn, _) = listener.accept().unwrap();
+    let listener = listener.try_clone().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(listener.accept().map(|(conn, _)| conn));
+    });
+    let mut conn = receiver
+        .recv_timeout(TEN_SECONDS.unwrap())
+        .expect("the job did not connect")
+        .unwrap();
+    conn.set_read_timeout(TEN_SECONDS).unwrap();
     let mut byte = [0u8];
     conn.read_exact(&mut byte).unwrap();
 }
