@@ -20,6 +20,35 @@ import time
 
 STARTED_FORMAT = "<q"
 STARTED_SIZE = struct.calcsize(STARTED_FORMAT)
+# What ``signal_started`` sends: the worker's ``worker_id()``.
+WORKER_ID_FORMAT = "<qq"
+WORKER_ID_SIZE = struct.calcsize(WORKER_ID_FORMAT)
+
+
+class _Opened:
+    """An fd given to a job (an ``os.pipe()`` end: subinterpreters share the test's fds), or a
+    FIFO's path (``_helpers.Fifo``: any worker type), opened for the ``with`` block."""
+
+    def __init__(self, target, flags):
+        self.target, self.flags, self.fd = target, flags, None
+
+    def __enter__(self):
+        if isinstance(self.target, int):
+            return self.target
+        self.fd = os.open(self.target, self.flags)
+        return self.fd
+
+    def __exit__(self, *exc_info):
+        if self.fd is not None:
+            os.close(self.fd)
+
+
+def writing(target):
+    return _Opened(target, os.O_WRONLY)
+
+
+def reading(source):
+    return _Opened(source, os.O_RDONLY)
 
 
 def interpreter_id():
@@ -29,8 +58,18 @@ def interpreter_id():
     return _interpreters.get_current()[0]
 
 
+def worker_id():
+    """Which worker runs this, on any worker type: ``(pid, interpreter id)``."""
+    try:
+        import _interpreters  # CPython >= 3.13
+    except ImportError:
+        return os.getpid(), 0
+    return os.getpid(), _interpreters.get_current()[0]
+
+
 def signal_started(started_w):
-    os.write(started_w, struct.pack(STARTED_FORMAT, interpreter_id()))
+    with writing(started_w) as fd:
+        os.write(fd, struct.pack(WORKER_ID_FORMAT, *worker_id()))
 
 
 # --- plain jobs -------------------------------------------------------------
@@ -142,8 +181,9 @@ def raise_keyboard_interrupt():
 
 def signal_and_block(started_w, release_r, value):
     """Signal "started", block in C code (os.read) until released, return value."""
-    signal_started(started_w)
-    os.read(release_r, 1)
+    with reading(release_r) as fd:
+        signal_started(started_w)
+        os.read(fd, 1)
     return value
 
 
@@ -154,19 +194,20 @@ def signal_and_ignore_interrupts(started_w, release_r, finished_w):
     open until then). A KeyboardInterrupt landing between a call and the
     bookkeeping after it only repeats a harmless step."""
     state = {"started": False, "eof": False}
-    while True:
-        try:
-            if not state["started"]:
-                signal_started(started_w)
-                state["started"] = True
-            if not state["eof"]:
-                if os.read(release_r, 1) == b"":
-                    state["eof"] = True
-                continue
-            os.write(finished_w, b"f")
-            return "finished"
-        except KeyboardInterrupt:
-            pass
+    with reading(release_r) as release, writing(finished_w) as finished:
+        while True:
+            try:
+                if not state["started"]:
+                    signal_started(started_w)
+                    state["started"] = True
+                if not state["eof"]:
+                    if os.read(release, 1) == b"":
+                        state["eof"] = True
+                    continue
+                os.write(finished, b"f")
+                return "finished"
+            except KeyboardInterrupt:
+                pass
 
 
 def signal_and_spin(started_w):
@@ -243,7 +284,8 @@ def dispatch(name, *args):
 
 
 def block_then_return(release_r, value):
-    os.read(release_r, 1)
+    with reading(release_r) as fd:
+        os.read(fd, 1)
     return value
 
 
@@ -355,6 +397,19 @@ def raise_refusal_lookalike():
 
 def pid():
     return os.getpid()
+
+
+def use_manager_proxies(event, queue, shared):
+    """Uses ``multiprocessing.Manager()`` proxies: each connects to the manager with this
+    worker's authkey, which must be the parent's."""
+    event.set()
+    queue.put("from the worker")
+    shared["key"] = "value"
+    return os.getpid()
+
+
+def module_imported(name):
+    return name in sys.modules
 
 
 # --- out-of-band buffers (test_buffers.py) ----------------------------------------------------

@@ -18,13 +18,13 @@ import interpool
 HANG_GUARD = 60
 
 
-def run_script(tmp_path, source):
-    """Runs ``source`` (dedented) as a script in a fresh interpreter; returns the finished
-    ``subprocess.CompletedProcess`` with text output."""
+def run_script(tmp_path, source, *args):
+    """Runs ``source`` (dedented) as a script in a fresh interpreter, with ``args`` as its
+    arguments; returns the finished ``subprocess.CompletedProcess`` with text output."""
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(source))
     return subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *args],
         cwd=tmp_path,
         capture_output=True,
         check=False,
@@ -74,14 +74,62 @@ class Pipe:
         return data
 
     async def wait_started(self):
-        """Wait for a job's ``signal_started``; return its interpreter id."""
-        data = await self.receive(_funcs.STARTED_SIZE)
-        return struct.unpack(_funcs.STARTED_FORMAT, data)[0]
+        """Wait for a job's ``signal_started``; return its ``_funcs.worker_id()``."""
+        data = await self.receive(_funcs.WORKER_ID_SIZE)
+        return struct.unpack(_funcs.WORKER_ID_FORMAT, data)
 
     def readable_now(self):
         import select
 
         return bool(select.select([self.r], [], [], 0)[0])
+
+
+class Fifo(Pipe):
+    """:class:`Pipe`'s interface on a named pipe, for every worker type: jobs get its path as
+    ``.w`` and ``.r`` (``_funcs.writing``/``reading`` open it), since processes share no fds
+    with the test. The test holds one non-blocking read-write fd, so a job's ``open`` never
+    waits; ``close_write`` closes it, and a job reading then sees EOF."""
+
+    def __init__(self):
+        import tempfile
+
+        self._dir = tempfile.mkdtemp(prefix="interpool-fifo-")
+        self.path = os.path.join(self._dir, "fifo")
+        os.mkfifo(self.path)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        self.r = self.w = self.path
+
+    def close(self):
+        self.close_write()
+        if self._dir is not None:
+            os.unlink(self.path)
+            os.rmdir(self._dir)
+            self._dir = None
+
+    def close_write(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def send(self, data=b"r"):
+        assert os.write(self._fd, data) == len(data)
+
+    async def receive(self, size):
+        data = b""
+        while len(data) < size:
+            await wait_readable(self._fd)
+            try:
+                chunk = os.read(self._fd, size - len(data))
+            except BlockingIOError:
+                continue
+            assert chunk, "fifo closed"
+            data += chunk
+        return data
+
+    def readable_now(self):
+        import select
+
+        return bool(select.select([self._fd], [], [], 0)[0])
 
 
 async def wait_readable(fd):

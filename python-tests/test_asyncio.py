@@ -45,8 +45,8 @@ def test_values_and_exceptions_come_back():
             await interpool.run_sync(_funcs.async_job)
         async with _helpers.checked_context() as ctx:
             assert await ctx.run_sync(_funcs.add, 2, 3) == 5
-            first = await ctx.run_sync(_funcs.interpreter_id)
-            assert await ctx.run_sync(_funcs.interpreter_id) == first  # the warm worker
+            first = await ctx.run_sync(_funcs.worker_id)
+            assert await ctx.run_sync(_funcs.worker_id) == first  # the warm worker
 
     arun(main)
 
@@ -145,7 +145,7 @@ def test_cancel_without_kill_waits_for_the_job_then_raises():
                     await task
             stats = ctx.statistics()
             assert (stats.running_workers, stats.idle_workers) == (0, 1)
-            assert await ctx.run_sync(_funcs.interpreter_id) == interp  # not harmed: reused
+            assert await ctx.run_sync(_funcs.worker_id) == interp  # not harmed: reused
 
     arun(main)
 
@@ -154,7 +154,7 @@ def test_cancel_without_kill_waits_for_the_job_then_raises():
 def test_kill_on_cancel_interrupts_and_retires_the_worker(kwargs):
     async def main():
         async with _helpers.checked_context() as ctx:
-            warm = await ctx.run_sync(_funcs.interpreter_id)
+            warm = await ctx.run_sync(_funcs.worker_id)
             with _helpers.Pipe() as started:
                 task = asyncio.create_task(
                     ctx.run_sync(_funcs.signal_and_spin, started.w, **kwargs)
@@ -164,7 +164,7 @@ def test_kill_on_cancel_interrupts_and_retires_the_worker(kwargs):
                 with pytest.raises(asyncio.CancelledError):
                     await task
             assert ctx.statistics().running_workers == 0
-            assert await ctx.run_sync(_funcs.interpreter_id) != warm
+            assert await ctx.run_sync(_funcs.worker_id) != warm
 
     arun(main)
 
@@ -183,7 +183,7 @@ def test_kill_on_cancel_abandons_a_worker_stuck_in_c_code():
                 with pytest.raises(asyncio.CancelledError):
                     await task
                 _helpers.assert_no_workers(ctx)
-                assert await ctx.run_sync(_funcs.interpreter_id) != stuck
+                assert await ctx.run_sync(_funcs.worker_id) != stuck
                 release.send()
 
     arun(main)

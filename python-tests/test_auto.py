@@ -426,6 +426,67 @@ async def test_cache_scope_does_not_follow_a_task_out_of_its_tree():
     assert results == [MY_PID]
 
 
+async def test_cache_scope_reaches_a_task_started_into_its_nursery_from_outside():
+    """trio-parallel's rule (a TreeVar): a task uses the scope of the nursery it runs in, even
+    when a task outside the scope started it there."""
+    pids = []
+    send, receive = trio.open_memory_channel(1)
+    spawned = trio.Event()
+
+    async def child():
+        pids.append(await interpool.run_sync(os.getpid))
+
+    async def spawner_outside_the_scope():
+        nursery = await receive.receive()
+        nursery.start_soon(child)
+        spawned.set()
+
+    async with trio.open_nursery() as outside:
+        outside.start_soon(spawner_outside_the_scope)
+        async with interpool.cache_scope(worker_type=SPAWN):
+            async with trio.open_nursery() as inside:
+                await send.send(inside)
+                await spawned.wait()
+    assert len(pids) == 1 and pids[0] != MY_PID  # the scope's spawned process
+
+
+async def test_cache_scope_does_not_reach_a_task_started_into_an_outer_nursery():
+    """``await outer.start(fn)`` from inside the scope: the task belongs to ``outer``, opened
+    outside the scope, and uses the default context before and after ``started()``."""
+    pids = []
+
+    async def starter(task_status=trio.TASK_STATUS_IGNORED):
+        pids.append(await interpool.run_sync(os.getpid))
+        task_status.started()
+        pids.append(await interpool.run_sync(os.getpid))
+
+    async with trio.open_nursery() as outer:
+        async with interpool.cache_scope(worker_type=SPAWN):
+            await outer.start(starter)
+            assert await interpool.run_sync(os.getpid) != MY_PID  # the block itself: the scope
+    assert pids == [MY_PID, MY_PID]
+
+
+async def test_cache_scope_under_asyncio_follows_contextvars():
+    async def main():
+        async def child():
+            return await interpool.run_sync(os.getpid)
+
+        async with interpool.cache_scope(worker_type=SPAWN):
+            created_inside = asyncio.create_task(child())
+            inside = await interpool.run_sync(os.getpid)
+            assert MY_PID not in {inside, await created_inside}  # both on the scope's processes
+        return await interpool.run_sync(os.getpid)
+
+    assert await trio.to_thread.run_sync(asyncio.run, main()) == MY_PID
+
+
+async def test_workers_never_import_tricycle():
+    async with interpool.cache_scope(worker_type=SUB):
+        assert not await interpool.run_sync(_funcs.module_imported, "tricycle")
+    assert _funcs.module_imported("tricycle")  # the front end's TreeVar
+
+
 async def test_cache_scope_defaults_to_auto_and_validates():
     async with interpool.cache_scope():
         assert await interpool.run_sync(os.getpid) == MY_PID

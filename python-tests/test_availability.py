@@ -2,8 +2,10 @@
 SUBINTERPRETER is available from 3.13 and reported unavailable (with a reason)
 before that; AUTO, the default, works everywhere (before 3.13 on processes)."""
 
+import pickle
 import platform
 import sys
+import traceback
 
 import _helpers
 import pytest
@@ -17,6 +19,24 @@ def _info(worker_type):
     infos = [i for i in interpool.available_worker_types() if i.worker_type is worker_type]
     assert len(infos) == 1, infos
     return infos[0]
+
+
+@pytest.mark.parametrize("name", interpool.__all__)
+def test_public_objects_name_the_public_module(name):
+    public = getattr(interpool, name)
+    assert public.__module__ == "interpool"
+    assert getattr(interpool, public.__qualname__) is public
+
+
+def test_pickles_and_tracebacks_name_the_public_module():
+    error = interpool.BrokenWorkerError("lost")
+    blob = pickle.dumps(error)
+    assert b"interpool._types" not in blob
+    assert type(pickle.loads(blob)) is interpool.BrokenWorkerError
+    assert pickle.loads(pickle.dumps(interpool.WorkerType.SPAWN)) is interpool.WorkerType.SPAWN
+    assert b"_types" not in pickle.dumps(interpool.WorkerType.SPAWN)
+    line = traceback.format_exception_only(error)[-1]
+    assert line == "interpool.BrokenWorkerError: lost\n"
 
 
 def test_public_names():

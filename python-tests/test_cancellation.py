@@ -8,7 +8,7 @@ import trio.testing
 
 import interpool
 
-pytestmark = pytest.mark.needs_subinterpreters
+pytestmark = [pytest.mark.needs_subinterpreters, pytest.mark.contract]
 
 KILL_KWARGS = [{"kill_on_cancel": True}, {"cancellable": True}]
 ALL_KWARGS = [{}, *KILL_KWARGS]
@@ -64,7 +64,7 @@ async def test_module_level_call_is_a_checkpoint():
 
 async def test_cancel_without_kill_returns_the_value_then_cancels(ctx):
     result = []
-    with _helpers.Pipe() as started, _helpers.Pipe() as release:
+    with _helpers.Fifo() as started, _helpers.Fifo() as release:
         with trio.fail_after(_helpers.HANG_GUARD):
             async with trio.open_nursery() as nursery:
 
@@ -91,7 +91,7 @@ async def test_cancel_without_kill_returns_the_value_then_cancels(ctx):
 
 
 async def test_uncancelled_kill_on_cancel_call_returns_value(ctx):
-    with _helpers.Pipe() as started, _helpers.Pipe() as release:
+    with _helpers.Fifo() as started, _helpers.Fifo() as release:
         release.send()
         with trio.fail_after(_helpers.HANG_GUARD):
             value = await ctx.run_sync(
@@ -105,10 +105,10 @@ async def test_uncancelled_kill_on_cancel_call_returns_value(ctx):
 
 @pytest.mark.parametrize("kwargs", KILL_KWARGS, ids=_ids)
 async def test_kill_on_cancel_interrupts_python_code_and_retires_worker(ctx, kwargs):
-    warm = await ctx.run_sync(_funcs.interpreter_id)
+    warm = await ctx.run_sync(_funcs.worker_id, **kwargs)  # AUTO: on the type it kills on
     reached = False
     killed = []
-    with _helpers.Pipe() as started:
+    with _helpers.Fifo() as started:
         with trio.fail_after(_helpers.HANG_GUARD):
             async with trio.open_nursery() as nursery:
 
@@ -125,13 +125,13 @@ async def test_kill_on_cancel_interrupts_python_code_and_retires_worker(ctx, kwa
     assert ctx.statistics().running_workers == 0
     # The next call works, on a fresh interpreter: the killed one is retired.
     with trio.fail_after(_helpers.HANG_GUARD):
-        after = await ctx.run_sync(_funcs.interpreter_id)
+        after = await ctx.run_sync(_funcs.worker_id)
     assert after != warm
 
 
 async def test_kill_on_cancel_with_the_default_context():
     reached = False
-    with _helpers.Pipe() as started:
+    with _helpers.Fifo() as started:
         with trio.fail_after(_helpers.HANG_GUARD):
             async with trio.open_nursery() as nursery:
                 with trio.CancelScope() as cs:
@@ -168,24 +168,28 @@ async def test_kill_on_cancel_of_job_blocked_in_c_code(ctx):
     # it; the interrupt may also land just before os.read. Either way the call
     # raises Cancelled promptly (the hang guard covers the 1 s abandon delay;
     # no timing is asserted) and the worker is gone from the statistics.
-    with _helpers.Pipe() as started, _helpers.Pipe() as release:
+    with _helpers.Fifo() as started, _helpers.Fifo() as release:
         with trio.fail_after(_helpers.HANG_GUARD):
             stuck = await _cancel_when_started(
                 ctx, started, _funcs.signal_and_block, started.w, release.r, "v"
             )
             _helpers.assert_no_workers(ctx)
             # The stuck worker does not block the context: a new one serves.
-            assert await ctx.run_sync(_funcs.interpreter_id) != stuck
+            assert await ctx.run_sync(_funcs.worker_id) != stuck
         # Let a still-blocked os.read return, so that worker can end itself.
         release.send()
     # The ctx fixture then checks that the context closes cleanly.
 
 
-async def test_kill_on_cancel_abandons_worker_that_does_not_stop(ctx):
+@pytest.mark.only_on(
+    interpool.WorkerType.SUBINTERPRETER,
+    reason="abandoning is for a subinterpreter: a process that does not stop is killed",
+)
+async def test_kill_on_cancel_abandons_a_subinterpreter_that_does_not_stop(ctx):
     with (
-        _helpers.Pipe() as started,
-        _helpers.Pipe() as release,
-        _helpers.Pipe() as finished,
+        _helpers.Fifo() as started,
+        _helpers.Fifo() as release,
+        _helpers.Fifo() as finished,
     ):
         with trio.fail_after(_helpers.HANG_GUARD):
             stuck = await _cancel_when_started(
@@ -198,12 +202,56 @@ async def test_kill_on_cancel_abandons_worker_that_does_not_stop(ctx):
             )
             # Abandoned: not counted, never reused.
             _helpers.assert_no_workers(ctx)
-            assert await ctx.run_sync(_funcs.interpreter_id) != stuck
+            assert await ctx.run_sync(_funcs.worker_id) != stuck
             assert ctx.statistics().idle_workers == 1
             # EOF lets the abandoned job finish; its worker then ends by itself.
             release.close_write()
             assert await finished.receive(1) == b"f"
             # (release.r is closed on leaving the with block, once the job no
             # longer reads it.)
-            assert await ctx.run_sync(_funcs.interpreter_id) != stuck
+            assert await ctx.run_sync(_funcs.worker_id) != stuck
     # The ctx fixture then checks that the context closes cleanly.
+
+
+# --- signals -----------------------------------------------------------------
+
+
+@pytest.mark.in_process
+def test_sigint_during_a_subinterpreter_job_raises_keyboard_interrupt_in_the_parent(tmp_path):
+    """Signals are process-wide and only the main interpreter handles them: the caller gets
+    KeyboardInterrupt at once, and the job keeps running (without kill_on_cancel) or is
+    interrupted like a cancelled one (with it). docs/semantics.md says so."""
+    result = _helpers.run_script(
+        tmp_path,
+        """
+        import os, signal
+        import trio, interpool
+
+        def job(release_r):
+            os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C while the job runs
+            return os.read(release_r, 1)
+
+        async def main(kwargs):
+            release_r, release_w = os.pipe()
+            async with interpool.open_worker_context(worker_type="subinterpreter") as ctx:
+                try:
+                    await ctx.run_sync(job, release_r, **kwargs)
+                except KeyboardInterrupt:
+                    print("KeyboardInterrupt, running:", ctx.statistics().running_workers)
+                os.write(release_w, b"r")
+                await ctx.run_sync(os.getpid)
+            os.close(release_r)
+            os.close(release_w)
+
+        if __name__ == "__main__":
+            trio.run(main, {})
+            trio.run(main, {"kill_on_cancel": True})
+            print("clean exit")
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "KeyboardInterrupt, running: 1",  # the job still runs, until released
+        "KeyboardInterrupt, running: 0",  # cancelled with kill_on_cancel (here: abandoned)
+        "clean exit",
+    ]

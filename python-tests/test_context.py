@@ -10,7 +10,7 @@ import trio.testing
 
 import interpool
 
-pytestmark = pytest.mark.needs_subinterpreters
+pytestmark = [pytest.mark.needs_subinterpreters, pytest.mark.contract]
 
 
 # --- validation -------------------------------------------------------------
@@ -47,18 +47,20 @@ async def test_bad_arguments_are_rejected(kwargs, error):
         {"idle_timeout": math.inf, "grace_period": math.inf},
         {"idle_timeout": 0, "grace_period": 0},
         {"idle_timeout": 5, "grace_period": 5},
-        {"worker_type": interpool.WorkerType.SUBINTERPRETER},
+        {},
     ],
     ids=repr,
 )
-async def test_good_arguments_are_accepted(kwargs):
-    async with _helpers.checked_context(**kwargs) as ctx:
-        for name, value in kwargs.items():
+async def test_good_arguments_are_accepted(kwargs, worker_type):
+    async with _helpers.checked_context(worker_type=worker_type, **kwargs) as ctx:
+        for name, value in {**kwargs, "worker_type": worker_type}.items():
             assert getattr(ctx, name) == value
 
 
-async def test_infinite_timeouts_run_jobs():
-    async with _helpers.checked_context(idle_timeout=math.inf, grace_period=math.inf) as ctx:
+async def test_infinite_timeouts_run_jobs(worker_type):
+    async with _helpers.checked_context(
+        worker_type=worker_type, idle_timeout=math.inf, grace_period=math.inf
+    ) as ctx:
         assert await ctx.run_sync(_funcs.add, 1, 2) == 3
 
 
@@ -79,16 +81,17 @@ async def test_limiter_that_is_not_an_async_context_manager_is_rejected(ctx):
 # --- attributes -------------------------------------------------------------
 
 
-async def test_default_attributes(ctx):
+async def test_default_attributes(ctx, worker_type):
     assert ctx.idle_timeout == 600.0
     assert ctx.grace_period == 30.0
     assert ctx.init is bool
     assert ctx.retire is bool
-    assert ctx.worker_type is interpool.WorkerType.SUBINTERPRETER
+    assert ctx.worker_type is worker_type
 
 
-async def test_attributes_reflect_arguments():
+async def test_attributes_reflect_arguments(worker_type):
     async with _helpers.checked_context(
+        worker_type=worker_type,
         idle_timeout=12.5,
         grace_period=3,
         init=_funcs.counting_init,
@@ -126,7 +129,7 @@ async def test_statistics_after_one_call(ctx):
 
 async def test_statistics_during_a_call(ctx):
     result = []
-    with _helpers.Pipe() as started, _helpers.Pipe() as release:
+    with _helpers.Fifo() as started, _helpers.Fifo() as release:
         with trio.fail_after(_helpers.HANG_GUARD):
             async with trio.open_nursery() as nursery:
 
@@ -157,34 +160,37 @@ async def test_default_context_statistics():
 # --- lifetime ---------------------------------------------------------------
 
 
-async def test_run_sync_after_exit_raises_closed_resource_error():
-    async with _helpers.checked_context() as ctx:
+async def test_run_sync_after_exit_raises_closed_resource_error(worker_type):
+    async with _helpers.checked_context(worker_type=worker_type) as ctx:
         assert await ctx.run_sync(_funcs.add, 1, 2) == 3
     with pytest.raises(trio.ClosedResourceError):
         await ctx.run_sync(_funcs.add, 1, 2)
 
 
-async def test_run_sync_after_exit_of_unused_context_raises_closed_resource_error():
-    async with _helpers.checked_context() as ctx:
+async def test_run_sync_after_exit_of_unused_context_raises_closed_resource_error(worker_type):
+    async with _helpers.checked_context(worker_type=worker_type) as ctx:
         pass
     with pytest.raises(trio.ClosedResourceError):
         await ctx.run_sync(_funcs.add, 1, 2)
 
 
-async def test_contexts_are_independent():
-    async with _helpers.checked_context() as a, _helpers.checked_context() as b:
-        ia = await a.run_sync(_funcs.interpreter_id)
-        ib = await b.run_sync(_funcs.interpreter_id)
+async def test_contexts_are_independent(worker_type):
+    async with (
+        _helpers.checked_context(worker_type=worker_type) as a,
+        _helpers.checked_context(worker_type=worker_type) as b,
+    ):
+        ia = await a.run_sync(_funcs.worker_id)
+        ib = await b.run_sync(_funcs.worker_id)
         assert ia != ib
         assert a.statistics().idle_workers == 1
         assert b.statistics().idle_workers == 1
 
 
-async def test_exit_waits_for_a_running_job():
+async def test_exit_waits_for_a_running_job(worker_type):
     result = []
     exited = []
     in_exit = trio.Event()
-    with _helpers.Pipe() as started, _helpers.Pipe() as release:
+    with _helpers.Fifo() as started, _helpers.Fifo() as release:
         with trio.fail_after(_helpers.HANG_GUARD):
             async with trio.open_nursery() as nursery:
 
@@ -194,7 +200,7 @@ async def test_exit_waits_for_a_running_job():
                     )
 
                 async def use_context():
-                    async with _helpers.checked_context() as ctx:
+                    async with _helpers.checked_context(worker_type=worker_type) as ctx:
                         nursery.start_soon(job, ctx)
                         await started.wait_started()
                         in_exit.set()

@@ -111,3 +111,31 @@ async def test_closure_over_module_function_with_cloudpickle(ctx):
 async def test_module_level_run_sync_with_lambda():
     pytest.importorskip("cloudpickle")
     assert await interpool.run_sync(lambda: 7 * 6) == 42
+
+
+def test_a_script_without_a_main_guard_raises_broken_worker_error(tmp_path):
+    """As trio-parallel's workers, ours cannot serve a script that starts its program at module
+    level: BrokenWorkerError, with the loader's message, caused by the script's own error."""
+    lines = _run_script(
+        tmp_path,
+        """
+        import trio
+        import interpool
+
+        def work(x):
+            return x * 2
+
+        async def main():
+            for worker_type in ("subinterpreter", "forkserver", "spawn", "auto"):
+                async with interpool.open_worker_context(worker_type=worker_type) as ctx:
+                    try:
+                        await ctx.run_sync(work, 1)
+                    except interpool.BrokenWorkerError as error:
+                        assert "loading the parent's main script" in str(error), error
+                        assert "if __name__ == '__main__':" in str(error), error
+                        print(worker_type, type(error.__cause__).__name__, flush=True)
+
+        trio.run(main)  # no guard: in a worker this fails, interpool's API is parent-only
+        """,
+    )
+    assert lines == [f"{t} RuntimeError" for t in ("subinterpreter", "forkserver", "spawn", "auto")]

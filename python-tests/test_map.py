@@ -238,7 +238,7 @@ def test_leaving_early_without_kill_lets_jobs_finish(library):
             stats = ctx.statistics()
             # Not interrupted: both workers are back in the cache.
             assert (stats.running_workers, stats.idle_workers) == (0, 2)
-            assert interp in {await _run_sync(ctx, _funcs.interpreter_id) for _ in range(2)}
+            assert interp in {await _run_sync(ctx, _funcs.worker_id) for _ in range(2)}
 
     _helpers.run(library, main)
 

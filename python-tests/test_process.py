@@ -36,18 +36,23 @@ pytestmark = pytest.mark.parametrize("worker_type", PROCESS_TYPES, ids=lambda t:
 
 def child_pids(pid="self"):
     """The children of ``pid``: {pid: command line}."""
+    # A task or process that is exiting meanwhile reads as missing (ENOENT) or gone (ESRCH).
     children = {}
-    for task in os.listdir(f"/proc/{pid}/task"):
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return children
+    for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/children") as f:
                 pids = [int(p) for p in f.read().split()]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
         for child in pids:
             try:
                 with open(f"/proc/{child}/cmdline", "rb") as f:
                     children[child] = f.read().replace(b"\0", b" ").decode(errors="replace")
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 pass
     return children
 

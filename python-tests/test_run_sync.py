@@ -12,7 +12,7 @@ import trio
 
 import interpool
 
-pytestmark = pytest.mark.needs_subinterpreters
+pytestmark = [pytest.mark.needs_subinterpreters, pytest.mark.contract]
 
 
 # --- values -----------------------------------------------------------------
@@ -36,6 +36,7 @@ async def test_structured_value_round_trips(ctx):
     assert await ctx.run_sync(_funcs.identity, value) == value
 
 
+@pytest.mark.in_process
 async def test_job_runs_in_a_subinterpreter_of_this_process(ctx):
     pid, interp = await ctx.run_sync(_funcs.pid_and_interpreter)
     assert pid == os.getpid()
@@ -71,7 +72,7 @@ async def test_many_concurrent_calls_all_return_their_values(ctx):
 
 
 async def test_many_sequential_calls_reuse_one_worker(ctx):
-    interps = {await ctx.run_sync(_funcs.interpreter_id) for _ in range(20)}
+    interps = {await ctx.run_sync(_funcs.worker_id) for _ in range(20)}
     assert len(interps) == 1
     stats = ctx.statistics()
     assert stats.idle_workers == 1
@@ -149,17 +150,17 @@ async def test_raise_from_none_suppresses_context(ctx):
 
 
 async def test_worker_survives_an_exception(ctx):
-    before = await ctx.run_sync(_funcs.interpreter_id)
+    before = await ctx.run_sync(_funcs.worker_id)
     with pytest.raises(ValueError):
         await ctx.run_sync(_funcs.raise_value_error, "boom")
-    assert await ctx.run_sync(_funcs.interpreter_id) == before
+    assert await ctx.run_sync(_funcs.worker_id) == before
 
 
 async def test_unpicklable_exception_raises_the_pickling_error(ctx):
-    before = await ctx.run_sync(_funcs.interpreter_id)
+    before = await ctx.run_sync(_funcs.worker_id)
     with pytest.raises(TypeError, match=r"cannot pickle '_thread\.lock' object"):
         await ctx.run_sync(_funcs.raise_unpicklable_exception)
-    assert await ctx.run_sync(_funcs.interpreter_id) == before
+    assert await ctx.run_sync(_funcs.worker_id) == before
 
 
 async def test_system_exit_propagates(ctx):
@@ -208,13 +209,13 @@ async def test_module_level_run_sync_rejects_async_function():
 
 
 async def test_unpicklable_argument_raises_in_caller_and_job_never_runs(ctx, tmp_path):
-    before = await ctx.run_sync(_funcs.interpreter_id)
+    before = await ctx.run_sync(_funcs.worker_id)
     path = tmp_path / "should-not-exist"
     with pytest.raises(TypeError):
         await ctx.run_sync(_funcs.write_file, str(path), threading.Lock())
     assert not path.exists()
     # The worker stays usable.
-    assert await ctx.run_sync(_funcs.interpreter_id) == before
+    assert await ctx.run_sync(_funcs.worker_id) == before
     stats = ctx.statistics()
     assert stats.running_workers == 0
 
@@ -226,13 +227,13 @@ async def test_unpicklable_argument_before_any_worker_started(ctx):
 
 
 async def test_unpicklable_result_raises_in_caller_and_worker_survives(ctx):
-    before = await ctx.run_sync(_funcs.interpreter_id)
+    before = await ctx.run_sync(_funcs.worker_id)
     with pytest.raises(TypeError, match=r"cannot pickle '_thread\.lock' object"):
         await ctx.run_sync(_funcs.make_lock)
-    assert await ctx.run_sync(_funcs.interpreter_id) == before
+    assert await ctx.run_sync(_funcs.worker_id) == before
 
 
-def test_without_cloudpickle_unpicklable_outcomes_raise_the_pickling_error(tmp_path):
+def test_without_cloudpickle_unpicklable_outcomes_raise_the_pickling_error(tmp_path, worker_type):
     """Where cloudpickle is missing (``pip install interpool`` does not pull it in), the worker's
     fallback to it must not replace pickle's error with ``ModuleNotFoundError``."""
     (tmp_path / "cloudpickle.py").write_text("raise ImportError('no cloudpickle here')\n")
@@ -244,35 +245,60 @@ def test_without_cloudpickle_unpicklable_outcomes_raise_the_pickling_error(tmp_p
     result = _helpers.run_script(
         tmp_path,
         """
+        import sys
         import trio
         import interpool
         import jobs
 
         async def main():
-            for worker_type in ("subinterpreter", "forkserver", "spawn"):
-                async with interpool.open_worker_context(worker_type=worker_type) as ctx:
-                    for job in (jobs.make_lock, jobs.raise_lock):
-                        try:
-                            await ctx.run_sync(job)
-                        except TypeError as error:
-                            print(worker_type, job.__name__, error)
+            async with interpool.open_worker_context(worker_type=sys.argv[1]) as ctx:
+                for job in (jobs.make_lock, jobs.raise_lock):
+                    try:
+                        await ctx.run_sync(job)
+                    except TypeError as error:
+                        print(job.__name__, error)
 
         if __name__ == "__main__":
             trio.run(main)
         """,
+        worker_type.value,
     )
     assert result.returncode == 0, result.stderr
     message = "cannot pickle '_thread.lock' object"
-    assert result.stdout.splitlines() == [
-        f"{t} {job} {message}"
-        for t in ("subinterpreter", "forkserver", "spawn")
-        for job in ("make_lock", "raise_lock")
-    ]
+    assert result.stdout.splitlines() == [f"make_lock {message}", f"raise_lock {message}"]
+
+
+# --- multiprocessing --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def manager():
+    import multiprocessing
+
+    # spawn: forking this multi-threaded process would warn (and can deadlock).
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        yield manager
+
+
+async def test_multiprocessing_manager_proxies_work_in_jobs(ctx, manager):
+    """Workers inherit the parent's multiprocessing authkey, as multiprocessing's children do."""
+    event, queue, shared = manager.Event(), manager.Queue(), manager.dict()
+    await ctx.run_sync(_funcs.use_manager_proxies, event, queue, shared)
+    assert event.is_set()
+    assert queue.get_nowait() == "from the worker"
+    assert shared["key"] == "value"
 
 
 # --- stdout and sys.path ----------------------------------------------------
 
 
+@pytest.mark.only_on(
+    interpool.WorkerType.SUBINTERPRETER,
+    interpool.WorkerType.SPAWN,
+    interpool.WorkerType.AUTO,
+    reason="a forkserver child writes to the stdout its server started with, which pytest's "
+    "capfd swapped since (tests/test_process.py checks it in a fresh script)",
+)
 async def test_print_in_worker_reaches_parent_stdout(ctx, capfd):
     capfd.readouterr()
     assert await ctx.run_sync(_funcs.print_hello) == "printed"
@@ -280,14 +306,14 @@ async def test_print_in_worker_reaches_parent_stdout(ctx, capfd):
     assert "hello from worker\n" in out
 
 
-async def test_workers_see_parent_sys_path(tmp_path, monkeypatch):
+async def test_workers_see_parent_sys_path(tmp_path, monkeypatch, worker_type):
     name = "mymod_xyz_interpool_test"
     (tmp_path / f"{name}.py").write_text("def triple(x):\n    return 3 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         module = importlib.import_module(name)
         # A new context: workers snapshot sys.path when they start.
-        async with _helpers.checked_context() as ctx:
+        async with _helpers.checked_context(worker_type=worker_type) as ctx:
             assert await ctx.run_sync(module.triple, 5) == 15
             assert str(tmp_path) in await ctx.run_sync(_funcs.get_sys_path)
     finally:

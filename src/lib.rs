@@ -55,7 +55,7 @@ mod wire;
 pub use cache::{Lease, ShutdownReport, Statistics, WorkerCache};
 pub use error::{Error, PythonError, Result};
 pub use interpool_worker_types::{
-    self as worker_types, Availability, Broken, Capabilities, Completion, Finished, Job, Outcome,
-    Retire, WorkerType,
+    self as worker_types, Availability, Broken, Buffer, Capabilities, Completion, Finished, Job,
+    Outcome, Retire, WorkerType,
 };
-pub use pool::{Call, Pool, PoolBuilder, WorkerKind};
+pub use pool::{Call, Pickled, Pool, PoolBuilder, WorkerKind};

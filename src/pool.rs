@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use interpool_worker_types::{process, Availability, Finished, Job, Outcome, WorkerType};
+use interpool_worker_types::{process, Availability, Buffer, Finished, Job, Outcome, WorkerType};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
 
@@ -370,9 +370,9 @@ impl Inner {
     }
 
     /// Runs `payload` on a worker of `cache` and waits for it. Dropping the future cancels it.
-    async fn attempt(&self, cache: &WorkerCache, payload: Vec<u8>) -> Result<Finished> {
+    async fn attempt(&self, cache: &WorkerCache, job: Job) -> Result<Finished> {
         let setup = || Ok(self.setup.clone());
-        let lease = cache.submit(Job::new(payload), &setup)?;
+        let lease = cache.submit(job, &setup)?;
         Ok(InFlight::new(self, lease).await)
     }
 }
@@ -386,16 +386,26 @@ impl Drop for Inner {
     }
 }
 
-/// A job's outcome as the caller's result.
-fn into_result(outcome: Outcome) -> Result<Vec<u8>> {
+/// A pickled value with its out-of-band buffers (pickle protocol 5), as
+/// [`Pool::call_pickled_with_buffers`] returns it: `pickle.loads(data, buffers=buffers)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pickled {
+    /// The pickle stream.
+    pub data: Vec<u8>,
+    /// The buffers its `NEXT_BUFFER` opcodes take, in order: host memory of this process,
+    /// writable by whoever holds it alone (no further copy was made).
+    pub buffers: Vec<Buffer>,
+}
+
+/// A job's outcome as the caller's result. Only protocol-5 jobs get buffers back
+/// (worker_loop.py): those of [`Pool::call_pickled_with_buffers`].
+fn into_result(outcome: Outcome) -> Result<Pickled> {
     match outcome {
-        Outcome::Value(value) => Ok(value),
-        // Only protocol-5 jobs get out-of-band buffers back (worker_loop.py), and ours are 4.
-        Outcome::ValueWithBuffers(..) => Err(Error::Broken {
-            reason: "the worker answered a protocol-4 job with out-of-band buffers".to_owned(),
-            exit_code: None,
-            exception: None,
+        Outcome::Value(data) => Ok(Pickled {
+            data,
+            buffers: Vec::new(),
         }),
+        Outcome::ValueWithBuffers(data, buffers) => Ok(Pickled { data, buffers }),
         Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
         Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
         Outcome::Broken(broken) => Err(Error::Broken {
@@ -484,12 +494,14 @@ impl Pool {
         A: Serialize,
         R: DeserializeOwned,
     {
-        let payload = Target::parse(callable).and_then(|target| wire::job(&target, &args));
+        let payload = Target::parse(callable)
+            .and_then(|target| wire::job(&target, &args))
+            .map(Job::new);
         Call::new(
             self.clone(),
             payload,
             self.module_to_route(callable),
-            |pickled| wire::value::<R>(&pickled),
+            |pickled| wire::value::<R>(&pickled.data),
         )
     }
 
@@ -497,7 +509,33 @@ impl Pool {
     /// any protocol) and the pickled return value (protocol 5) handed back as is.
     pub fn call_pickled(&self, callable: &str, pickled_args: impl AsRef<[u8]>) -> Call<Vec<u8>> {
         let payload = Target::parse(callable)
-            .and_then(|target| wire::job_pickled(&target, pickled_args.as_ref()));
+            .and_then(|target| wire::job_pickled(&target, pickled_args.as_ref()))
+            .map(Job::new);
+        Call::new(self.clone(), payload, self.module_to_route(callable), |p| {
+            Ok(p.data)
+        })
+    }
+
+    /// Like [`Pool::call_pickled`], with pickle protocol 5 out-of-band buffers both ways:
+    /// `pickled_args` is a protocol-5 pickle of the argument tuple whose `NEXT_BUFFER` opcodes
+    /// take `buffers` in order (as `pickle.loads(pickled_args, buffers=buffers)` would), and the
+    /// value comes back as [`Pickled`]: its pickle plus its large buffers (from 256 KiB:
+    /// `bytes`, `memoryview`s, numpy arrays, see docs/payloads.md), to be loaded the same way.
+    ///
+    /// The buffers are not copied into the job: a subinterpreter worker reads them in place
+    /// (wrap a `Vec<u8>` with [`Buffer::from_vec`]), a process worker gets them through shared
+    /// memory. The job keeps them until the worker is done with them.
+    pub fn call_pickled_with_buffers(
+        &self,
+        callable: &str,
+        pickled_args: impl AsRef<[u8]>,
+        buffers: Vec<Buffer>,
+    ) -> Call<Pickled> {
+        let payload = Target::parse(callable)
+            .and_then(|target| {
+                wire::job_pickled_with_buffers(&target, pickled_args.as_ref(), buffers.len())
+            })
+            .map(|payload| Job { payload, buffers });
         Call::new(self.clone(), payload, self.module_to_route(callable), Ok)
     }
 
@@ -602,7 +640,7 @@ impl Pool {
 
     /// Runs one job: takes a slot, submits, waits; on an `Auto` pool, routes it by `module` and
     /// falls back to a process worker. Not generic, so it is compiled once.
-    async fn run(self, payload: Result<Vec<u8>>, module: Option<String>) -> Result<Vec<u8>> {
+    async fn run(self, payload: Result<Job>, module: Option<String>) -> Result<Pickled> {
         let payload = payload?;
         let limiter = self.inner.limiter.clone();
         // Held across a fallback's second attempt too; dropped after the attempt in flight (the
@@ -706,17 +744,17 @@ impl Drop for InFlight<'_> {
 /// Dropping it before it resolves cancels the call (see [`Pool::call`]).
 #[must_use = "a call does nothing unless awaited, and dropping it cancels it"]
 pub struct Call<R> {
-    run: Pin<Box<dyn Future<Output = Result<Vec<u8>>> + Send>>,
-    convert: fn(Vec<u8>) -> Result<R>,
+    run: Pin<Box<dyn Future<Output = Result<Pickled>> + Send>>,
+    convert: fn(Pickled) -> Result<R>,
     _result: PhantomData<fn() -> R>,
 }
 
 impl<R> Call<R> {
     fn new(
         pool: Pool,
-        payload: Result<Vec<u8>>,
+        payload: Result<Job>,
         module: Option<String>,
-        convert: fn(Vec<u8>) -> Result<R>,
+        convert: fn(Pickled) -> Result<R>,
     ) -> Self {
         Self {
             run: Box::pin(pool.run(payload, module)),

@@ -28,6 +28,9 @@ const BINBYTES: u8 = b'B';
 const TUPLE1: u8 = 0x85;
 const TUPLE2: u8 = 0x86;
 const EMPTY_TUPLE: u8 = b')';
+const MARK: u8 = b'(';
+const TUPLE: u8 = b't';
+const NEXT_BUFFER: u8 = 0x97;
 const NONE: u8 = b'N';
 const REDUCE: u8 = b'R';
 
@@ -133,6 +136,33 @@ pub(crate) fn job_pickled(target: &Target<'_>, pickled_args: &[u8]) -> Result<Ve
     out.extend(len.to_le_bytes());
     out.extend(pickled_args);
     out.extend([TUPLE1, REDUCE, TUPLE2, STOP]);
+    Ok(out)
+}
+
+/// `pickle((fn, _interpool_worker._loads_args(pickled_args, *buffers)))`, protocol 5: the
+/// arguments are unpickled in the worker with the job's `buffers` out-of-band buffers (the
+/// worker loop's helper), and a protocol-5 job gets its value's large buffers out of band too.
+pub(crate) fn job_pickled_with_buffers(
+    target: &Target<'_>,
+    pickled_args: &[u8],
+    buffers: usize,
+) -> Result<Vec<u8>> {
+    let len = u32::try_from(pickled_args.len())
+        .map_err(|_| Error::Arguments("pickled arguments over 4 GiB".into()))?;
+    let mut out = Vec::with_capacity(pickled_args.len() + 64 + buffers);
+    out.extend([PROTO, 5]);
+    target.push(&mut out);
+    Target {
+        module: "_interpool_worker",
+        qualname: "_loads_args",
+    }
+    .push(&mut out);
+    out.push(MARK);
+    out.push(BINBYTES);
+    out.extend(len.to_le_bytes());
+    out.extend(pickled_args);
+    out.extend(std::iter::repeat_n(NEXT_BUFFER, buffers));
+    out.extend([TUPLE, REDUCE, TUPLE2, STOP]);
     Ok(out)
 }
 

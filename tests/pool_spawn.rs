@@ -18,6 +18,13 @@ async fn values_cross_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffers_cross_both_ways_through_shared_memory() {
+    let pool = support::pool(KIND, 1);
+    support::buffers_cross_both_ways(&pool, "mmap").await;
+    pool.shutdown(support::GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_come_back_with_their_traceback() {
     support::errors_come_back_with_their_traceback(KIND).await;
 }

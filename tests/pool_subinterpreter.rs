@@ -15,6 +15,8 @@ use std::{
 
 use interpool::{Error, Pool, WorkerKind};
 
+mod support;
+
 /// Turns a hang into a failure: blocking reads from a job give up after this. No test
 /// asserts a timing.
 const HANG_GUARD: Option<Duration> = Some(Duration::from_secs(60));
@@ -53,6 +55,13 @@ async fn smoke() {
     assert_eq!(pool.worker_type(), "subinterpreter");
     let sum: i64 = pool.call("operator:add", (2, 40)).await.unwrap();
     assert_eq!(sum, 42);
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffers_cross_both_ways_read_in_place() {
+    let Some(pool) = pool(1) else { return };
+    support::buffers_cross_both_ways(&pool, "CallerBuffer").await;
     pool.shutdown(GRACE).await.unwrap();
 }
 

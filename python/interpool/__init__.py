@@ -81,3 +81,12 @@ __all__ = [
     "pin",
     "run_sync",
 ]
+
+# Public objects name the public module, in reprs, tracebacks and pickles (``interpool.
+# BrokenWorkerError``, not ``interpool._types.BrokenWorkerError``), as trio-parallel's do.
+AsyncioCapacityLimiter.__name__ = AsyncioCapacityLimiter.__qualname__ = "AsyncioCapacityLimiter"
+for _name in __all__:
+    _public = globals()[_name]
+    if getattr(_public, "__qualname__", None) == _name:
+        _public.__module__ = __name__
+del _name, _public

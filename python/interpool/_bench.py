@@ -56,6 +56,9 @@ WIDE_SPREAD = 2.0
 REFERENCE_PEER = "trio-parallel spawn"
 KiB, MiB = 1024, 1024 * 1024
 PAYLOADS = {"1KiB": KiB, "1MiB": MiB, "64MiB": 64 * MiB}
+# A numpy array payload (float64, echoed by ``numpy.asarray``, the identity on an array): only
+# where numpy imports, so not on subinterpreters (numpy refuses them; AUTO runs it on a process).
+NUMPY_PAYLOAD = ("numpy16MiB", 16 * MiB)
 PEERS = ("trio-parallel", "loky", "process-pool", "mp-pool", "interpreters")
 
 
@@ -78,6 +81,12 @@ METRICS = {
         *(
             Metric(f"payload_{name}_MBps", f"payload round trip, {name}", "MB/s", True)
             for name in PAYLOADS
+        ),
+        Metric(
+            f"payload_{NUMPY_PAYLOAD[0]}_MBps",
+            "numpy array round trip, 16 MiB (not on subinterpreters)",
+            "MB/s",
+            True,
         ),
         Metric("memory_per_worker_MiB", "process tree RSS growth per idle worker", "MiB", False),
         Metric("map_jobs_per_s", "map helper with chunks", "jobs/s", True),
@@ -718,6 +727,62 @@ class Results:
         self.skipped.setdefault(name, {}).setdefault(key, reason)
 
 
+async def _numpy_payload(
+    live: list[Backend], each: Callable[..., Any], results: Results, cfg: Settings, clock: Any
+) -> None:
+    """The numpy array echo (``NUMPY_PAYLOAD``), skipped where numpy cannot run."""
+    label, size = NUMPY_PAYLOAD
+    key = f"payload_{label}_MBps"
+    rounds = cfg.payload_repeats.get("64MiB")
+    try:
+        import numpy
+    except ImportError:
+        numpy = None
+    if numpy is None or rounds is None:
+        why = "numpy is not installed" if numpy is None else f"not measured in {cfg.mode} mode"
+        for b in live:
+            results.skip(b.name, key, why)
+        return
+    data = numpy.frombuffer(os.urandom(size), dtype=numpy.float64)
+
+    async def payload(b: Backend) -> None:
+        if "subinterpreter" in b.name:
+            results.skip(b.name, key, "numpy refuses subinterpreters")
+            return
+        got = []
+        for _ in range(2):
+            t0 = clock()
+            try:
+                back = await b.call(numpy.asarray, data)
+            except Exception as e:  # noqa: BLE001, this figure only: a worker without numpy
+                results.skip(b.name, key, f"failed: {e!r}"[:200])
+                return
+            took = (clock() - t0) / 1e9
+            if back.nbytes != data.nbytes:
+                raise RuntimeError(f"echo returned {back.nbytes} of {data.nbytes} bytes")
+            got.append(data.nbytes / 1e6 / took)
+        results.samples.setdefault(b.name, {}).setdefault(key, []).extend(got)
+        results.rounds.setdefault(b.name, {}).setdefault(key, []).append(statistics.median(got))
+
+    await each(f"payload {label}", payload, rounds)
+
+
+def _copies_note() -> str | None:
+    """Which payloads travel beside the pickle (out of band) in this build, for the notes."""
+    from . import _outcome
+
+    threshold = getattr(_outcome, "BUFFER_THRESHOLD", None)
+    if threshold is None:
+        return None
+    out = [label for label, size in PAYLOADS.items() if size >= threshold]
+    return (
+        f"payloads of {threshold // KiB} KiB and more ({', '.join(out)}, {NUMPY_PAYLOAD[0]}) "
+        "travel beside the pickle: interpool on subinterpreters copies a bytes echo 3 times "
+        "(not 9), a numpy echo on processes twice (into each memfd), and never pickles their "
+        "data (docs/payloads.md)."
+    )
+
+
 def _cpu_iterations(target_ms: float) -> int:
     """How many ``spin`` iterations take about ``target_ms`` here (measured in this thread)."""
     n = 10_000
@@ -879,6 +944,8 @@ async def measure_in_process(
             await each(f"payload {label}", payload, cfg.payload_repeats[label])
             del data, payload
 
+        await _numpy_payload(live, each, results, cfg, clock)
+
         progress.phase("map helper")
         amap = getattr(interpool, "amap", None)
         for b in live:
@@ -950,6 +1017,7 @@ def total_steps(n_backends: int, cfg: Settings) -> int:
         + cfg.throughput_repeats
         + cfg.cpu_repeats
         + sum(cfg.payload_repeats.values())
+        + cfg.payload_repeats.get("64MiB", 0)  # the numpy payload
     )
     return n_backends * per_backend
 
@@ -1078,6 +1146,9 @@ def build_document(
         if summary["wide_spread"]
     ]
     notes = []
+    copies = _copies_note()
+    if copies is not None:
+        notes.append(copies)
     if wide:
         notes.append(
             f"wide spread (p90/p10 > {WIDE_SPREAD:g}) in: {'; '.join(wide)}. The machine was "
@@ -1128,6 +1199,7 @@ TABLES = (
             ("1 KiB", "payload_1KiB_MBps", "median", "MB/s"),
             ("1 MiB", "payload_1MiB_MBps", "median", "MB/s"),
             ("64 MiB", "payload_64MiB_MBps", "median", "MB/s"),
+            ("numpy 16M", f"payload_{NUMPY_PAYLOAD[0]}_MBps", "median", "MB/s"),
             ("memory/worker", "memory_per_worker_MiB", "median", "MiB"),
             ("map", "map_jobs_per_s", "median", "/s"),
         ),
@@ -1202,13 +1274,14 @@ _PANELS = (
     ("Start-up", "ms (median, log scale)", ("cold_start_ms", "new_worker_ms"), True),
     ("Memory per idle worker", "MiB of process-tree RSS", ("memory_per_worker_MiB",), False),
     ("Payload round trip", "MB/s (median, log scale)",
-     tuple(f"payload_{p}_MBps" for p in PAYLOADS), True),
+     (*(f"payload_{p}_MBps" for p in PAYLOADS), f"payload_{NUMPY_PAYLOAD[0]}_MBps"), True),
     ("CPU-bound speedup", "x, one worker per core vs one worker", ("cpu_speedup",), False),
 )  # fmt: skip
 _SERIES_LABELS = {
     "cold_start_ms": "cold start to first result",
     "new_worker_ms": "new worker, pool warm",
     **{f"payload_{p}_MBps": p for p in PAYLOADS},
+    f"payload_{NUMPY_PAYLOAD[0]}_MBps": "numpy 16 MiB",
 }
 
 
@@ -1240,7 +1313,7 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
                 if key == "warm_call_us":
                     err = [[s["median"] - s["p10"]], [s["p90"] - s["median"]]]
                 ax.barh(y, s["median"], height=height * 0.9, color=color, xerr=err,
-                        alpha=1.0 - 0.35 * k, edgecolor="black", linewidth=0.4,
+                        alpha=1.0 - 0.22 * k, edgecolor="black", linewidth=0.4,
                         error_kw={"elinewidth": 0.8, "capsize": 2})  # fmt: skip
                 label = _fmt(s["median"]) + ("*" if s["wide_spread"] else "")
                 at = s["p90"] if err is not None else s["median"]
@@ -1254,7 +1327,7 @@ def write_plot(doc: dict[str, Any], path: Path) -> None:
             ax.set_xscale("log")
         ax.margins(x=0.18)
         if len(keys) > 1:
-            shades = [Patch(facecolor="#999", alpha=1.0 - 0.35 * k, label=_SERIES_LABELS[key])
+            shades = [Patch(facecolor="#999", alpha=1.0 - 0.22 * k, label=_SERIES_LABELS[key])
                       for k, key in enumerate(keys)]  # fmt: skip
             ax.legend(handles=shades, fontsize=8, loc="lower right", ncol=len(keys),
                       bbox_to_anchor=(1.0, 1.0), frameon=False)  # fmt: skip

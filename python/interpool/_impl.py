@@ -248,7 +248,7 @@ class WorkerContext:
             if retry is not None:
                 return retry
         if kind == _outcome.LOAD_ERROR:
-            exc = _outcome.rebuild_exception(data)
+            exc = _outcome.load_error(data)
             if self._is_subinterpreter(cache) and _auto.refusal(exc) is not None:
                 exc.add_note(_auto.HINT)
             raise exc
@@ -265,10 +265,15 @@ class WorkerContext:
         return cache is self._auto.caches.get(WorkerType.SUBINTERPRETER)
 
     def _worker_setup(self) -> bytes:
-        """A new worker's setup: the parent's sys.path, argv and main script as of now."""
+        """A new worker's setup: the parent's sys.path, argv and main script as of now, and its
+        multiprocessing authkey once multiprocessing is in use (as its children inherit it)."""
         main_kind, main_ref = _outcome.main_reference()
         init, retire = self._setup_hooks
-        return _outcome.dumps((list(sys.path), list(sys.argv), main_kind, main_ref, init, retire))
+        process = sys.modules.get("multiprocessing.process")
+        authkey = None if process is None else bytes(process.current_process().authkey)
+        return _outcome.dumps(
+            (list(sys.path), list(sys.argv), main_kind, main_ref, init, retire, None, authkey)
+        )
 
     def statistics(self) -> WorkerContextStatistics:
         """How many workers are idle and how many calls are running, in all, and ``by_type``:
@@ -598,52 +603,33 @@ def _get_default_context() -> WorkerContext:
     return _default_context
 
 
-class _Scope:
-    """A :func:`cache_scope` in force: its context, the trio task that opened it (None under
-    asyncio), the enclosing scope, and whether it is still open."""
-
-    __slots__ = ("context", "open", "owner", "parent")
-
-    def __init__(self, context: WorkerContext, owner: object, parent: _Scope | None) -> None:
-        self.context, self.owner, self.parent, self.open = context, owner, parent, True
-
-
-_scope_var: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+# cache_scope's context: under trio a tricycle.TreeVar, as trio-parallel's, so a scope follows
+# trio's task tree (a task sees the scope of the nursery it runs in, whoever started it), made on
+# first use; under asyncio a contextvar (asyncio has no task tree: a task sees the scope of the
+# task that created it). ``_trio_scopes`` holds one entry per trio scope open in the process:
+# while there is none, looking the TreeVar up is skipped.
+_scope_tree: Any = None
+_trio_scopes: list[None] = []
+_scope_var: contextvars.ContextVar[WorkerContext | None] = contextvars.ContextVar(
     "interpool_cache_scope", default=None
 )
 
 
+def _scoped_context() -> WorkerContext | None:
+    """The innermost :func:`cache_scope`'s context here, or None."""
+    if _trio_scopes:
+        try:
+            return _scope_tree.get()
+        except RuntimeError:  # no trio here (asyncio in a trio worker thread): contextvars
+            pass
+    return _scope_var.get()
+
+
 def _current_default_context() -> WorkerContext:
-    """The context ``run_sync`` uses here: the innermost open :func:`cache_scope` of this task
-    tree, else the global default."""
-    scope = _scope_var.get()
-    if scope is None:
-        return _get_default_context()
-    return _scoped_context(scope)
-
-
-def _scoped_context(scope: _Scope | None) -> WorkerContext:
-    # A contextvar follows the task that *spawned* a task, a scope follows the task tree: a task
-    # spawned from inside a scope into a nursery outside it sees the scope only while the scope
-    # is open and the task descends from the scope's task.
-    try:
-        task: Any = trio.lowlevel.current_task()
-    except RuntimeError:  # not in trio: contextvar rules (asyncio copies them into tasks)
-        task = None
-    while scope is not None:
-        if scope.open and (scope.owner is None or _descends(task, scope.owner)):
-            return scope.context
-        scope = scope.parent
-    return _get_default_context()
-
-
-def _descends(task: Any, owner: object) -> bool:
-    while task is not None:
-        if task is owner:
-            return True
-        nursery = task.parent_nursery
-        task = nursery.parent_task if nursery is not None else None
-    return False
+    """The context ``run_sync`` uses here: the innermost open :func:`cache_scope`, else the
+    global default."""
+    scoped = _scoped_context()
+    return _get_default_context() if scoped is None else scoped
 
 
 def _check_main_thread(name: str) -> None:
@@ -724,23 +710,33 @@ async def cache_scope(
     """Within this block, and in the tasks started in it, :func:`run_sync` (and ``amap``) use a
     new worker context of these settings (:func:`open_worker_context`'s) instead of the default
     one; it closes on exit as ``open_worker_context``'s does. Explicit ``ctx.run_sync`` calls are
-    not affected. Under trio the scope follows the task tree; under asyncio, contextvars.
-    Yields None."""
+    not affected. Yields None.
+
+    Under trio the scope follows the task tree, as trio-parallel's (a ``tricycle.TreeVar``): a
+    task uses the scope of the nursery it runs in, whoever started it, so a task started into a
+    nursery opened inside the block uses the scope, and one started from inside the block into a
+    nursery opened outside it does not (not even before its ``task_status.started()``). Under
+    asyncio, which has no task tree, the scope follows contextvars: tasks created inside the
+    block use it."""
+    global _scope_tree
     async with open_worker_context(idle_timeout, init, retire, grace_period, worker_type) as ctx:
-        try:
-            owner: object = trio.lowlevel.current_task()
-        except RuntimeError:  # asyncio
-            owner = None
-        scope = _Scope(ctx, owner, _scope_var.get())
-        token = _scope_var.set(scope)
-        try:
-            yield
-        finally:
-            scope.open = False
+        if _backends.current_library() != "trio":
+            token = _scope_var.set(ctx)
             try:
+                yield
+            finally:
                 _scope_var.reset(token)
-            except ValueError:  # pragma: no cover, left from another context: nothing to undo
-                pass
+            return
+        if _scope_tree is None:
+            import tricycle
+
+            _scope_tree = tricycle.TreeVar("interpool_cache_scope", default=None)
+        _trio_scopes.append(None)
+        try:
+            with _scope_tree.being(ctx):
+                yield
+        finally:
+            _trio_scopes.pop()
 
 
 def pin(target: object, worker_type: WorkerType | str | None) -> None:
@@ -779,8 +775,8 @@ async def run_sync(
         pickled; ``TypeError`` for an async function; :class:`BrokenWorkerError` if the worker
         failed; :class:`WorkerTypeUnavailableError` if the default worker type cannot run here.
     """
-    scope = _scope_var.get()
-    ctx = _get_default_context() if scope is None else _scoped_context(scope)
+    scoped = _scope_var.get() if not _trio_scopes else _scoped_context()
+    ctx = _get_default_context() if scoped is None else scoped
     return await ctx.run_sync(
         sync_fn, *args, kill_on_cancel=kill_on_cancel, cancellable=cancellable, limiter=limiter
     )
@@ -789,9 +785,9 @@ async def run_sync(
 def default_context_statistics() -> WorkerContextStatistics:
     """Statistics of the current default context: the innermost :func:`cache_scope`, else the
     global default (eventually consistent across threads)."""
-    scope = _scope_var.get()
-    if scope is not None:
-        return _scoped_context(scope).statistics()
+    scoped = _scoped_context()
+    if scoped is not None:
+        return scoped.statistics()
     if _default_context is None:
         return WorkerContextStatistics(idle_workers=0, running_workers=0)
     return _default_context.statistics()

@@ -182,7 +182,7 @@ impl Drop for Pinned {
 
 /// Drops the views of finished jobs (see [`Pinned`]); `py` proves this thread is attached here.
 fn release_pinned(_py: Python<'_>) {
-    if !ANY_RELEASED.swap(false, Ordering::AcqRel) {
+    if !ANY_RELEASED.load(Ordering::Acquire) || !ANY_RELEASED.swap(false, Ordering::AcqRel) {
         return; // the usual case: no job had buffers since the last time
     }
     let views = std::mem::take(&mut *RELEASED.lock().unwrap_or_else(PoisonError::into_inner));

@@ -108,3 +108,9 @@ def single_phase_lazily():
     import _testsinglephase  # noqa: F401
 
     return os.getpid()
+
+
+def reverse(view):
+    """``call_pickled_with_buffers``: the argument arrives as a buffer; a large value leaves as
+    one. Also says how the argument arrived (its exporter's type)."""
+    return bytes(view)[::-1], type(view.obj).__name__

@@ -397,3 +397,39 @@ pub(crate) async fn the_discovered_executable_is_the_embedded_pythons(kind: Work
     }
     pool.shutdown(GRACE).await.unwrap();
 }
+
+/// `call_pickled_with_buffers`: a 1 MiB argument buffer reaches the job out of band and its
+/// reversed copy comes back as a buffer beside the pickle. `exporter` is how the job saw it.
+pub(crate) async fn buffers_cross_both_ways(pool: &Pool, exporter: &str) {
+    use interpool::Buffer;
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    // pickle protocol 5 of `(buffer,)`: PROTO 5, NEXT_BUFFER, TUPLE1, STOP.
+    let args = b"\x80\x05\x97\x85.";
+    let value = pool
+        .call_pickled_with_buffers(
+            "pool_fixtures:reverse",
+            args,
+            vec![Buffer::from_vec(data.clone())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        &value.data[..2],
+        b"\x80\x05",
+        "a protocol-5 job gets a protocol-5 value"
+    );
+    assert_eq!(
+        value.buffers.len(),
+        1,
+        "the large bytes came back out of band"
+    );
+    let reversed: Vec<u8> = data.iter().rev().copied().collect();
+    assert!(value.buffers[0].as_slice() == reversed.as_slice());
+    assert!(value.buffers[0].writable());
+    // The exporter's name is in the pickle (in band, small), as a unicode string.
+    let needle = exporter.as_bytes();
+    assert!(
+        value.data.windows(needle.len()).any(|w| w == needle),
+        "the job did not see a {exporter}"
+    );
+}

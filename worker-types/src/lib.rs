@@ -172,7 +172,7 @@ pub struct Capabilities {
 /// Everything a new worker needs before its first job.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// Pickled `(sys_path, argv, main_kind, main_ref, init, retire[, path_prepend])`, made by the
+    /// Pickled `(sys_path, argv, main_kind, main_ref, init, retire[, path_prepend[, authkey]])`, by the
     /// front end: see the worker loop's `setup`. Opaque to Rust.
     pub setup: Vec<u8>,
     /// How long an idle worker waits for a job before it ends itself; `None`: forever.
