@@ -3,6 +3,7 @@ localhost, started and stopped here. Skipped where distributed is not installed.
 
 import os
 import select
+import subprocess
 import sys
 
 import _dask_funcs
@@ -41,10 +42,15 @@ def wait_ended(pids):
     return left
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """The cluster and a client; on teardown, after closing both, no process of the cluster (its
-    workers, their interpool workers and forkservers) is left."""
+# The cluster runs in a process of its own: multiprocessing starts a resource tracker beside the
+# nannies' worker processes, which would otherwise outlive the cluster as a child of this one.
+CLUSTER_SCRIPT = """
+import sys
+
+import dask
+import distributed
+
+if __name__ == "__main__":
     # Dask's profiler crashes CPython 3.13 processes that run subinterpreters (see dask.py).
     with dask.config.set({"distributed.worker.profile.enabled": False}):
         cluster = distributed.LocalCluster(
@@ -54,13 +60,41 @@ def cluster():
             dashboard_address=None,
             worker_dashboard_address=None,
         )
-    client = distributed.Client(cluster)
-    seen = set()
-    yield client, seen
-    for tree in client.run(_dask_funcs.process_tree).values():
-        seen.update(tree)
-    client.close()
+    print(cluster.scheduler_address, flush=True)
+    sys.stdin.read()  # until the test closes our stdin
     cluster.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """The cluster and a client; on teardown, after closing both, no process of the cluster (its
+    workers, their interpool workers and forkservers) is left."""
+    script = tmp_path_factory.mktemp("dask") / "cluster.py"
+    script.write_text(CLUSTER_SCRIPT)
+    # The workers import the test's job modules (_funcs, _dask_funcs) from this folder.
+    path = os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")]))
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        env={**os.environ, "PYTHONPATH": path},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert select.select([process.stdout], [], [], GUARD)[0], "the cluster never started"
+        address = process.stdout.readline().strip()
+        client = distributed.Client(address, timeout=GUARD)
+        seen = {process.pid}
+        yield client, seen
+        for tree in client.run(_dask_funcs.process_tree).values():
+            seen.update(tree)
+        client.close()
+    finally:
+        process.stdin.close()
+        process.wait(GUARD)
+    assert process.returncode == 0
     assert wait_ended(seen) == []
 
 
