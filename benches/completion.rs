@@ -199,7 +199,8 @@ fn run(cache: &WorkerCache, payload: &[u8]) -> Finished {
 
 fn worker_cache(c: &mut Criterion) {
     let mut group = c.benchmark_group("worker_cache");
-    let cache = WorkerCache::new(Arc::new(Echo), None).expect("echo is available");
+    let cache =
+        WorkerCache::new(Arc::new(Echo), None, Default::default()).expect("echo is available");
     run(&cache, b"warm");
     group.bench_function("reuse", |b| b.iter(|| black_box(run(&cache, b"noop"))));
     group.bench_function("new_worker", |b| {
@@ -211,7 +212,8 @@ fn worker_cache(c: &mut Criterion) {
 
     // Several callers at once: the cache's one lock is what they share.
     let mut group = c.benchmark_group("worker_cache_contended");
-    let cache = WorkerCache::new(Arc::new(Echo), None).expect("echo is available");
+    let cache =
+        WorkerCache::new(Arc::new(Echo), None, Default::default()).expect("echo is available");
     group.bench_function("reuse_2_threads", |b| {
         b.iter_custom(|iters| {
             let (tx, rx) = mpsc::channel();

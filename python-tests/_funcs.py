@@ -399,6 +399,11 @@ def pid():
     return os.getpid()
 
 
+def modules_loaded(names):
+    """Which of ``names`` this interpreter has imported."""
+    return [name for name in names if name in sys.modules]
+
+
 def use_manager_proxies(event, queue, shared):
     """Uses ``multiprocessing.Manager()`` proxies: each connects to the manager with this
     worker's authkey, which must be the parent's."""
@@ -467,3 +472,32 @@ def spin_with_buffer_after_signal(path, buffer):
     signal_started_at(path)
     while True:
         pass
+
+
+# --- reliability (test_reliability.py) ----------------------------------------
+
+
+def busy_identity(x, iterations):
+    """``x``, after ``iterations`` of pure-Python work (interruptible anywhere)."""
+    for _ in range(iterations):
+        pass
+    return x
+
+
+def keep_once_released(release_path):
+    """A ``retire`` hook that blocks in C code until the parent writes a byte to the FIFO
+    ``release_path``, then keeps the worker."""
+    with open(release_path, "rb", buffering=0) as f:
+        f.read(1)
+    return False
+
+
+class BlockWhileLoaded:
+    """An argument whose unpickling, in the worker, signals "started" and blocks until released:
+    a job that is still being loaded."""
+
+    def __init__(self, started_w, release_r):
+        self.fds = started_w, release_r
+
+    def __reduce__(self):
+        return signal_and_block, (*self.fds, "loaded")

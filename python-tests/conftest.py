@@ -5,11 +5,11 @@ Markers:
 - ``needs_subinterpreters`` (every module except test_availability.py and test_process.py):
   skipped cleanly where ``available_worker_types()`` reports SUBINTERPRETER unavailable
   (CPython < 3.13).
-- ``contract`` (the semantics modules: run_sync, context, cancellation, hooks): trio-parallel's
-  contract, run on every worker type. Each test gets a ``worker_type`` (ids ``subinterpreter``,
-  ``forkserver``, ``spawn``, ``auto``); the ``ctx`` fixture and the default context (of
-  ``interpool.run_sync``) are of that type, and the test fails if it leaves a subinterpreter, a
-  worker thread or a worker process behind.
+- ``contract`` (the semantics modules: run_sync, context, cancellation, hooks, which also say
+  ``usefixtures("worker_type")``): trio-parallel's contract, run on every worker type. Each test
+  gets a ``worker_type`` (ids ``subinterpreter``, ``forkserver``, ``spawn``, ``auto``); the
+  ``ctx`` fixture and the default context (of ``interpool.run_sync``) are of that type, and the
+  test fails if it leaves a subinterpreter, a worker thread or a worker process behind.
 - ``in_process``: a contract test that depends on the worker sharing the test's process (the
   pid, interpreter ids): it runs on SUBINTERPRETER only, with the id ``subinterpreter-only``.
 - ``only_on(*types, reason=...)``: a contract test that holds only for these types' nature.
@@ -69,6 +69,7 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     if metafunc.definition.get_closest_marker("contract") is None:
         return
+    assert "worker_type" in metafunc.fixturenames, "a contract module uses the worker_type fixture"
     if metafunc.definition.get_closest_marker("in_process") is not None:
         metafunc.parametrize(
             "worker_type", [WorkerType.SUBINTERPRETER], ids=["subinterpreter-only"]
@@ -138,7 +139,7 @@ def _leaks(before):
 
 
 @pytest.fixture(autouse=True)
-def _contract_default_context_and_leak_check(request, worker_type):
+def _contract_default_context_and_leak_check(request):
     """In contract tests: a default context of the type under test, closed after the test, and
     a check that nothing the test started is left (polled up to the hang guard: workers end
     asynchronously once their context closed)."""
@@ -146,7 +147,7 @@ def _contract_default_context_and_leak_check(request, worker_type):
         yield
         return
     before = (_interpool_threads(), _interpool.live_subinterpreters(), _worker_processes())
-    context = _impl.WorkerContext._create(worker_type=worker_type)
+    context = _impl.WorkerContext._create(worker_type=request.getfixturevalue("worker_type"))
     saved, _impl._default_context = _impl._default_context, context
     try:
         yield

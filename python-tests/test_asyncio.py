@@ -151,7 +151,7 @@ def test_cancel_without_kill_waits_for_the_job_then_raises():
 
 
 @pytest.mark.parametrize("kwargs", KILL_KWARGS, ids=_ids)
-def test_kill_on_cancel_interrupts_and_retires_the_worker(kwargs):
+def test_kill_on_cancel_interrupts_and_keeps_the_interpreter(kwargs):
     async def main():
         async with _helpers.checked_context() as ctx:
             warm = await ctx.run_sync(_funcs.worker_id)
@@ -164,7 +164,7 @@ def test_kill_on_cancel_interrupts_and_retires_the_worker(kwargs):
                 with pytest.raises(asyncio.CancelledError):
                     await task
             assert ctx.statistics().running_workers == 0
-            assert await ctx.run_sync(_funcs.worker_id) != warm
+            assert await ctx.run_sync(_funcs.worker_id) == warm
 
     arun(main)
 
@@ -182,8 +182,11 @@ def test_kill_on_cancel_abandons_a_worker_stuck_in_c_code():
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
-                _helpers.assert_no_workers(ctx)
-                assert await ctx.run_sync(_funcs.worker_id) != stuck
+                # Abandoned, or kept if the interrupt landed before os.read.
+                stats = ctx.statistics()
+                assert stats.running_workers == 0
+                kept = stats.idle_workers == 1
+                assert (await ctx.run_sync(_funcs.worker_id) == stuck) == kept
                 release.send()
 
     arun(main)

@@ -10,7 +10,11 @@ import trio.testing
 
 import interpool
 
-pytestmark = [pytest.mark.needs_subinterpreters, pytest.mark.contract]
+pytestmark = [
+    pytest.mark.needs_subinterpreters,
+    pytest.mark.contract,
+    pytest.mark.usefixtures("worker_type"),
+]
 
 
 # --- validation -------------------------------------------------------------

@@ -7,7 +7,11 @@ import trio
 
 import interpool
 
-pytestmark = [pytest.mark.needs_subinterpreters, pytest.mark.contract]
+pytestmark = [
+    pytest.mark.needs_subinterpreters,
+    pytest.mark.contract,
+    pytest.mark.usefixtures("worker_type"),
+]
 
 
 # --- init -------------------------------------------------------------------

@@ -129,3 +129,60 @@ async def test_calls_without_limiter_use_the_default_limiter(ctx):
                 assert default.borrowed_tokens == 1
                 release.send()
     assert default.borrowed_tokens == 0
+
+
+# --- where a call among other calls yields -------------------------------------
+
+
+async def test_a_call_while_a_token_is_out_is_a_checkpoint(ctx):
+    limiter = trio.CapacityLimiter(2)
+    limiter.acquire_on_behalf_of_nowait(holder := object())
+    try:
+        with trio.fail_after(_helpers.HANG_GUARD), trio.testing.assert_checkpoints():
+            assert await ctx.run_sync(_funcs.add, 1, 2, limiter=limiter) == 3
+        assert limiter.borrowed_tokens == 1
+    finally:
+        limiter.release_on_behalf_of(holder)
+
+
+async def test_a_call_cancelled_while_it_waits_for_a_token_never_runs(ctx, tmp_path):
+    path = tmp_path / "should-not-exist"
+    limiter = trio.CapacityLimiter(1)
+    limiter.acquire_on_behalf_of_nowait(holder := object())
+    with trio.fail_after(_helpers.HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def call():
+                with scope:
+                    await ctx.run_sync(_funcs.write_file, str(path), "ran", limiter=limiter)
+
+            nursery.start_soon(call)
+            await trio.testing.wait_all_tasks_blocked()
+            assert limiter.statistics().tasks_waiting == 1
+            scope.cancel()
+    assert scope.cancelled_caught
+    assert not path.exists()
+    assert limiter.borrowed_tokens == 1
+    assert limiter.statistics().tasks_waiting == 0
+    limiter.release_on_behalf_of(holder)
+    assert ctx.statistics().running_workers == 0
+
+
+async def test_a_burst_of_calls_on_two_tokens_returns_every_value(ctx):
+    # More calls than tokens at once: they yield, try again, or park on the limiter (the
+    # paths of a burst), and each comes back with its own value, every token returned.
+    limiter = trio.CapacityLimiter(2)
+    results = []
+
+    async def one(i):
+        results.append(await ctx.run_sync(_funcs.identity, i, limiter=limiter))
+
+    with trio.fail_after(_helpers.HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(one, i)
+    assert sorted(results) == list(range(300))
+    assert limiter.borrowed_tokens == 0
+    assert limiter.statistics().tasks_waiting == 0
+    assert ctx.statistics().running_workers == 0

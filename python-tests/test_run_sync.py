@@ -12,7 +12,11 @@ import trio
 
 import interpool
 
-pytestmark = [pytest.mark.needs_subinterpreters, pytest.mark.contract]
+pytestmark = [
+    pytest.mark.needs_subinterpreters,
+    pytest.mark.contract,
+    pytest.mark.usefixtures("worker_type"),
+]
 
 
 # --- values -----------------------------------------------------------------
@@ -147,6 +151,19 @@ async def test_raise_from_none_suppresses_context(ctx):
     assert exc.args == ("suppressed",)
     assert exc.__cause__ is None
     assert exc.__suppress_context__ is True
+
+
+async def test_a_new_worker_imports_neither_pickle_py_nor_traceback_until_needed():
+    # Starting a worker is mostly its interpreter's own start-up: the loop uses the C pickler
+    # alone and imports traceback for the first error it formats. Every worker after the first
+    # runs the loop's code unmarshalled, not compiled: the second worker checks that path.
+    async with _helpers.checked_context(retire=_funcs.always_true) as ctx:
+        for _ in range(2):
+            loaded = await ctx.run_sync(_funcs.modules_loaded, ["pickle", "traceback"])
+            assert loaded == []
+        with pytest.raises(ValueError) as info:
+            await ctx.run_sync(_funcs.raise_value_error, "boom")
+        assert any("raise_value_error" in note for note in info.value.__notes__)
 
 
 async def test_worker_survives_an_exception(ctx):

@@ -6,9 +6,14 @@
 //! how many jobs run at once, and so how many workers exist (trio-parallel's model).
 //!
 //! Each submitted job holds its worker in a [`Lease`] until its outcome is taken; then the worker
-//! goes back to the idle stack, or is let go if it is ending (retired, broken, interrupted). A
-//! worker that has closed itself (idle timeout) hands the job back, and the cache gives it to the
-//! next worker: no job is lost to that race.
+//! goes back to the idle stack, or is let go if it is ending (retired, broken, killed). A worker
+//! that has closed itself (idle timeout) hands the job back, and the cache gives it to the next
+//! worker: no job is lost to that race. A worker still running its `retire` hook after a job
+//! (the caller already has the outcome) hands the job back too: it stays on the idle stack and
+//! the job goes to the next worker, or a new one.
+//!
+//! A worker the library interrupted (its job's interrupt claim won) is never reused if that cost
+//! its process, and its exit is not reported at shutdown: the caller that cancelled knows.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -16,7 +21,7 @@ use std::{
 };
 
 use interpool_worker_types::{
-    Completion, Finished, Job, Outcome, Rejected, Retire, Worker, WorkerConfig, WorkerType,
+    Completion, Finished, Job, Outcome, Rejected, Worker, WorkerConfig, WorkerType,
 };
 
 use crate::{scheduler::LatencyEstimate, Error, Result};
@@ -46,6 +51,19 @@ pub struct ShutdownReport {
     pub nonzero_exit_codes: Vec<i32>,
 }
 
+/// When a worker is replaced by a fresh one, besides its `retire` hook (loky's and
+/// `ProcessPoolExecutor`'s worker recycling). Checked by the worker after each job, once the
+/// caller has the outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Recycling {
+    /// A worker ends after this many jobs; `None`: never.
+    pub max_tasks: Option<u64>,
+    /// A worker ends after a job that leaves its memory above this many bytes (a process: its
+    /// RSS, Linux only; a subinterpreter: the arenas of its own object allocator); `None`: no
+    /// limit.
+    pub max_memory: Option<u64>,
+}
+
 /// How long closing waits for a worker it killed after the grace period.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -57,11 +75,17 @@ struct Ending {
 }
 
 impl Ending {
-    /// True (and any non-zero exit code noted) once the worker has ended.
-    fn ended(&self, timeout: Option<Duration>, codes: &mut Vec<i32>) -> bool {
+    /// True (and any non-zero exit code and retire failure noted) once the worker has ended.
+    fn ended(
+        &self,
+        timeout: Option<Duration>,
+        codes: &mut Vec<i32>,
+        retire_failures: &mut Vec<Vec<u8>>,
+    ) -> bool {
         if !self.worker.wait_ended(timeout) {
             return false;
         }
+        retire_failures.extend(self.worker.take_retire_failure());
         if let Some(code) = self
             .worker
             .exit_code()
@@ -90,6 +114,7 @@ struct State {
 struct Inner {
     worker_type: Arc<dyn WorkerType>,
     idle_timeout: Option<Duration>,
+    recycling: Recycling,
     state: Mutex<State>,
     /// This type's dispatch latency, fed by quick calls ([`Lease::observe_quick_return`]).
     latency: LatencyEstimate,
@@ -101,28 +126,24 @@ impl Inner {
     }
 
     /// Takes a worker's job slot back: the worker returns to the idle stack or is let go.
-    fn release(&self, worker: Box<dyn Worker>, finished: Option<&Finished>) {
+    /// `interrupted`: the job's interrupt claim won (the library stopped it).
+    fn release(&self, worker: Box<dyn Worker>, finished: Option<&Finished>, interrupted: bool) {
         let ending = finished.is_none_or(Finished::worker_ends) || !worker.is_accepting();
         let mut state = self.state();
         state.running -= 1;
-        if let Some(Finished {
-            retire: Retire::Failed(records),
-            ..
-        }) = finished
-        {
-            state.retire_failures.push(records.clone());
-        }
         if ending || state.closed {
             worker.close();
-            // A job that broke told its caller why the worker died; retired workers and ones
-            // that ended themselves report a bad exit at shutdown.
-            let report_exit = !matches!(
+            // A job that broke told its caller why the worker died, and a worker the library
+            // killed died of that; retired workers and ones that ended themselves report a bad
+            // exit at shutdown.
+            let broken = matches!(
                 finished,
                 Some(Finished {
                     outcome: Outcome::Broken(_),
                     ..
                 })
             );
+            let report_exit = !broken && !interrupted;
             prune_ending(&mut state);
             state.ending.push(Ending {
                 worker,
@@ -142,8 +163,12 @@ pub struct WorkerCache {
 
 impl WorkerCache {
     /// A cache of `worker_type` workers that end after `idle_timeout` without a job (`None`:
-    /// never). Fails if the type is unavailable here.
-    pub fn new(worker_type: Arc<dyn WorkerType>, idle_timeout: Option<Duration>) -> Result<Self> {
+    /// never) and are recycled as `recycling` says. Fails if the type is unavailable here.
+    pub fn new(
+        worker_type: Arc<dyn WorkerType>,
+        idle_timeout: Option<Duration>,
+        recycling: Recycling,
+    ) -> Result<Self> {
         if let interpool_worker_types::Availability::Unavailable(reason) =
             worker_type.availability()
         {
@@ -156,6 +181,7 @@ impl WorkerCache {
             inner: Arc::new(Inner {
                 worker_type,
                 idle_timeout,
+                recycling,
                 state: Mutex::new(State {
                     idle: Vec::new(),
                     running: 0,
@@ -175,11 +201,13 @@ impl WorkerCache {
     pub fn submit(&self, job: Job, setup: &dyn Fn() -> Result<Vec<u8>, String>) -> Result<Lease> {
         let submitted = Instant::now();
         let mut job = job;
-        loop {
+        // Workers still busy after their last job (retire hook): skipped now, kept for later.
+        let mut not_ready = Vec::new();
+        let result = loop {
             let cached = {
                 let mut state = self.inner.state();
                 if state.closed {
-                    return Err(Error::Closed);
+                    break Err(Error::Closed);
                 }
                 state.running += 1;
                 state.idle.pop()
@@ -190,32 +218,56 @@ impl WorkerCache {
                     Ok(worker) => worker,
                     Err(e) => {
                         self.inner.state().running -= 1;
-                        return Err(e);
+                        break Err(e);
                     }
                 },
             };
             match worker.submit(job) {
                 Ok(completion) => {
-                    return Ok(Lease {
+                    break Ok(Lease {
                         cache: self.inner.clone(),
                         worker: Some(worker),
                         completion,
                         submitted,
                     })
                 }
-                // It ended itself meanwhile (idle timeout): the job never started; next worker.
+                // The job never started: it goes to the next worker.
                 Err(Rejected(returned)) => {
                     job = returned;
-                    self.inner.release(worker, None);
+                    if worker.is_accepting() {
+                        self.inner.state().running -= 1;
+                        not_ready.push(worker);
+                    } else {
+                        // It ended itself meanwhile (idle timeout, retired).
+                        self.inner.release(worker, None, false);
+                    }
                 }
             }
+        };
+        if !not_ready.is_empty() {
+            let mut state = self.inner.state();
+            if state.closed {
+                for worker in not_ready {
+                    worker.close();
+                    state.ending.push(Ending {
+                        worker,
+                        report_exit: true,
+                    });
+                }
+            } else {
+                // Back on top, hottest last, as they were: likely ready by the next call.
+                state.idle.extend(not_ready.into_iter().rev());
+            }
         }
+        result
     }
 
     fn start_worker(&self, setup: &dyn Fn() -> Result<Vec<u8>, String>) -> Result<Box<dyn Worker>> {
         let config = WorkerConfig {
             setup: setup().map_err(Error::Setup)?,
             idle_timeout: self.inner.idle_timeout,
+            max_tasks: self.inner.recycling.max_tasks,
+            max_memory: self.inner.recycling.max_memory,
         };
         Ok(self.inner.worker_type.start(Arc::new(config))?)
     }
@@ -264,11 +316,12 @@ impl WorkerCache {
                 std::mem::take(&mut state.nonzero_exit_codes),
             )
         };
+        let mut retire_failures = retire_failures;
         let stragglers: Vec<_> = ending
             .into_iter()
             .filter(|e| {
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                !e.ended(left, &mut codes)
+                !e.ended(left, &mut codes, &mut retire_failures)
             })
             .collect();
         let (mut killed, mut not_ended) = (0, 0);
@@ -301,14 +354,15 @@ fn prune_idle(state: &mut State) {
     }));
 }
 
-/// Forgets ended workers, noting their non-zero exit codes.
+/// Forgets ended workers, noting their non-zero exit codes and retire failures.
 fn prune_ending(state: &mut State) {
     let State {
         ending,
         nonzero_exit_codes,
+        retire_failures,
         ..
     } = state;
-    ending.retain(|e| !e.ended(Some(Duration::ZERO), nonzero_exit_codes));
+    ending.retain(|e| !e.ended(Some(Duration::ZERO), nonzero_exit_codes, retire_failures));
 }
 
 /// One job in progress and the worker it holds.
@@ -345,12 +399,14 @@ impl Lease {
     pub fn finish(&mut self) -> Option<Finished> {
         let finished = self.completion.take()?;
         if let Some(worker) = self.worker.take() {
-            self.cache.release(worker, Some(&finished));
+            let interrupted = self.completion.interrupt_claimed();
+            self.cache.release(worker, Some(&finished), interrupted);
         }
         Some(finished)
     }
 
-    /// Asks the job to stop (asynchronously); its worker is not reused afterwards.
+    /// Asks the job to stop (asynchronously), unless it has completed: then nothing happens and
+    /// the outcome stands. A worker that had to be killed for it is not reused.
     pub fn interrupt(&self) {
         if let Some(worker) = &self.worker {
             worker.interrupt();
@@ -378,16 +434,20 @@ impl Drop for Lease {
 mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-    use interpool_worker_types::{Availability, Capabilities};
+    use interpool_worker_types::{Availability, Capabilities, Retire};
 
     use super::*;
 
     /// A worker type whose workers complete each job at once, echoing the payload. Payloads
-    /// `retire` and `retire-fails` drive the retire hook; `hold` leaves the job running.
+    /// `retire` and `retire-fails` drive the retire hook; `hold` leaves the job running (an
+    /// interrupt then kills the worker, as a process's would); `busy-after` leaves the worker
+    /// busy after its job (a slow retire hook) until `ready` is set.
     #[derive(Debug, Default)]
     struct Echo {
         started: AtomicUsize,
         unavailable: bool,
+        /// Every worker's `ready` flag.
+        ready_flags: Mutex<Vec<Arc<AtomicBool>>>,
     }
 
     #[derive(Debug)]
@@ -400,6 +460,12 @@ mod tests {
         killed: AtomicBool,
         /// The exit code it reports once ended (`exit-3`, `broken` jobs set it).
         exit_code: Mutex<Option<i32>>,
+        /// The current job's completion, for interrupts.
+        current: Mutex<Option<Arc<Completion>>>,
+        /// Cleared by a `busy-after` job: the worker refuses jobs but is not closed.
+        ready: Arc<AtomicBool>,
+        retire_failure: Mutex<Option<Vec<u8>>>,
+        interrupts: AtomicUsize,
     }
 
     impl WorkerType for Echo {
@@ -425,6 +491,8 @@ mod tests {
         ) -> interpool_worker_types::Result<Box<dyn Worker>> {
             static IDS: AtomicU64 = AtomicU64::new(1);
             self.started.fetch_add(1, Ordering::SeqCst);
+            let ready = Arc::new(AtomicBool::new(true));
+            self.ready_flags.lock().unwrap().push(ready.clone());
             Ok(Box::new(EchoWorker {
                 id: IDS.fetch_add(1, Ordering::SeqCst),
                 accepting: Arc::new(AtomicBool::new(true)),
@@ -432,6 +500,10 @@ mod tests {
                 ends_on_close: AtomicBool::new(true),
                 killed: AtomicBool::new(false),
                 exit_code: Mutex::new(Some(0)),
+                current: Mutex::new(None),
+                ready,
+                retire_failure: Mutex::new(None),
+                interrupts: AtomicUsize::new(0),
             }))
         }
     }
@@ -441,12 +513,17 @@ mod tests {
             self.id
         }
         fn submit(&self, job: Job) -> std::result::Result<Arc<Completion>, Rejected> {
-            if !self.accepting.load(Ordering::SeqCst) {
+            if !self.accepting.load(Ordering::SeqCst) || !self.ready.load(Ordering::SeqCst) {
                 return Err(Rejected(job));
             }
             let completion = Arc::new(Completion::new());
+            *self.current.lock().unwrap() = Some(completion.clone());
             let retire = match job.payload.as_slice() {
                 b"hold" => return Ok(completion),
+                b"busy-after" => {
+                    self.ready.store(false, Ordering::SeqCst);
+                    Retire::Keep
+                }
                 b"stuck" => {
                     self.ends_on_close.store(false, Ordering::SeqCst);
                     Retire::Keep
@@ -464,7 +541,11 @@ mod tests {
                     return Ok(completion);
                 }
                 b"retire" => Retire::Retire,
-                b"retire-fails" => Retire::Failed(b"records".to_vec()),
+                b"retire-fails" => {
+                    *self.retire_failure.lock().unwrap() = Some(b"records".to_vec());
+                    self.accepting.store(false, Ordering::SeqCst);
+                    Retire::Keep
+                }
                 _ => Retire::Keep,
             };
             completion.complete(Finished {
@@ -473,7 +554,21 @@ mod tests {
             });
             Ok(completion)
         }
-        fn interrupt(&self) {}
+        fn interrupt(&self) {
+            let current = self.current.lock().unwrap().clone();
+            let Some(completion) = current.filter(|c| c.claim_interrupt()) else {
+                return;
+            };
+            self.interrupts.fetch_add(1, Ordering::SeqCst);
+            self.accepting.store(false, Ordering::SeqCst);
+            *self.exit_code.lock().unwrap() = Some(-9);
+            if completion.settle() == interpool_worker_types::Verdict::Interrupted {
+                completion.complete(Finished {
+                    outcome: Outcome::Broken(interpool_worker_types::Broken::new("killed")),
+                    retire: Retire::Retire,
+                });
+            }
+        }
         fn abandon(&self) {
             self.abandoned.store(true, Ordering::SeqCst);
         }
@@ -496,6 +591,9 @@ mod tests {
         fn exit_code(&self) -> Option<i32> {
             *self.exit_code.lock().unwrap()
         }
+        fn take_retire_failure(&self) -> Option<Vec<u8>> {
+            self.retire_failure.lock().unwrap().take()
+        }
     }
 
     fn no_setup() -> Result<Vec<u8>, String> {
@@ -504,7 +602,7 @@ mod tests {
 
     fn cache() -> (Arc<Echo>, WorkerCache) {
         let kind = Arc::new(Echo::default());
-        let cache = WorkerCache::new(kind.clone(), None).unwrap();
+        let cache = WorkerCache::new(kind.clone(), None, Recycling::default()).unwrap();
         (kind, cache)
     }
 
@@ -520,7 +618,7 @@ mod tests {
             unavailable: true,
             ..Echo::default()
         });
-        let err = WorkerCache::new(kind, None).unwrap_err();
+        let err = WorkerCache::new(kind, None, Recycling::default()).unwrap_err();
         assert_eq!(
             err.to_string(),
             "worker type \"echo\" is unavailable: not here"
@@ -603,6 +701,70 @@ mod tests {
         let report = cache.wait_closed(Some(Duration::ZERO));
         assert_eq!(report.retire_failures, vec![b"records".to_vec()]);
         assert_eq!(report.not_ended, 0);
+    }
+
+    fn echo_worker(cache: &WorkerCache, id: u64) -> bool {
+        cache.inner.state().idle.iter().any(|w| w.id() == id)
+    }
+
+    #[test]
+    fn an_interrupt_after_the_job_completed_is_a_no_op_and_the_worker_is_reused() {
+        let (kind, cache) = cache();
+        let mut lease = cache.submit(Job::new(b"x".to_vec()), &no_setup).unwrap();
+        let id = lease.worker_id().unwrap();
+        // The caller is cancelled after the job completed but before it read the outcome.
+        lease.interrupt();
+        assert_eq!(
+            lease.finish().unwrap().outcome,
+            Outcome::Value(b"x".to_vec())
+        );
+        assert!(echo_worker(&cache, id), "back on the idle stack");
+        assert_eq!(run(&cache, b"y").0, id);
+        assert_eq!(kind.started.load(Ordering::SeqCst), 1);
+        cache.close();
+        let report = cache.wait_closed(None);
+        assert!(report.nonzero_exit_codes.is_empty());
+    }
+
+    #[test]
+    fn a_worker_killed_by_an_interrupt_is_never_reused_nor_reported() {
+        let (kind, cache) = cache();
+        let mut lease = cache.submit(Job::new(b"hold".to_vec()), &no_setup).unwrap();
+        let id = lease.worker_id().unwrap();
+        lease.interrupt();
+        lease.interrupt(); // decided once: the second is a no-op
+        assert!(matches!(
+            lease.finish().unwrap().outcome,
+            Outcome::Broken(_)
+        ));
+        assert!(!echo_worker(&cache, id));
+        assert_ne!(run(&cache, b"y").0, id);
+        assert_eq!(kind.started.load(Ordering::SeqCst), 2);
+        cache.close();
+        let report = cache.wait_closed(None);
+        assert!(report.nonzero_exit_codes.is_empty(), "{report:?}");
+    }
+
+    #[test]
+    fn a_worker_busy_after_its_job_is_skipped_but_kept_until_it_is_ready() {
+        let (kind, cache) = cache();
+        let (slow, _) = run(&cache, b"busy-after");
+        let (other, finished) = run(&cache, b"next");
+        assert_ne!(slow, other, "the job went to a new worker");
+        assert_eq!(finished.outcome, Outcome::Value(b"next".to_vec()));
+        assert_eq!(kind.started.load(Ordering::SeqCst), 2);
+        assert!(echo_worker(&cache, slow), "kept on the idle stack");
+        assert_eq!(cache.statistics().idle_workers, 2);
+        // Its retire hook returned: ready again.
+        for ready in kind.ready_flags.lock().unwrap().iter() {
+            ready.store(true, Ordering::SeqCst);
+        }
+        let mut held = cache.submit(Job::new(b"hold".to_vec()), &no_setup).unwrap();
+        assert_eq!(held.worker_id(), Some(other), "the hottest first");
+        assert_eq!(run(&cache, b"1").0, slow, "ready again: reused");
+        held.interrupt();
+        held.finish();
+        assert_eq!(kind.started.load(Ordering::SeqCst), 2);
     }
 
     #[test]

@@ -52,7 +52,7 @@ mod python;
 pub mod scheduler;
 mod wire;
 
-pub use cache::{Lease, ShutdownReport, Statistics, WorkerCache};
+pub use cache::{Lease, Recycling, ShutdownReport, Statistics, WorkerCache};
 pub use error::{Error, PythonError, Result};
 pub use interpool_worker_types::{
     self as worker_types, Availability, Broken, Buffer, Capabilities, Completion, Finished, Job,

@@ -27,7 +27,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
-    cache::{Lease, Statistics, WorkerCache},
+    cache::{Lease, Recycling, Statistics, WorkerCache},
     embed,
     wire::{self, Target},
     Error, PythonError, Result,
@@ -160,6 +160,7 @@ pub struct PoolBuilder {
     init: Option<String>,
     python_executable: Option<PathBuf>,
     spin: Duration,
+    recycling: Recycling,
 }
 
 impl Default for PoolBuilder {
@@ -172,6 +173,7 @@ impl Default for PoolBuilder {
             init: None,
             python_executable: None,
             spin: DEFAULT_SPIN,
+            recycling: Recycling::default(),
         }
     }
 }
@@ -200,6 +202,28 @@ impl PoolBuilder {
     /// Idle workers never end by themselves.
     pub fn no_idle_timeout(mut self) -> Self {
         self.idle_timeout = None;
+        self
+    }
+
+    /// A worker is replaced by a fresh one after `n` jobs (`ProcessPoolExecutor`'s
+    /// `max_tasks_per_child`; default: never). The check runs after the caller has its result.
+    ///
+    /// # Errors
+    /// [`PoolBuilder::build`] answers [`Error::Setup`] for 0.
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.recycling.max_tasks = Some(n);
+        self
+    }
+
+    /// A worker whose memory is above `bytes` after a job is replaced by a fresh one (default: no
+    /// limit): a process worker's resident set size (Linux; elsewhere not measured), a
+    /// subinterpreter's arenas of its own object allocator. The check runs after the caller has
+    /// its result.
+    ///
+    /// # Errors
+    /// [`PoolBuilder::build`] answers [`Error::Setup`] for 0.
+    pub fn max_worker_memory(mut self, bytes: u64) -> Self {
+        self.recycling.max_memory = Some(bytes);
         self
     }
 
@@ -258,8 +282,16 @@ impl PoolBuilder {
     /// [`Error::Unavailable`] when the worker type cannot run here, with the reason (for the
     /// process kinds: no Python executable, see [`PoolBuilder::python_executable`]);
     /// [`Error::InvalidTarget`] for a malformed `init`; [`Error::Setup`] for a `python_path`
-    /// entry that is not UTF-8 or cannot be made absolute.
+    /// entry that is not UTF-8 or cannot be made absolute, or a recycling limit of 0.
     pub fn build(self) -> Result<Pool> {
+        for (name, value) in [
+            ("max_tasks_per_worker", self.recycling.max_tasks),
+            ("max_worker_memory", self.recycling.max_memory),
+        ] {
+            if value == Some(0) {
+                return Err(Error::Setup(format!("{name} must be at least 1, not 0")));
+            }
+        }
         let init = self.init.as_deref().map(Target::parse).transpose()?;
         let python_path = self
             .python_path
@@ -283,12 +315,12 @@ impl PoolBuilder {
         let uses_processes =
             worker_type.name() != WorkerKind::Subinterpreter.name() || fallback.is_some();
         let python_executable = uses_processes.then(|| python().ok()).flatten();
-        let cache = WorkerCache::new(worker_type.clone(), self.idle_timeout)?;
+        let cache = WorkerCache::new(worker_type.clone(), self.idle_timeout, self.recycling)?;
         let fallback = fallback
             .map(|kind| -> Result<_> {
                 Ok(Fallback {
                     worker_type: kind.name(),
-                    cache: WorkerCache::new(kind, self.idle_timeout)?,
+                    cache: WorkerCache::new(kind, self.idle_timeout, self.recycling)?,
                     modules: RwLock::new(HashSet::new()),
                 })
             })
@@ -793,6 +825,22 @@ mod tests {
             message: message.into(),
             traceback: traceback.into(),
             pickled: None,
+        }
+    }
+
+    #[test]
+    fn a_recycling_limit_of_zero_is_refused_with_its_name() {
+        for (builder, name) in [
+            (
+                Pool::builder().max_tasks_per_worker(0),
+                "max_tasks_per_worker",
+            ),
+            (Pool::builder().max_worker_memory(0), "max_worker_memory"),
+        ] {
+            match builder.build() {
+                Err(Error::Setup(message)) => assert!(message.contains(name), "{message}"),
+                other => panic!("expected Error::Setup, got {other:?}"),
+            }
         }
     }
 

@@ -12,7 +12,7 @@ mod support;
 use std::path::Path;
 
 use interpool::{Error, Pool, PoolBuilder, WorkerKind};
-use support::{fixtures, plugins, process_gone, TempDir, GRACE};
+use support::{accept_guarded, fixtures, plugins, process_gone, TempDir, GRACE};
 
 /// A builder with a private copy of the single-phase plugin (and its empty import log) in `dir`
 /// first on its path, then the fixtures and the example plugins.
@@ -198,7 +198,7 @@ async fn dropping_a_call_on_the_fallback_kills_its_process() {
     ));
     let (mut connection, pid) = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
-        let (connection, _) = listener.accept().unwrap();
+        let connection = accept_guarded(listener);
         let mut line = String::new();
         std::io::BufReader::new(&connection)
             .read_line(&mut line)

@@ -63,3 +63,8 @@ fn a_missing_executable_makes_the_kind_unavailable() {
 async fn the_discovered_executable_is_the_embedded_pythons() {
     support::the_discovered_executable_is_the_embedded_pythons(KIND).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls() {
+    support::max_tasks_per_worker_replaces_a_worker_after_that_many_calls(KIND).await;
+}

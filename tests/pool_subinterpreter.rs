@@ -495,3 +495,11 @@ fn pools_and_calls_are_send_and_sync_where_it_matters() {
     send::<interpool::Call<i64>>();
     send::<Poll<()>>();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls() {
+    support::max_tasks_per_worker_replaces_a_worker_after_that_many_calls(
+        WorkerKind::Subinterpreter,
+    )
+    .await;
+}

@@ -4,20 +4,23 @@ The front end (``_impl.py``, ``_map.py``) waits for a job in one way whatever th
 spin with the GIL released, then park on the call's file descriptor. What differs is how to
 check for cancellation, park on an fd, shield a wait, make a thread-safe event, run a blocking
 call in a thread, and which capacity limiter is the default. Each library gets one object with
-the same attributes: :data:`TRIO` and :data:`ASYNCIO`; :func:`current` picks the running one
-(anyio runs on either, and is served by the one it runs on).
+the same attributes (a ``_Trio``, made on first use, and :data:`ASYNCIO`); :func:`current` picks
+the running one (anyio runs on either, and is served by the one it runs on).
 
 Cancellation differs at the root: trio's is level-triggered (a cancelled scope raises at every
 checkpoint until it is left), asyncio's is edge-triggered (``Task.cancel`` throws one
 ``CancelledError`` into the task's next suspension). So a shielded wait under asyncio catches
 the ``CancelledError`` that arrives meanwhile and returns it, for the caller to re-raise once
 the wait is over; under trio it returns None and trio re-delivers the cancellation by itself.
+
+Neither library is imported here until a program runs on it (see :class:`DeferredModule`): an
+asyncio program never imports trio, a trio program never imports asyncio.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
+import importlib
 import math
 import os
 import sys
@@ -25,11 +28,35 @@ import time
 import types
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sniffio
-import trio
-import trio.lowlevel
+
+
+class DeferredModule:
+    """Stands for a module until the first attribute access, which imports it and puts the
+    module in the proxy's place in ``namespace`` (under the module's name): later uses are
+    plain global lookups. ``trio = DeferredModule("trio", globals())`` replaces ``import trio``
+    in modules that run under both libraries."""
+
+    __slots__ = ("_name", "_namespace")
+
+    def __init__(self, name: str, namespace: dict[str, Any]) -> None:
+        self._name, self._namespace = name, namespace
+
+    def __getattr__(self, attribute: str) -> Any:
+        module = importlib.import_module(self._name)
+        self._namespace[self._name] = module
+        return getattr(module, attribute)
+
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import trio
+else:
+    asyncio = DeferredModule("asyncio", globals())
+    trio = DeferredModule("trio", globals())
 
 # Trio sets this for each task step; checking it first keeps trio's hot path free of sniffio's
 # slower fallbacks.
@@ -48,16 +75,25 @@ def current_library() -> str:
 
 def current() -> _Trio | _Asyncio:
     """The adapter of the running library."""
-    return TRIO if current_library() == "trio" else ASYNCIO
+    if current_library() != "trio":
+        return ASYNCIO
+    global _trio_adapter
+    if _trio_adapter is None:
+        _trio_adapter = _Trio()
+    return _trio_adapter
 
 
 # --- trio ----------------------------------------------------------------------------------------
 
 
 class _Trio:
+    """Made on the first use under trio (trio is imported then)."""
+
     name = "trio"
-    checkpoint = staticmethod(trio.lowlevel.checkpoint)
-    wait_readable = staticmethod(trio.lowlevel.wait_readable)
+
+    def __init__(self) -> None:
+        self.checkpoint = trio.lowlevel.checkpoint
+        self.wait_readable = trio.lowlevel.wait_readable
 
     @staticmethod
     async def wait_readable_shielded(fd: int, timeout: float = math.inf) -> None:
@@ -198,7 +234,7 @@ class _Asyncio:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-TRIO = _Trio()
+_trio_adapter: _Trio | None = None
 ASYNCIO = _Asyncio()
 
 

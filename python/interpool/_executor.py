@@ -42,7 +42,7 @@ from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pickle import loads as pickle_loads
 from typing import Any, TypeVar
 
-from . import _auto, _chunks, _outcome, _retire
+from . import _auto, _chunks, _outcome
 from ._impl import (
     _SPIN_MICROSECONDS,
     ABANDON_AFTER,
@@ -615,14 +615,17 @@ class Executor(concurrent.futures.Executor):
         init: Callable[[], object] = bool
         if initializer is not None:
             init = functools.partial(initializer, *initargs)
-        retire: Callable[[], object] = bool
         if max_tasks_per_child is not None:
-            retire = _retire.RetireAfter(_check_count("max_tasks_per_child", max_tasks_per_child))
+            _check_count("max_tasks_per_child", max_tasks_per_child)
         if not isinstance(kill_on_cancel, bool):
             raise TypeError(f"kill_on_cancel must be a bool, not {type(kill_on_cancel).__name__}")
         if _exiting:
             raise RuntimeError("cannot create an Executor after interpreter shutdown")
-        ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type)
+        # max_tasks_per_child is the context's max_tasks_per_worker: counted by the worker before
+        # it publishes an outcome, so the next call never races with a retire hook.
+        ctx = WorkerContext._create(
+            idle_timeout, init, bool, grace_period, worker_type, max_tasks_per_child
+        )
         self._engine = _Engine(ctx, max_workers, kill_on_cancel)
         self._options = {
             "worker_type": ctx.worker_type,

@@ -6,7 +6,9 @@ A call's path under trio, which decides interpool's latency (see docs/architectu
 2. the limiter is taken (``acquire_nowait`` first: ``async with`` costs ~5 µs);
 3. the Rust cache hands the job to the hottest idle worker, which is usually still spinning;
 4. one schedule point (shielded, so it does not cancel a job that already started) overlaps
-   the job;
+   the job, if no other call holds a token of the limiter; among other calls (a burst), the
+   schedule point comes before step 2 instead, so no task yields while holding a token (for a
+   ``trio.CapacityLimiter``; other limiters always overlap);
 5. the caller spins a few microseconds with the GIL released, and only then parks in trio on
    a file descriptor that the worker writes only if somebody parked.
 
@@ -31,15 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pickle import loads as pickle_loads
-from typing import Any, TypeVar
-
-import trio
-from trio.lowlevel import (
-    RunVar,
-    cancel_shielded_checkpoint,
-    checkpoint_if_cancelled,
-    wait_readable,
-)
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _auto, _backends, _interpool, _outcome
 from ._types import (
@@ -50,6 +44,11 @@ from ._types import (
     WorkerTypeStatistics,
     WorkerTypeUnavailableError,
 )
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: an asyncio program never imports trio
+    trio = _backends.DeferredModule("trio", globals())
 
 T = TypeVar("T")
 
@@ -67,7 +66,7 @@ ABANDON_AFTER = 1.0
 # script under that name), as multiprocessing arranges too.
 sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
 
-_default_limiter: RunVar[trio.CapacityLimiter] = RunVar("interpool_default_limiter")
+_default_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] | None = None  # made under trio
 
 
 def current_default_worker_limiter() -> trio.CapacityLimiter | _backends.CapacityLimiter:
@@ -80,6 +79,9 @@ def current_default_worker_limiter() -> trio.CapacityLimiter | _backends.Capacit
 
 
 def _trio_default_limiter() -> trio.CapacityLimiter:
+    global _default_limiter
+    if _default_limiter is None:
+        _default_limiter = trio.lowlevel.RunVar("interpool_default_limiter")
     try:
         return _default_limiter.get()
     except LookupError:
@@ -102,6 +104,16 @@ def _check_seconds(name: str, value: object) -> float:
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be >= 0 (math.inf for no limit), not {value!r}")
     return float(value)
+
+
+def _check_limit(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
+    if not 1 <= value < 2**64:
+        raise ValueError(f"{name} must be >= 1 (None for no limit), not {value!r}")
+    return value
 
 
 def _check_worker_type(worker_type: object) -> WorkerType:
@@ -135,6 +147,8 @@ class WorkerContext:
         "_grace_period",
         "_idle_timeout",
         "_init",
+        "_max_tasks_per_worker",
+        "_max_worker_memory",
         "_on_drained",
         "_retire",
         "_running",
@@ -155,9 +169,13 @@ class WorkerContext:
         retire: Callable[[], object] = bool,
         grace_period: float = 30.0,
         worker_type: WorkerType | str = WorkerType.AUTO,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | None = None,
     ) -> WorkerContext:
         idle_timeout = _check_seconds("idle_timeout", idle_timeout)
         grace_period = _check_seconds("grace_period", grace_period)
+        max_tasks_per_worker = _check_limit("max_tasks_per_worker", max_tasks_per_worker)
+        max_worker_memory = _check_limit("max_worker_memory", max_worker_memory)
         for name, hook in (("init", init), ("retire", retire)):
             if not callable(hook):
                 raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
@@ -165,6 +183,8 @@ class WorkerContext:
         self = object.__new__(cls)
         self._idle_timeout, self._grace_period = idle_timeout, grace_period
         self._init, self._retire, self._worker_type = init, retire, worker_type
+        self._max_tasks_per_worker = max_tasks_per_worker
+        self._max_worker_memory = max_worker_memory
         self._setup_hooks = (_outcome.dumps(init), _outcome.dumps(retire))
         if worker_type is WorkerType.AUTO:
             # One cache per available type; the AUTO decision picks one per call.
@@ -195,6 +215,14 @@ class WorkerContext:
     worker_type = property(
         lambda self: self._worker_type, doc="The :class:`WorkerType` of the workers."
     )
+    max_tasks_per_worker = property(
+        lambda self: self._max_tasks_per_worker,
+        doc="Jobs after which a worker is replaced by a fresh one (None: never).",
+    )
+    max_worker_memory = property(
+        lambda self: self._max_worker_memory,
+        doc="Bytes of memory above which a worker is replaced after a job (None: no limit).",
+    )
 
     def __repr__(self) -> str:
         return (
@@ -203,7 +231,13 @@ class WorkerContext:
         )
 
     def _make_cache(self, worker_type: WorkerType) -> Any:
-        return _interpool.Cache(worker_type.value, self._idle_timeout, self._worker_setup)
+        return _interpool.Cache(
+            worker_type.value,
+            self._idle_timeout,
+            self._worker_setup,
+            self._max_tasks_per_worker,
+            self._max_worker_memory,
+        )
 
     def _caches(self) -> list[Any]:
         return [self._cache] if self._auto is None else list(self._auto.caches.values())
@@ -311,7 +345,7 @@ class WorkerContext:
             return await self._run_sync_asyncio(
                 sync_fn, args, kill_on_cancel or cancellable, limiter
             )
-        await checkpoint_if_cancelled()
+        await trio.lowlevel.checkpoint_if_cancelled()
         payload = _outcome.dumps_job(sync_fn, args)
         kill_on_cancel = kill_on_cancel or cancellable
         # The AUTO decision, inlined: no route known, one list read (see _auto.py).
@@ -325,18 +359,41 @@ class WorkerContext:
         if limiter is None:
             limiter = _trio_default_limiter()
         if type(limiter) is trio.CapacityLimiter:
+            # The call's schedule point. Alone, it yields while its job runs (see _run). Among
+            # other calls (a token is out), it yields before taking a token instead, and once
+            # more before it parks on the limiter: yielding with a token held makes every call
+            # that runs meanwhile park on the limiter, and trio wakes those one per pass of its
+            # loop, several times what a trivial job costs, while the calls that merely yielded
+            # all take a token in turn in the next pass.
+            overlap = limiter.borrowed_tokens == 0
+            if overlap:
+                try:
+                    limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    await limiter.acquire()
+                    overlap = False
+            else:
+                await trio.lowlevel.checkpoint()
+                try:
+                    limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    await trio.lowlevel.checkpoint()
+                    try:
+                        limiter.acquire_nowait()
+                    except trio.WouldBlock:
+                        await limiter.acquire()
             try:
-                limiter.acquire_nowait()
-            except trio.WouldBlock:
-                await limiter.acquire()
-            try:
-                return await self._run(cache, payload, kill_on_cancel, sync_fn)
+                return await self._run(cache, payload, kill_on_cancel, sync_fn, overlap)
             finally:
                 limiter.release()
         async with limiter:
-            return await self._run(cache, payload, kill_on_cancel, sync_fn)
+            return await self._run(cache, payload, kill_on_cancel, sync_fn, True)
 
-    async def _run(self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object) -> Any:
+    async def _run(
+        self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object, overlap: bool
+    ) -> Any:
+        """Submits the job and waits for its outcome. ``overlap``: yield to trio once right
+        after submitting, while the job runs (the call has made its schedule point otherwise)."""
         if self._closed:
             raise trio.ClosedResourceError("this worker context is closed")
         running = self._running
@@ -345,7 +402,8 @@ class WorkerContext:
         try:
             while True:
                 call = cache.submit(payload)
-                await cancel_shielded_checkpoint()
+                if overlap:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 if not call.spin(_SPIN_MICROSECONDS):
                     if self._auto is not None:
                         self._auto.note_parked()
@@ -490,14 +548,14 @@ async def _wait(call: Any, kill_on_cancel: bool) -> None:
         return
     if not kill_on_cancel:
         with trio.CancelScope(shield=True):
-            await wait_readable(fd)
+            await trio.lowlevel.wait_readable(fd)
         return
     try:
-        await wait_readable(fd)
+        await trio.lowlevel.wait_readable(fd)
     except BaseException:
         call.interrupt()
         with trio.move_on_after(ABANDON_AFTER, shield=True):
-            await wait_readable(fd)
+            await trio.lowlevel.wait_readable(fd)
         if call.done():
             call.result()  # hands the (retiring) worker back; the outcome is moot
         else:
@@ -555,6 +613,8 @@ async def open_worker_context(
     retire: Callable[[], object] = bool,
     grace_period: float = 30.0,
     worker_type: WorkerType | str = WorkerType.AUTO,
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | None = None,
 ) -> AsyncIterator[WorkerContext]:
     """Opens a worker context with its own workers and settings.
 
@@ -568,15 +628,30 @@ async def open_worker_context(
         grace_period: Seconds the workers get to end when the context closes (``math.inf``: no
             limit).
         worker_type: A :class:`WorkerType`.
+        max_tasks_per_worker: A worker is replaced by a fresh one after this many jobs
+            (``ProcessPoolExecutor``'s ``max_tasks_per_child``; None: never).
+        max_worker_memory: A worker whose memory is above this many bytes after a job is
+            replaced by a fresh one (None: no limit): a process worker's RSS (Linux), a
+            subinterpreter's arenas of its own object allocator. Like ``retire``, both are
+            checked after the caller has its result.
 
     Raises:
-        ValueError: a negative timeout, or an unknown worker type (``"fork"`` included: see
-            :class:`WorkerType`).
-        TypeError: a timeout that is not a number, or an ``init``/``retire`` that is not callable.
+        ValueError: a negative timeout, an unknown worker type (``"fork"`` included: see
+            :class:`WorkerType`), or a recycling limit below 1.
+        TypeError: a timeout that is not a number, an ``init``/``retire`` that is not callable,
+            or a recycling limit that is not an int or None.
         WorkerTypeUnavailableError: the worker type cannot run here (the message says why).
         BrokenWorkerError: on exit, if workers failed to shut down cleanly.
     """
-    ctx = WorkerContext._create(idle_timeout, init, retire, grace_period, worker_type)
+    ctx = WorkerContext._create(
+        idle_timeout,
+        init,
+        retire,
+        grace_period,
+        worker_type,
+        max_tasks_per_worker,
+        max_worker_memory,
+    )
     try:
         yield ctx
     finally:
@@ -643,6 +718,8 @@ def configure_default_context(
     retire: Callable[[], object] = bool,
     grace_period: float = 30.0,
     worker_type: WorkerType | str = WorkerType.AUTO,
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | None = None,
 ) -> None:
     """Replaces the default context (of :func:`run_sync`, :func:`amap`, ...) with one of these
     settings; the arguments are :func:`open_worker_context`'s. Meant to be called once, before
@@ -661,6 +738,8 @@ def configure_default_context(
         "retire": retire,
         "grace_period": grace_period,
         "worker_type": worker_type,
+        "max_tasks_per_worker": max_tasks_per_worker,
+        "max_worker_memory": max_worker_memory,
     }
     context = WorkerContext._create(**settings)  # validates
     with _default_context_lock:
@@ -706,6 +785,8 @@ async def cache_scope(
     retire: Callable[[], object] = bool,
     grace_period: float = 30.0,
     worker_type: WorkerType | str = WorkerType.AUTO,
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | None = None,
 ) -> AsyncIterator[None]:
     """Within this block, and in the tasks started in it, :func:`run_sync` (and ``amap``) use a
     new worker context of these settings (:func:`open_worker_context`'s) instead of the default
@@ -719,7 +800,15 @@ async def cache_scope(
     asyncio, which has no task tree, the scope follows contextvars: tasks created inside the
     block use it."""
     global _scope_tree
-    async with open_worker_context(idle_timeout, init, retire, grace_period, worker_type) as ctx:
+    async with open_worker_context(
+        idle_timeout,
+        init,
+        retire,
+        grace_period,
+        worker_type,
+        max_tasks_per_worker,
+        max_worker_memory,
+    ) as ctx:
         if _backends.current_library() != "trio":
             token = _scope_var.set(ctx)
             try:
@@ -791,6 +880,27 @@ def default_context_statistics() -> WorkerContextStatistics:
     if _default_context is None:
         return WorkerContextStatistics(idle_workers=0, running_workers=0)
     return _default_context.statistics()
+
+
+def _warn_before_fork() -> None:
+    """``os.register_at_fork`` hook: a fork while subinterpreters exist aborts the child."""
+    live = _interpool.live_subinterpreters()
+    if live:
+        import warnings
+
+        warnings.warn(
+            f"fork() while {live} interpool subinterpreter worker(s) exist: CPython aborts the "
+            "child process. Use the 'forkserver' or 'spawn' start method (multiprocessing."
+            "set_start_method, or mp_context= for ProcessPoolExecutor), or end the workers "
+            "first (leave their worker context; the default context's idle workers end after "
+            "its idle_timeout). See docs/limits.md.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_warn_before_fork)
 
 
 @atexit.register

@@ -15,7 +15,12 @@ def configure_forkserver(preload: list[str]) -> bool: ...
 
 class Cache:
     def __init__(
-        self, worker_type: str, idle_timeout: float | None, setup: Callable[[], bytes]
+        self,
+        worker_type: str,
+        idle_timeout: float | None,
+        setup: Callable[[], bytes],
+        max_tasks: int | None = None,
+        max_memory: int | None = None,
     ) -> None: ...
     def submit(self, payload: bytes) -> Call: ...
     def statistics(self) -> tuple[int, int]: ...

@@ -15,12 +15,15 @@ import os
 import select
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any, Generic, TypeVar
-
-import trio
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _backends, _chunks, _outcome
 from ._impl import _SPIN_MICROSECONDS, ABANDON_AFTER, WorkerContext, _current_default_context
+
+if TYPE_CHECKING:
+    import trio
+else:  # imported on first use: an asyncio program never imports trio
+    trio = _backends.DeferredModule("trio", globals())
 
 T = TypeVar("T")
 

@@ -26,6 +26,8 @@ class WorkerType(str, enum.Enum):
     subinterpreter (a module refuses to import there, while unpickling or while the job runs, or
     anything else fails while unpickling) is re-run once on a process, and its module goes
     straight there afterwards. Before CPython 3.13 it uses processes. See docs/auto.md.
+    A job that AUTO runs in a subinterpreter is in this process: a segfault or ``os._exit()`` in
+    it ends the whole program (pin such code to a process type).
 
     There is no ``FORK``: forking a multi-threaded process (interpool's host always has threads)
     can deadlock the child; use FORKSERVER.

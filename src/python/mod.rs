@@ -29,7 +29,7 @@ use pyo3::{
 };
 
 use crate::{
-    cache::{Lease, WorkerCache},
+    cache::{Lease, Recycling, WorkerCache},
     scheduler::{self, Candidate},
     worker_types::{self, Availability, Buffer, Finished, Job, Outcome},
     Error,
@@ -313,17 +313,25 @@ struct Cache {
 
 #[pymethods]
 impl Cache {
+    /// `max_tasks` / `max_memory`: the worker recycling limits (validated by the front end).
     #[new]
-    #[pyo3(signature = (worker_type, idle_timeout, setup))]
+    #[pyo3(signature = (worker_type, idle_timeout, setup, max_tasks=None, max_memory=None))]
     fn new(
         py: Python<'_>,
         worker_type: &str,
         idle_timeout: Option<f64>,
         setup: Py<PyAny>,
+        max_tasks: Option<u64>,
+        max_memory: Option<u64>,
     ) -> PyResult<Self> {
         let kind = worker_types::worker_type(worker_type)
             .ok_or_else(|| PyValueError::new_err(format!("unknown worker type {worker_type:?}")))?;
-        let cache = WorkerCache::new(kind, timeout(idle_timeout)?).map_err(|e| to_py_err(py, e))?;
+        let recycling = Recycling {
+            max_tasks,
+            max_memory,
+        };
+        let cache = WorkerCache::new(kind, timeout(idle_timeout)?, recycling)
+            .map_err(|e| to_py_err(py, e))?;
         Ok(Self { cache, setup })
     }
 

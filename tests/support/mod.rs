@@ -21,6 +21,24 @@ use std::{
 use interpool::{Error, Pool, WorkerKind};
 
 pub(crate) const GRACE: Duration = Duration::from_secs(10);
+/// How long a blocking read or accept of a test may wait: it only turns a hang into a failure.
+pub(crate) const HANG_GUARD: Duration = Duration::from_secs(60);
+
+/// Accepts one connection on `listener`, with reads on it bounded by [`HANG_GUARD`]; panics if
+/// none comes within [`HANG_GUARD`] (a listener has no accept timeout: a thread of its own
+/// waits, and is left blocked if it hangs).
+pub(crate) fn accept_guarded(listener: UnixListener) -> UnixStream {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(listener.accept().map(|(connection, _)| connection));
+    });
+    let connection = receiver
+        .recv_timeout(HANG_GUARD)
+        .unwrap_or_else(|e| panic!("no connection within {HANG_GUARD:?}: {e}"))
+        .unwrap();
+    connection.set_read_timeout(Some(HANG_GUARD)).unwrap();
+    connection
+}
 
 pub(crate) fn fixtures() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python").to_owned()
@@ -228,7 +246,7 @@ async fn start_blocking_job(
     let mut cx = Context::from_waker(Waker::noop());
     assert!(call.as_mut().poll(&mut cx).is_pending());
     let (connection, pid) = tokio::task::spawn_blocking(move || {
-        let (connection, _) = listener.accept().unwrap();
+        let connection = accept_guarded(listener);
         let mut line = String::new();
         BufReader::new(&connection).read_line(&mut line).unwrap();
         (connection, line.trim().parse::<u32>().unwrap())
@@ -238,7 +256,8 @@ async fn start_blocking_job(
     (call, connection, pid)
 }
 
-/// Reads `connection` to its end: returns once every holder of the other end is gone.
+/// Reads `connection` to its end: returns once every holder of the other end is gone (within
+/// the read timeout of [`accept_guarded`]).
 async fn until_closed(mut connection: UnixStream) {
     tokio::task::spawn_blocking(move || {
         let mut rest = Vec::new();
@@ -432,4 +451,23 @@ pub(crate) async fn buffers_cross_both_ways(pool: &Pool, exporter: &str) {
         value.data.windows(needle.len()).any(|w| w == needle),
         "the job did not see a {exporter}"
     );
+}
+
+/// `max_tasks_per_worker(2)`: each worker serves two calls, then a fresh one takes over.
+pub(crate) async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls(kind: WorkerKind) {
+    let pool = Pool::builder()
+        .worker_type(kind)
+        .max_workers(1)
+        .max_tasks_per_worker(2)
+        .build()
+        .unwrap_or_else(|e| panic!("building a {} pool failed: {e}", kind.name()));
+    let mut threads = Vec::new();
+    for _ in 0..4 {
+        let thread: u64 = pool.call("threading:get_native_id", ()).await.unwrap();
+        threads.push(thread);
+    }
+    assert_eq!(threads[0], threads[1]);
+    assert_ne!(threads[1], threads[2]);
+    assert_eq!(threads[2], threads[3]);
+    pool.shutdown(GRACE).await.unwrap();
 }

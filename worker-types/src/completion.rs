@@ -11,6 +11,14 @@
 //!
 //! States: `PENDING` → (`PARKED` →) `DONE`. The outcome is written before the swap to `DONE`
 //! (release) and read after observing `DONE` (acquire).
+//!
+//! **Completed or interrupted, decided once.** A job that is being cancelled races with its own
+//! end. The slot settles that race with one compare-and-swap on its *verdict*: the caller's
+//! [`Completion::claim_interrupt`] and the worker's [`Completion::settle`] both try to move it
+//! from `UNDECIDED`, and whichever wins decides for both. A worker acts on an interrupt (kills its
+//! process, injects an exception) only after the claim won, so a job that completed is never
+//! interrupted; and a worker whose job was claimed treats it as interrupted whatever it
+//! returned, so a caller and its worker never disagree about what happened.
 
 use std::{
     io::Write,
@@ -33,6 +41,19 @@ const PENDING: u8 = 0;
 const PARKED: u8 = 1;
 const DONE: u8 = 2;
 
+const UNDECIDED: u8 = 0;
+const COMPLETED: u8 = 1;
+const INTERRUPTED: u8 = 2;
+
+/// What became of a job, as far as cancellation goes: see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The job ran to its end (or failed on its own) before anybody interrupted it.
+    Completed,
+    /// The caller claimed the interrupt first: the job counts as interrupted.
+    Interrupted,
+}
+
 /// How a parked waiter wants to be woken.
 #[derive(Debug)]
 enum Waiter {
@@ -50,6 +71,7 @@ enum Waiter {
 #[derive(Debug)]
 pub struct Completion {
     state: AtomicU8,
+    verdict: AtomicU8,
     finished: Mutex<Option<Finished>>,
     waiter: Mutex<Waiter>,
 }
@@ -65,6 +87,7 @@ impl Completion {
     pub fn new() -> Self {
         Self {
             state: AtomicU8::new(PENDING),
+            verdict: AtomicU8::new(UNDECIDED),
             finished: Mutex::new(None),
             waiter: Mutex::new(Waiter::None),
         }
@@ -201,6 +224,34 @@ impl Completion {
         true
     }
 
+    /// Caller side: claims the job as interrupted. True if the claim won, and only then may the
+    /// worker be told to stop it; false if the job had already completed (or was claimed
+    /// before), and then interrupting must do nothing.
+    pub fn claim_interrupt(&self) -> bool {
+        self.verdict
+            .compare_exchange(UNDECIDED, INTERRUPTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Worker side: fixes the verdict before the worker acts on its job's end (reuse or end
+    /// itself, publish). Idempotent.
+    pub fn settle(&self) -> Verdict {
+        match self.verdict.compare_exchange(
+            UNDECIDED,
+            COMPLETED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) | Err(COMPLETED) => Verdict::Completed,
+            Err(_) => Verdict::Interrupted,
+        }
+    }
+
+    /// Whether an interrupt was claimed (the job, if it has not started, must not start).
+    pub fn interrupt_claimed(&self) -> bool {
+        self.verdict.load(Ordering::Acquire) == INTERRUPTED
+    }
+
     /// Takes the outcome, once. `None` if it is not in yet or was already taken.
     pub fn take(&self) -> Option<Finished> {
         if !self.is_done() {
@@ -212,8 +263,10 @@ impl Completion {
             .take()
     }
 
-    /// Publishes the outcome and wakes a parked waiter. Called once, by the worker.
+    /// Publishes the outcome and wakes a parked waiter. Called once, by the worker, after
+    /// [`Completion::settle`] (it settles if the worker did not: a later claim must fail).
     pub fn complete(&self, finished: Finished) {
+        self.settle();
         *self.finished.lock().unwrap_or_else(PoisonError::into_inner) = Some(finished);
         if self.state.swap(DONE, Ordering::AcqRel) == PARKED {
             match &*self.waiter.lock().unwrap_or_else(PoisonError::into_inner) {
@@ -368,6 +421,32 @@ mod tests {
     }
 
     const TEN_SECONDS_FOR_TESTS: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn an_interrupt_claimed_after_completion_loses_and_the_job_stays_completed() {
+        let c = Completion::new();
+        c.complete(value(b"done"));
+        assert!(!c.claim_interrupt());
+        assert_eq!(c.settle(), Verdict::Completed);
+        assert!(!c.interrupt_claimed());
+    }
+
+    #[test]
+    fn an_interrupt_claimed_first_decides_for_the_worker_too() {
+        let c = Completion::new();
+        assert!(c.claim_interrupt());
+        assert!(!c.claim_interrupt(), "decided once");
+        assert_eq!(c.settle(), Verdict::Interrupted);
+        c.complete(value(b"late"));
+        assert!(c.interrupt_claimed());
+    }
+
+    #[test]
+    fn a_settled_job_cannot_be_claimed_before_it_is_published() {
+        let c = Completion::new();
+        assert_eq!(c.settle(), Verdict::Completed);
+        assert!(!c.claim_interrupt());
+    }
 
     #[test]
     fn blocking_wait_times_out_while_pending() {

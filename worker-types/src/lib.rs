@@ -28,7 +28,7 @@ pub mod process;
 pub mod subinterpreter;
 
 pub use buffer::{Buffer, Owner};
-pub use completion::Completion;
+pub use completion::{Completion, Verdict};
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -94,7 +94,8 @@ pub enum Outcome {
     /// may be retried on another worker type. Pickled exception records.
     LoadError(Vec<u8>),
     /// The worker failed around the job: it could not start, its `init` raised, it was interrupted
-    /// or it died. The worker is gone.
+    /// or it died. The worker ends, except a subinterpreter that survived an interrupt (its
+    /// [`Finished::retire`] says [`Retire::Keep`]).
     Broken(Broken),
 }
 
@@ -121,16 +122,17 @@ impl Broken {
     }
 }
 
-/// What the worker's `retire` hook decided after a job.
+/// The worker's fate as known when a job's outcome is published.
+///
+/// The `retire` hook and the memory limit run *after* the outcome is published (the caller does
+/// not wait for them): a worker that ends because of them said `Keep` here and closes itself
+/// afterwards; one whose hook raised keeps the exception for [`Worker::take_retire_failure`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Retire {
-    /// The worker stays and may run more jobs.
+    /// The worker stays (unless its own work after the job ends it).
     Keep,
     /// The worker ends after this job.
     Retire,
-    /// `retire` raised: the job's outcome stands, the worker ends, and the pickled exception
-    /// records are kept for the report at shutdown.
-    Failed(Vec<u8>),
 }
 
 /// A job's outcome together with the worker's fate.
@@ -145,7 +147,7 @@ pub struct Finished {
 impl Finished {
     /// Whether the worker that produced this is ending (so must not be reused).
     pub fn worker_ends(&self) -> bool {
-        !matches!(self.retire, Retire::Keep) || matches!(self.outcome, Outcome::Broken(_))
+        self.retire != Retire::Keep
     }
 }
 
@@ -177,6 +179,11 @@ pub struct WorkerConfig {
     pub setup: Vec<u8>,
     /// How long an idle worker waits for a job before it ends itself; `None`: forever.
     pub idle_timeout: Option<Duration>,
+    /// The worker ends after this many jobs (`max_tasks_per_child`); `None`: never.
+    pub max_tasks: Option<u64>,
+    /// The worker ends after a job that leaves its memory above this many bytes (a process: its
+    /// RSS; a subinterpreter: the arenas its own object allocator holds); `None`: no limit.
+    pub max_memory: Option<u64>,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -184,6 +191,8 @@ impl fmt::Debug for WorkerConfig {
         f.debug_struct("WorkerConfig")
             .field("setup", &format_args!("<{} bytes>", self.setup.len()))
             .field("idle_timeout", &self.idle_timeout)
+            .field("max_tasks", &self.max_tasks)
+            .field("max_memory", &self.max_memory)
             .finish()
     }
 }
@@ -211,7 +220,9 @@ pub trait Worker: Send + Sync + fmt::Debug {
     /// timeout, retire) or is busy returns the job untouched.
     fn submit(&self, job: Job) -> std::result::Result<Arc<Completion>, Rejected>;
     /// Asks the running job to stop. Asynchronous: it returns at once and the job's completion
-    /// reports what happened. Types without `hard_kill` may fail to stop code blocked in C.
+    /// reports what happened. A job that has completed is not interrupted (the completion's
+    /// verdict decides: [`Completion::claim_interrupt`]), and its worker is reused as if nothing
+    /// happened. Types without `hard_kill` may fail to stop code blocked in C.
     fn interrupt(&self);
     /// Gives up on the worker: it is never reused and ends by itself as soon as it can.
     fn abandon(&self);
@@ -229,6 +240,11 @@ pub trait Worker: Send + Sync + fmt::Debug {
     /// How the worker's process ended, once it has: its exit code, or minus the signal that
     /// killed it. `None` while it runs, or for workers that are not processes.
     fn exit_code(&self) -> Option<i32> {
+        None
+    }
+    /// The pickled exception records of a `retire` hook that raised (the worker then ended),
+    /// once; `None` if it did not.
+    fn take_retire_failure(&self) -> Option<Vec<u8>> {
         None
     }
 }

@@ -10,6 +10,11 @@
 //! Closing on idle timeout races with a submit that already picked this worker: both transitions
 //! happen under the slot's lock, so exactly one wins. A losing submit gets its job back
 //! ([`crate::Rejected`]) and the cache tries another worker, so no job is ever lost.
+//!
+//! After a job whose outcome is published the worker may still have work of its own (the
+//! `retire` hook, the memory check): it is then *retiring*, still accepting in principle but not
+//! ready, and a submit gets its job back as from a busy worker. The mailbox also remembers the
+//! current job's completion, so that an interrupt can claim it ([`Mailbox::claim_interrupt`]).
 
 use std::{
     sync::{
@@ -33,6 +38,8 @@ enum Slot {
     Job(Job, Arc<Completion>),
     /// The worker runs a job.
     Busy,
+    /// The job's outcome is out; the worker finishes its own work before it takes another.
+    Retiring,
     /// No more jobs: closed by the owner, or by the worker itself.
     Closed,
 }
@@ -47,6 +54,8 @@ pub(crate) struct Mailbox {
     close_requested: AtomicBool,
     /// The worker thread, set once it runs.
     thread: Mutex<Option<Thread>>,
+    /// The completion of the job handed over last.
+    current: Mutex<Option<Arc<Completion>>>,
 }
 
 /// What the worker thread is told to do next.
@@ -65,6 +74,7 @@ impl Mailbox {
             has_job: AtomicBool::new(false),
             close_requested: AtomicBool::new(false),
             thread: Mutex::new(None),
+            current: Mutex::new(None),
         }
     }
 
@@ -92,6 +102,7 @@ impl Mailbox {
                 return Err(Rejected(job));
             }
             *slot = Slot::Job(job, completion.clone());
+            *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(completion.clone());
             self.has_job.store(true, Ordering::Release);
         }
         // An unpark of a running thread only sets its token: no system call.
@@ -103,16 +114,32 @@ impl Mailbox {
     pub(crate) fn close(&self) {
         let mut slot = self.slot();
         self.close_requested.store(true, Ordering::Release);
-        if matches!(*slot, Slot::Idle | Slot::Busy) {
+        if matches!(*slot, Slot::Idle | Slot::Busy | Slot::Retiring) {
             *slot = Slot::Closed;
         }
         drop(slot);
         self.wake();
     }
 
-    /// Whether a job can still be submitted.
+    /// Whether the worker has not closed: it takes jobs now (idle) or will once its own work
+    /// after a job is done (retiring).
     pub(crate) fn is_accepting(&self) -> bool {
+        matches!(*self.slot(), Slot::Idle | Slot::Retiring)
+    }
+
+    /// Whether the worker waits for a job right now.
+    pub(crate) fn is_idle(&self) -> bool {
         matches!(*self.slot(), Slot::Idle)
+    }
+
+    /// Caller side: claims the current job as interrupted (see [`Completion::claim_interrupt`]).
+    /// True if the worker must now stop it; false if it completed, or there is none.
+    pub(crate) fn claim_interrupt(&self) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|c| c.claim_interrupt())
     }
 
     /// Worker side: waits for the next job, spinning first, up to `idle_timeout` (`None`: forever).
@@ -144,7 +171,9 @@ impl Mailbox {
                         }
                         *slot = Slot::Idle;
                     }
-                    Slot::Busy => unreachable!("only the worker thread sets Busy"),
+                    Slot::Busy | Slot::Retiring => {
+                        unreachable!("only the worker thread sets Busy and Retiring")
+                    }
                 }
             }
             match deadline {
@@ -161,7 +190,7 @@ impl Mailbox {
         let mut slot = self.slot();
         let ending = ending || self.close_requested.load(Ordering::Acquire);
         match *slot {
-            Slot::Busy if !ending => {
+            Slot::Busy | Slot::Retiring if !ending => {
                 *slot = Slot::Idle;
                 true
             }
@@ -169,6 +198,17 @@ impl Mailbox {
                 *slot = Slot::Closed;
                 false
             }
+        }
+    }
+
+    /// Worker side: the job's outcome is about to be published, and the worker still has work
+    /// of its own before it can take another job; [`Mailbox::job_done`] ends that. Call it
+    /// before completing the job's slot, so that a caller who sees the outcome finds the worker
+    /// retiring, not busy.
+    pub(crate) fn retiring(&self) {
+        let mut slot = self.slot();
+        if matches!(*slot, Slot::Busy) {
+            *slot = Slot::Retiring;
         }
     }
 }
@@ -237,6 +277,39 @@ mod tests {
         assert!(matches!(mb.next(None), Next::Run(..)));
         assert!(!mb.job_done(false));
         assert!(matches!(mb.next(None), Next::End));
+    }
+
+    #[test]
+    fn a_worker_finishing_its_own_work_after_a_job_is_not_ready_but_still_accepting() {
+        let mb = Mailbox::new();
+        mb.submit(job(b"x")).unwrap();
+        assert!(matches!(mb.next(None), Next::Run(..)));
+        mb.retiring();
+        assert!(mb.is_accepting());
+        assert!(!mb.is_idle());
+        assert!(mb.submit(job(b"y")).is_err(), "not ready yet");
+        assert!(mb.job_done(false));
+        assert!(mb.is_idle());
+        assert!(mb.submit(job(b"z")).is_ok());
+    }
+
+    #[test]
+    fn an_interrupt_is_claimed_only_while_the_current_job_has_not_completed() {
+        let mb = Mailbox::new();
+        assert!(!mb.claim_interrupt(), "no job yet");
+        let completion = mb.submit(job(b"x")).unwrap();
+        let Next::Run(_, running) = mb.next(None) else {
+            panic!("a job was submitted")
+        };
+        mb.job_done(false);
+        running.complete(crate::Finished {
+            outcome: crate::Outcome::Value(vec![]),
+            retire: crate::Retire::Keep,
+        });
+        assert!(completion.is_done());
+        assert!(!mb.claim_interrupt(), "a completed job is not interrupted");
+        mb.submit(job(b"y")).unwrap();
+        assert!(mb.claim_interrupt());
     }
 
     #[test]

@@ -18,6 +18,8 @@ fn a_python_that_exits_at_once_breaks_the_first_job_with_its_exit_code() {
         .start(Arc::new(WorkerConfig {
             setup: SETUP_PLAIN.to_vec(),
             idle_timeout: None,
+            max_tasks: None,
+            max_memory: None,
         }))
         .unwrap();
     let broken = broken(run(&*worker, ABS_MINUS_3));
@@ -40,7 +42,9 @@ fn a_missing_python_makes_the_type_unavailable_with_the_reason() {
     assert!(kind
         .start(Arc::new(WorkerConfig {
             setup: vec![],
-            idle_timeout: None
+            idle_timeout: None,
+            max_tasks: None,
+            max_memory: None,
         }))
         .is_err());
 }

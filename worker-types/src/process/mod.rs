@@ -10,7 +10,10 @@
 //! **Channel.** One Unix stream socket per worker, passed as an inherited fd (never stdin or
 //! stdout: `print` in a job reaches the parent's stdout). Parent → worker: `<Q len` + bytes (the
 //! loop source, the setup, then one job per frame). Worker → parent: `<BBQQ` (kind, retire,
-//! `len(data)`, `len(retire_error)`) + data + retire error, once for the setup and once per job.
+//! `len(data)`, `len(retire_error)`) + data + retire error, once for the setup and once per job;
+//! when a job's message says `RETIRE_PENDING`, the `retire` hook runs in the worker after the
+//! outcome was sent and its verdict follows (`AFTER_JOB`), while the caller already has the
+//! outcome and the worker is not ready for another job.
 //!
 //! **Shared memory.** A job's out-of-band buffers (pickle protocol 5) do not cross the socket:
 //! each is copied once into a fresh `memfd`, whose descriptor rides on one byte (`SCM_RIGHTS`)
@@ -29,8 +32,10 @@
 //! that forked the child ends) kills the child exactly when its manager is gone.
 //!
 //! **Ending.** Closing drops the parent's end of the socket: the worker reads end of file and exits
-//! 0. [`Worker::interrupt`], [`Worker::abandon`] and [`Worker::kill`] SIGKILL it; a job it was
-//! running completes as [`Outcome::Broken`] with the exit code. A worker that dies on its own
+//! 0. [`Worker::interrupt`] (once it has claimed the job: a completed job is never killed),
+//! [`Worker::abandon`] and [`Worker::kill`] SIGKILL it; a job it was running completes as
+//! [`Outcome::Broken`] with the exit code, and a worker whose job was claimed never serves
+//! another, even if its outcome arrived before the signal. A worker that dies on its own
 //! (segfault, `os._exit`, an external kill) breaks its job the same way. If the parent dies, its
 //! workers read end of file, and on Linux are killed by `PR_SET_PDEATHSIG` even mid-job.
 
@@ -52,7 +57,7 @@ use std::{
 use crate::{
     mailbox::{Mailbox, Next},
     Availability, Broken, Buffer, Capabilities, Completion, Error, Finished, Job, Outcome,
-    Rejected, Result, Retire, Worker, WorkerConfig, WorkerType,
+    Rejected, Result, Retire, Verdict, Worker, WorkerConfig, WorkerType,
 };
 
 mod forkserver;
@@ -107,9 +112,11 @@ const LOAD_ERROR: u8 = 2;
 const VALUE_WITH_BUFFERS: u8 = 3;
 const SETUP_OK: u8 = 10;
 const SETUP_FAILED: u8 = 11;
+const AFTER_JOB: u8 = 12;
 const KEEP: u8 = 0;
 const RETIRE: u8 = 1;
 const RETIRE_FAILED: u8 = 2;
+const RETIRE_PENDING: u8 = 3;
 /// Set in a frame's length when memfds of out-of-band buffers follow its header.
 const HAS_BUFFERS: u64 = 1 << 63;
 /// At most this many buffers per job or value (`_MAX_BUFFERS` in the worker loop).
@@ -265,6 +272,14 @@ enum ChildSlot {
 }
 
 impl ChildSlot {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            ChildSlot::Spawned(child) => Some(child.id()),
+            ChildSlot::Forked { pid, .. } => Some(*pid),
+            ChildSlot::Starting { .. } | ChildSlot::Reaped => None,
+        }
+    }
+
     fn kill(&mut self) {
         match self {
             ChildSlot::Starting { kill_requested } => *kill_requested = true,
@@ -290,6 +305,8 @@ struct Shared {
     /// `Some(exit code)` once the worker has fully ended (the inner `None`: unknown).
     ended: Mutex<Option<Option<i32>>>,
     ended_changed: Condvar,
+    /// The exception records of a `retire` hook that raised.
+    retire_failure: Mutex<Option<Vec<u8>>>,
 }
 
 impl Shared {
@@ -305,7 +322,17 @@ impl Shared {
             killed: AtomicBool::new(false),
             ended: Mutex::new(None),
             ended_changed: Condvar::new(),
+            retire_failure: Mutex::new(None),
         }
+    }
+
+    /// The process's resident set size in bytes, where the system tells (Linux).
+    fn rss(&self) -> Option<u64> {
+        let pid = self.child().pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
     }
 
     fn child(&self) -> MutexGuard<'_, ChildSlot> {
@@ -347,8 +374,12 @@ impl Shared {
     }
 
     /// An idle worker's channel must be silent: anything readable (end of file, above all) means
-    /// the process died while idle. Then it is closed, so that no job is lost to it.
+    /// the process died while idle. Then it is closed, so that no job is lost to it. (A worker
+    /// that is not idle is not asked: after a job it may be reading its retire verdict.)
     fn died_while_idle(&self) -> bool {
+        if !self.mailbox.is_idle() {
+            return false;
+        }
         let channel = self
             .channel
             .lock()
@@ -387,7 +418,9 @@ impl Worker for ProcessWorker {
     }
 
     fn interrupt(&self) {
-        self.shared.kill();
+        if self.shared.mailbox.claim_interrupt() {
+            self.shared.kill();
+        }
     }
 
     fn abandon(&self) {
@@ -419,6 +452,14 @@ impl Worker for ProcessWorker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .flatten()
+    }
+
+    fn take_retire_failure(&self) -> Option<Vec<u8>> {
+        self.shared
+            .retire_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -741,7 +782,8 @@ fn died(shared: &Shared, during: &str, code: Option<i32>) -> Broken {
     }
 }
 
-fn parse_outcome((kind, retire, data, error, buffers): Message) -> Option<Finished> {
+/// A job's outcome message: the outcome, and whether the retire verdict follows.
+fn parse_outcome((kind, retire, data, _, buffers): Message) -> Option<(Finished, bool)> {
     let outcome = match kind {
         VALUE => Outcome::Value(data),
         VALUE_WITH_BUFFERS => Outcome::ValueWithBuffers(data, buffers),
@@ -749,13 +791,37 @@ fn parse_outcome((kind, retire, data, error, buffers): Message) -> Option<Finish
         LOAD_ERROR => Outcome::LoadError(data),
         _ => return None,
     };
-    let retire = match retire {
-        KEEP => Retire::Keep,
-        RETIRE => Retire::Retire,
-        RETIRE_FAILED => Retire::Failed(error),
+    let pending = match retire {
+        KEEP => false,
+        RETIRE_PENDING => true,
         _ => return None,
     };
-    Some(Finished { outcome, retire })
+    let retire = Retire::Keep;
+    Some((Finished { outcome, retire }, pending))
+}
+
+/// What the worker's own work after a job decided.
+enum AfterJob {
+    Keep,
+    End,
+    /// The process died or sent garbage (nobody's job broke: its outcome was delivered).
+    Died,
+}
+
+/// Reads the retire verdict that follows a `RETIRE_PENDING` outcome.
+fn receive_retire_verdict(shared: &Shared, channel: &Channel) -> AfterJob {
+    match channel.receive(Duration::ZERO) {
+        Ok((AFTER_JOB, KEEP, ..)) => AfterJob::Keep,
+        Ok((AFTER_JOB, RETIRE, ..)) => AfterJob::End,
+        Ok((AFTER_JOB, RETIRE_FAILED, _, records, _)) => {
+            *shared
+                .retire_failure
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(records);
+            AfterJob::End
+        }
+        Ok(_) | Err(_) => AfterJob::Died,
+    }
 }
 
 /// The body of a worker's thread: start the process, serve jobs until closed, idle, retired or
@@ -763,6 +829,7 @@ fn parse_outcome((kind, retire, data, error, buffers): Message) -> Option<Finish
 fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forkserver: bool) {
     shared.mailbox.register_worker_thread();
     let mut running = None;
+    let mut jobs: u64 = 0;
     // `Some(exit code)` once the process is reaped.
     let mut reaped: Option<Option<i32>> = None;
     let startup = match launch(shared, python, forkserver, &config.setup) {
@@ -813,11 +880,15 @@ fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forks
         let sent = r.channel.send_job(&job);
         // The worker has its own copy of everything now: the caller's buffers are free.
         drop(job);
-        let finished = match sent.and_then(|()| r.channel.receive(SPIN_FOR_OUTCOME)) {
+        jobs += 1;
+        let received = match sent.and_then(|()| r.channel.receive(SPIN_FOR_OUTCOME)) {
             Ok(message) => parse_outcome(message),
             Err(_) => None,
         };
-        let Some(mut finished) = finished else {
+        // Decided before anything else: an interrupt claimed first means the caller kills (or
+        // has killed) the process, so it serves nobody again, whatever it sent.
+        let interrupted = completion.settle() == Verdict::Interrupted;
+        let Some((mut finished, pending)) = received.filter(|_| !interrupted) else {
             let code = reap(shared, Some(r), true);
             reaped = Some(code);
             shared.mailbox.job_done(true);
@@ -827,15 +898,51 @@ fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forks
             });
             break;
         };
-        let ending = finished.worker_ends() || shared.killed.load(Ordering::Acquire);
-        if ending && finished.retire == Retire::Keep {
+        let tasks_done = config.max_tasks.is_some_and(|max| jobs >= max);
+        let ending = tasks_done || shared.killed.load(Ordering::Acquire);
+        if ending {
             finished.retire = Retire::Retire;
         }
-        // Idle (or closed) before the outcome is visible, so a caller who sees it can reuse us.
-        let go_on = shared.mailbox.job_done(ending);
+        if !pending && config.max_memory.is_none() {
+            // Idle (or closed) before the outcome is visible, so a caller who sees it can reuse
+            // us.
+            let go_on = shared.mailbox.job_done(ending);
+            completion.complete(finished);
+            if !go_on {
+                break;
+            }
+            continue;
+        }
+        // The caller gets the outcome now; the retire hook and the memory check come after.
+        if ending {
+            shared.mailbox.job_done(true);
+        } else {
+            shared.mailbox.retiring();
+        }
         completion.complete(finished);
-        if !go_on {
-            break;
+        let after = if pending {
+            receive_retire_verdict(shared, &r.channel)
+        } else {
+            AfterJob::Keep
+        };
+        let after = match (after, config.max_memory) {
+            (AfterJob::Keep, Some(max)) if shared.rss().is_some_and(|rss| rss > max) => {
+                AfterJob::End
+            }
+            (after, _) => after,
+        };
+        match after {
+            AfterJob::Died => {
+                reaped = Some(reap(shared, Some(r), true));
+                shared.mailbox.job_done(true);
+                break;
+            }
+            AfterJob::End => {
+                shared.mailbox.job_done(true);
+                break;
+            }
+            AfterJob::Keep if ending || !shared.mailbox.job_done(false) => break,
+            AfterJob::Keep => {}
         }
     }
     *shared

@@ -3,14 +3,17 @@
 # A worker process talks to its parent over one socket (never stdin/stdout, so ``print`` works):
 #   parent -> worker: frames ``<Q length`` + bytes: the setup, then one job per frame;
 #   worker -> parent: ``<BBQQ`` (kind, retire, len(data), len(retire_error)) + data + retire_error,
-#                     first once for the setup (kind SETUP_OK or SETUP_FAILED), then once per job.
+#                     first once for the setup (kind SETUP_OK or SETUP_FAILED), then once per job;
+#                     a job's ``retire`` is KEEP, or RETIRE_PENDING: the ``retire`` hook runs
+#                     after the outcome is sent, and its verdict follows as one more message
+#                     (kind AFTER_JOB, retire KEEP, RETIRE or RETIRE_FAILED with the records).
 # End of file from the parent means "end": the worker exits 0. A worker also exits after a job
-# whose retire decision is not KEEP, and after a failed setup.
+# whose retire verdict is not KEEP, and after a failed setup.
 # Out-of-band buffers travel in memfds (see process/mod.rs): a job frame whose length has bit 63
 # set is followed by one byte carrying their descriptors (SCM_RIGHTS), then the payload; a value
 # with buffers is kind VALUE_WITH_BUFFERS, its header followed by such a byte.
 
-SETUP_OK, SETUP_FAILED = 10, 11
+SETUP_OK, SETUP_FAILED, AFTER_JOB = 10, 11, 12
 VALUE_WITH_BUFFERS = 3
 _HAS_BUFFERS = 1 << 63
 _SPIN_SECONDS = 50e-6
@@ -186,12 +189,15 @@ def _serve(channel):
         frame = channel.receive()
         if frame is None:
             return 0
-        kind, data, retire, retire_error, buffers = run(*frame)
+        kind, data, retire, buffers = run(*frame)
         frame = None
-        channel.send(kind, retire, data, retire_error or b"", buffers)
-        data = retire_error = buffers = None
-        if retire != KEEP:
-            return 0
+        channel.send(kind, retire, data, b"", buffers)
+        data = buffers = None
+        if retire == RETIRE_PENDING:
+            retire, records = after_job()
+            channel.send(AFTER_JOB, retire, b"", records or b"")
+            if retire != KEEP:
+                return 0
 
 
 def _set_parent_death_signal():

@@ -34,9 +34,9 @@
 //!    nothing here touches). The job sees each one as a read-only `memoryview` of a
 //!    `CallerBuffer`, a heap type created in each worker interpreter whose instances own a clone of
 //!    the `Buffer`. Lifetime, exactly: the caller's memory stays valid while any clone lives,
-//!    which is (a) the job's own, dropped by the worker thread, detached, after `run` returned and
+//!    which is (a) the job's own, dropped by the worker thread, detached, after the job returned and
 //!    before the outcome is published, and (b) each `CallerBuffer`, deallocated in the worker's
-//!    interpreter when its last view is gone: normally when `run` returns, later if the job kept
+//!    interpreter when its last view is gone: normally when the job returns, later if the job kept
 //!    a view (a global): then the caller's memory outlives the job, never the other way round.
 //!    Dropping the last clone on this thread must not touch the caller's objects: owners only
 //!    queue them for release by their own interpreter (`src/python/mod.rs`, `Pinned`).
@@ -46,6 +46,16 @@
 //!     job's value may keep its objects (a global, a cache), so nothing of the worker's
 //!     interpreter is referenced after the outcome is published. The host memory then goes to
 //!     the caller as is (`HostBuffer`), without another copy.
+//! 11. **An interrupted interpreter is kept.** No interrupt is injected while a job is being
+//!     loaded (unpickling imports modules and the main script, and an import cut short leaves
+//!     half-initialized modules behind): `running_seq` names the job only once its function is
+//!     called, and a job whose interrupt was claimed meanwhile is not called. After the job the
+//!     worker clears a still-pending injected exception under its GIL
+//!     (`PyThreadState_SetAsyncExc(NULL)`); no interrupter injects afterwards (it checks
+//!     `running_seq` under the same GIL); and the worker loop's `intact` confirms that no import
+//!     the function itself made was cut short. Only then is it reused; an exception that escaped
+//!     the loop itself ends it. Ending an interpreter costs 1.7–8.6 MiB of arenas on 3.13
+//!     (docs/limits.md).
 
 #![allow(unsafe_code)]
 
@@ -54,14 +64,23 @@ use std::{
     ptr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, PoisonError,
+        Arc, OnceLock, PoisonError,
     },
+    time::{Duration, Instant},
 };
 
 use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
-use crate::{mailbox::Next, Broken, Buffer, Completion, Finished, Outcome, Retire, WorkerConfig};
+use crate::{
+    mailbox::Next, Broken, Buffer, Completion, Finished, Outcome, Retire, Verdict, WorkerConfig,
+};
+
+extern "C" {
+    /// Prints the attached interpreter's object allocator statistics (`sys._debugmallocstats`);
+    /// returns 0 if that allocator is not pymalloc. Exported by every CPython >= 3.3.
+    fn _PyObject_DebugMallocStats(out: *mut libc::FILE) -> std::ffi::c_int;
+}
 
 /// `running_seq` when no job runs. `running_seq` is written by the worker and read by interrupters,
 /// both only while holding that worker's GIL.
@@ -172,9 +191,27 @@ struct Interpreter {
     interp: *mut ffi::PyInterpreterState,
     module: *mut ffi::PyObject,
     setup: *mut ffi::PyObject,
-    run: *mut ffi::PyObject,
+    load: *mut ffi::PyObject,
+    call: *mut ffi::PyObject,
+    after_job: *mut ffi::PyObject,
+    intact: *mut ffi::PyObject,
     /// The `CallerBuffer` type of this interpreter (rule 9).
     caller_buffer: *mut ffi::PyObject,
+}
+
+/// What [`Interpreter::load_job`] made of a payload.
+enum Loaded {
+    /// The `(fn, args, protocol_5)` tuple, an owned reference.
+    Job(*mut ffi::PyObject),
+    /// It could not be loaded: the outcome.
+    Done(Finished),
+}
+
+/// What the worker does after a job whose outcome it has published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterJob {
+    Keep,
+    End,
 }
 
 impl Interpreter {
@@ -230,7 +267,10 @@ impl Interpreter {
                 interp,
                 module: ptr::null_mut(),
                 setup: ptr::null_mut(),
-                run: ptr::null_mut(),
+                load: ptr::null_mut(),
+                call: ptr::null_mut(),
+                after_job: ptr::null_mut(),
+                intact: ptr::null_mut(),
                 caller_buffer: ptr::null_mut(),
             };
             if let Err(reason) = this.load_worker_loop() {
@@ -244,28 +284,29 @@ impl Interpreter {
     /// # Safety
     /// This interpreter's thread state must be attached.
     unsafe fn load_worker_loop(&mut self) -> Result<(), String> {
-        let source = CString::new(WORKER_LOOP_SOURCE).map_err(|e| e.to_string())?;
         // SAFETY: attached per the caller; new references are owned by `self` until `end`.
         unsafe {
-            let code = ffi::Py_CompileString(
-                source.as_ptr(),
-                c"<interpool worker loop>".as_ptr(),
-                ffi::Py_file_input,
-            );
-            if code.is_null() {
-                return Err(format!(
-                    "compiling the worker loop failed: {}",
-                    take_error()
-                ));
-            }
+            let code = worker_loop_code()?;
             self.module = ffi::PyImport_ExecCodeModule(c"_interpool_worker".as_ptr(), code);
             ffi::Py_DECREF(code);
             if self.module.is_null() {
                 return Err(format!("loading the worker loop failed: {}", take_error()));
             }
             self.setup = ffi::PyObject_GetAttrString(self.module, c"setup".as_ptr());
-            self.run = ffi::PyObject_GetAttrString(self.module, c"run".as_ptr());
-            if self.setup.is_null() || self.run.is_null() {
+            self.load = ffi::PyObject_GetAttrString(self.module, c"load".as_ptr());
+            self.call = ffi::PyObject_GetAttrString(self.module, c"call".as_ptr());
+            self.after_job = ffi::PyObject_GetAttrString(self.module, c"after_job".as_ptr());
+            self.intact = ffi::PyObject_GetAttrString(self.module, c"intact".as_ptr());
+            if [
+                self.setup,
+                self.load,
+                self.call,
+                self.after_job,
+                self.intact,
+            ]
+            .iter()
+            .any(|f| f.is_null())
+            {
                 return Err(format!("the worker loop is incomplete: {}", take_error()));
             }
             self.caller_buffer = new_caller_buffer_type();
@@ -332,34 +373,33 @@ impl Interpreter {
         }
     }
 
-    /// Runs one job through the worker loop's `run`.
+    /// Unpickles a job through the worker loop's `load` (imports included: no interrupt is
+    /// injected meanwhile, rule 11).
     ///
     /// # Safety
     /// This interpreter's thread state must be attached.
-    unsafe fn run_job(&self, payload: &[u8], buffers: &[Buffer]) -> Finished {
-        // SAFETY: attached per the caller; every new reference is released here, and the outcome
-        // is copied out before returning (rules 3 and 10).
+    unsafe fn load_job(&self, payload: &[u8], buffers: &[Buffer]) -> Loaded {
+        // SAFETY: attached per the caller; every new reference is released here or handed over
+        // in `Loaded::Job`.
         unsafe {
             let arg = new_bytes(payload);
             if arg.is_null() {
-                return broken_finished(format!(
-                    "could not pass the job to the worker: {}",
-                    take_error()
-                ));
+                let reason = format!("could not pass the job to the worker: {}", take_error());
+                return Loaded::Done(broken_finished(reason));
             }
             let result = if buffers.is_empty() {
-                ffi::PyObject_CallOneArg(self.run, arg)
+                ffi::PyObject_CallOneArg(self.load, arg)
             } else {
                 let views = self.caller_views(buffers);
                 if views.is_null() {
                     ffi::Py_DECREF(arg);
-                    return broken_finished(format!(
+                    return Loaded::Done(broken_finished(format!(
                         "could not pass the job's buffers to the worker: {}",
                         take_error()
-                    ));
+                    )));
                 }
                 let result = ffi::PyObject_CallFunctionObjArgs(
-                    self.run,
+                    self.load,
                     arg,
                     views,
                     ptr::null_mut::<ffi::PyObject>(),
@@ -369,15 +409,131 @@ impl Interpreter {
             };
             ffi::Py_DECREF(arg);
             if result.is_null() {
-                // Only an exception injected by an interrupt escapes `run`.
-                return broken_finished(format!("the job was interrupted ({})", take_error()));
+                let reason = format!("the worker loop failed to load the job: {}", take_error());
+                return Loaded::Done(broken_finished(reason));
+            }
+            // `(fn, args, protocol_5)`, or a 4-tuple outcome.
+            if ffi::PyTuple_Size(result) == 3 {
+                return Loaded::Job(result);
+            }
+            let finished = parse_run_result(result);
+            ffi::Py_DECREF(result);
+            Loaded::Done(finished.map_or_else(
+                || {
+                    ffi::PyErr_Clear();
+                    broken_finished("the worker loop returned a malformed outcome".to_owned())
+                },
+                |(finished, _)| finished,
+            ))
+        }
+    }
+
+    /// Calls a loaded job through the worker loop's `call`, consuming `job`; also says whether
+    /// `after_job` must run.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached, and `job` an owned `(fn, args,
+    /// protocol_5)` tuple from [`Interpreter::load_job`].
+    unsafe fn call_job(&self, job: *mut ffi::PyObject) -> (Finished, bool) {
+        // SAFETY: attached per the caller; every new reference is released here, and the outcome
+        // is copied out before returning (rule 3).
+        unsafe {
+            let result = ffi::PyObject_Call(self.call, job, ptr::null_mut());
+            ffi::Py_DECREF(job);
+            if result.is_null() {
+                // Only an exception injected by an interrupt escapes `call`; the worker then
+                // ends (rule 11).
+                let reason = format!("the job was interrupted ({})", take_error());
+                return (broken_finished(reason), false);
             }
             let finished = parse_run_result(result);
             ffi::Py_DECREF(result);
             finished.unwrap_or_else(|| {
                 ffi::PyErr_Clear();
-                broken_finished("the worker loop returned a malformed outcome".to_owned())
+                let reason = "the worker loop returned a malformed outcome".to_owned();
+                (broken_finished(reason), false)
             })
+        }
+    }
+
+    /// Runs the worker loop's `after_job` (the `retire` hook); a hook that raised leaves its
+    /// exception records in `shared`.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn after_job(&self, shared: &Shared) -> AfterJob {
+        // SAFETY: attached per the caller; the result and its items are read and released here.
+        unsafe {
+            let result = ffi::PyObject_CallNoArgs(self.after_job);
+            if result.is_null() {
+                // An exception escaped the hook's own handler (an interrupt of the earlier job
+                // delivered late): the worker cannot vouch for its state.
+                ffi::PyErr_Clear();
+                return AfterJob::End;
+            }
+            let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
+            let after = match verdict {
+                0 => AfterJob::Keep,
+                2 => {
+                    *shared
+                        .retire_failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) =
+                        bytes_to_vec(ffi::PyTuple_GetItem(result, 1));
+                    AfterJob::End
+                }
+                _ => AfterJob::End,
+            };
+            ffi::PyErr_Clear();
+            ffi::Py_DECREF(result);
+            after
+        }
+    }
+
+    /// Whether the worker loop's `intact` vouches for the interpreter after an interrupt.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn intact(&self) -> bool {
+        // SAFETY: attached per the caller; the result is released here.
+        unsafe {
+            let result = ffi::PyObject_CallNoArgs(self.intact);
+            if result.is_null() {
+                ffi::PyErr_Clear();
+                return false;
+            }
+            let intact = result == ffi::Py_True();
+            ffi::Py_DECREF(result);
+            intact
+        }
+    }
+
+    /// The bytes in the arenas of this interpreter's own object allocator (what ending it would
+    /// free, on 3.14; what 3.13 keeps), from `_PyObject_DebugMallocStats`. `None` if the
+    /// allocator is not pymalloc or the figure cannot be read.
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn allocator_bytes(&self) -> Option<u64> {
+        let mut buffer: *mut c_char = ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        // SAFETY: open_memstream owns `buffer` until fclose, which sets it (and `size`) to the
+        // text written; the text is copied out and the buffer freed with free(3) as it requires.
+        // The statistics are those of the attached interpreter (per the caller).
+        unsafe {
+            let out = libc::open_memstream(&mut buffer, &mut size);
+            if out.is_null() {
+                return None;
+            }
+            let printed = _PyObject_DebugMallocStats(out);
+            libc::fclose(out);
+            if buffer.is_null() {
+                return None;
+            }
+            let text = std::slice::from_raw_parts(buffer as *const u8, size);
+            let bytes = (printed != 0).then(|| arena_bytes(text)).flatten();
+            libc::free(buffer.cast());
+            bytes
         }
     }
 
@@ -422,13 +578,74 @@ impl Interpreter {
         // SAFETY: attached per the caller; references are dropped before the interpreter that
         // owns them is ended (rule 1: same thread, own thread state).
         unsafe {
-            for obj in [self.caller_buffer, self.run, self.setup, self.module] {
+            let objects = [
+                self.intact,
+                self.after_job,
+                self.call,
+                self.load,
+                self.setup,
+                self.module,
+                self.caller_buffer,
+            ];
+            for obj in objects {
                 if !obj.is_null() {
                     ffi::Py_DECREF(obj);
                 }
             }
             ffi::Py_EndInterpreter(self.tstate);
         }
+    }
+}
+
+/// The worker loop's marshalled code object, made by the first worker of the process: unmarshalling
+/// it costs ~0.1 ms where compiling the source costs ~2.5 ms per worker. Plain bytes (rule 3).
+static WORKER_LOOP_MARSHALLED: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// A new reference to the worker loop's code object, in the attached interpreter.
+///
+/// # Safety
+/// A thread state must be attached.
+unsafe fn worker_loop_code() -> Result<*mut ffi::PyObject, String> {
+    // SAFETY: attached per the caller; the code object is a new reference of its interpreter,
+    // and the marshal string is released before returning.
+    unsafe {
+        if let Some(marshalled) = WORKER_LOOP_MARSHALLED.get() {
+            let code = ffi::PyMarshal_ReadObjectFromString(
+                marshalled.as_ptr() as *const c_char,
+                marshalled.len() as ffi::Py_ssize_t,
+            );
+            if code.is_null() {
+                return Err(format!(
+                    "unmarshalling the worker loop failed: {}",
+                    take_error()
+                ));
+            }
+            return Ok(code);
+        }
+        let source = CString::new(WORKER_LOOP_SOURCE).map_err(|e| e.to_string())?;
+        let code = ffi::Py_CompileString(
+            source.as_ptr(),
+            c"<interpool worker loop>".as_ptr(),
+            ffi::Py_file_input,
+        );
+        if code.is_null() {
+            return Err(format!(
+                "compiling the worker loop failed: {}",
+                take_error()
+            ));
+        }
+        // Not get_or_init: no thread waits on another here. Two first workers both compile, and
+        // both marshal the same code.
+        let marshalled = ffi::PyMarshal_WriteObjectToString(code, ffi::Py_MARSHAL_VERSION);
+        if marshalled.is_null() {
+            ffi::PyErr_Clear(); // the next worker compiles again
+        } else {
+            if let Some(bytes) = bytes_to_vec(marshalled) {
+                let _ = WORKER_LOOP_MARSHALLED.set(bytes);
+            }
+            ffi::Py_DECREF(marshalled);
+        }
+        Ok(code)
     }
 }
 
@@ -563,22 +780,28 @@ unsafe fn copy_out_buffers(list: *mut ffi::PyObject) -> Option<Vec<Buffer>> {
     }
 }
 
-/// Reads `(kind: int, data: bytes, retire: int, retire_error: bytes | None[, buffers])`.
+/// `N arenas * 1048576 bytes/arena = 2,097,152` in `_PyObject_DebugMallocStats`'s text.
+fn arena_bytes(text: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(text).ok()?;
+    let line = text.lines().find(|l| l.contains(" bytes/arena "))?;
+    let total = line.rsplit('=').next()?;
+    total.trim().replace(',', "").parse().ok()
+}
+
+/// Reads `(kind: int, data: bytes, retire: int, buffers: list | None)`, `retire` being KEEP (0)
+/// or RETIRE_PENDING (3): the outcome (its buffers copied out, rule 10), and whether `after_job`
+/// must run.
 ///
 /// # Safety
 /// A thread state must be attached and `result` must be a live object of its interpreter.
-unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<Finished> {
+unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<(Finished, bool)> {
     // SAFETY: per the caller; PyTuple_GetItem returns borrowed references (or NULL with an error
     // set, which the caller clears).
     unsafe {
         let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
         let data = bytes_to_vec(ffi::PyTuple_GetItem(result, 1))?;
         let retire = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
-        let buffers = if ffi::PyTuple_Size(result) > 4 {
-            copy_out_buffers(ffi::PyTuple_GetItem(result, 4))?
-        } else {
-            Vec::new()
-        };
+        let buffers = copy_out_buffers(ffi::PyTuple_GetItem(result, 3))?;
         let outcome = match kind {
             0 if buffers.is_empty() => Outcome::Value(data),
             0 => Outcome::ValueWithBuffers(data, buffers),
@@ -586,13 +809,13 @@ unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<Finished> {
             2 => Outcome::LoadError(data),
             _ => return None,
         };
-        let retire = match retire {
-            0 => Retire::Keep,
-            1 => Retire::Retire,
-            2 => Retire::Failed(bytes_to_vec(ffi::PyTuple_GetItem(result, 3))?),
+        let pending = match retire {
+            0 => false,
+            3 => true,
             _ => return None,
         };
-        Some(Finished { outcome, retire })
+        let retire = Retire::Keep;
+        Some((Finished { outcome, retire }, pending))
     }
 }
 
@@ -646,6 +869,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         });
     }
 
+    let mut jobs: u64 = 0;
     loop {
         let (job, completion) = match shared.mailbox.next(config.idle_timeout) {
             Next::Run(job, completion) => (job, completion),
@@ -663,31 +887,83 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
             break;
         };
         let seq = shared.submitted_seq.load(Ordering::Acquire);
+        jobs += 1;
         // SAFETY: `tstate` is this thread's detached thread state of `interpreter` (rule 1).
-        let finished = unsafe {
+        let ran = unsafe {
             ffi::PyEval_RestoreThread(tstate);
             // Checked and set under this GIL, which interrupters also hold while they look at
-            // `running_seq`: an interrupt that came before (even while the interpreter was still
-            // being created) is seen here; one that comes after finds the job running.
-            let finished = if shared.interrupted_seq.load(Ordering::Acquire) == seq {
-                broken_finished("the job was interrupted before it started".to_owned())
+            // `running_seq`: an interrupt claimed before (even while the interpreter was still
+            // being created) is seen here; one claimed after finds the job running.
+            let not_started = || {
+                let reason = "the job was interrupted before it started".to_owned();
+                let finished = Finished {
+                    outcome: Outcome::Broken(broken(reason)),
+                    retire: Retire::Keep,
+                };
+                (finished, false)
+            };
+            let ran = if completion.interrupt_claimed() {
+                not_started()
             } else {
-                running_seq.store(seq, Ordering::Release);
-                let finished = interpreter.run_job(&job.payload, &job.buffers);
-                running_seq.store(NO_JOB, Ordering::Release);
-                finished
+                // Loaded while `running_seq` says no job runs: an interrupt claimed meanwhile
+                // waits for the function to start, and so stops it before it does.
+                match interpreter.load_job(&job.payload, &job.buffers) {
+                    Loaded::Done(finished) => (finished, false),
+                    Loaded::Job(loaded) if completion.interrupt_claimed() => {
+                        ffi::Py_DECREF(loaded);
+                        not_started()
+                    }
+                    Loaded::Job(loaded) => {
+                        running_seq.store(seq, Ordering::Release);
+                        let ran = interpreter.call_job(loaded);
+                        running_seq.store(NO_JOB, Ordering::Release);
+                        ran
+                    }
+                }
             };
             // An interrupt that raced with the job's end is dropped here, under the GIL, so it
-            // cannot hit a later job (cpython#139622: 3.13 may deliver it late).
+            // cannot hit a later job (rule 11; cpython#139622: 3.13 may deliver it late).
             ffi::PyThreadState_SetAsyncExc(
                 ffi::PyThread_get_thread_ident() as c_long,
                 ptr::null_mut(),
             );
+            // An interrupt claimed from now on cannot inject any more: checked only if one was
+            // claimed before (rule 11).
+            let intact = !completion.interrupt_claimed() || interpreter.intact();
             saved = Some(ffi::PyEval_SaveThread());
-            finished
+            let (finished, pending) = ran;
+            Ran {
+                finished,
+                pending,
+                intact,
+            }
         };
         drop(job);
-        if !deliver(&shared, seq, finished, &completion) {
+        let pending = ran.pending;
+        let after = match deliver(&shared, &config, jobs, ran, &completion) {
+            Delivered::Idle => continue,
+            Delivered::Ending => break,
+            Delivered::Retiring => {
+                let tstate = saved.expect("attached above");
+                // SAFETY: as above: this thread's own thread state of `interpreter`.
+                unsafe {
+                    ffi::PyEval_RestoreThread(tstate);
+                    let after = if pending {
+                        interpreter.after_job(&shared)
+                    } else {
+                        AfterJob::Keep
+                    };
+                    let over_memory = |max| interpreter.allocator_bytes().is_some_and(|b| b > max);
+                    let after = match config.max_memory {
+                        Some(max) if after == AfterJob::Keep && over_memory(max) => AfterJob::End,
+                        _ => after,
+                    };
+                    saved = Some(ffi::PyEval_SaveThread());
+                    after
+                }
+            }
+        };
+        if !shared.mailbox.job_done(after == AfterJob::End) {
             break;
         }
     }
@@ -707,30 +983,99 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
     shared.mark_ended();
 }
 
-/// Hands a job's outcome over; returns whether the worker goes on.
-fn deliver(shared: &Shared, seq: u64, mut finished: Finished, completion: &Completion) -> bool {
-    let interrupted = shared.interrupted_seq.load(Ordering::Acquire) == seq;
-    let abandoned = shared.abandoned.load(Ordering::Acquire);
-    let ending = finished.worker_ends() || interrupted || abandoned;
-    if ending && finished.retire == Retire::Keep {
-        finished.retire = Retire::Retire;
-    }
-    // Idle (or closed) before the outcome is visible, so a caller who sees it can reuse us.
-    let go_on = shared.mailbox.job_done(ending);
-    completion.complete(finished);
-    go_on
+/// A job's end as the worker thread saw it, under the interpreter's GIL.
+struct Ran {
+    finished: Finished,
+    /// `after_job` must run.
+    pending: bool,
+    /// No import was cut short (checked only after an interrupt).
+    intact: bool,
 }
 
-/// Injects `KeyboardInterrupt` into the job `seq` of this worker, if it is still running it.
-/// Runs on a helper thread; blocks until it gets the worker's GIL.
+/// Where [`deliver`] left the worker.
+enum Delivered {
+    /// Ready for the next job.
+    Idle,
+    /// The outcome is out; the retire hook or the memory check runs before the next job.
+    Retiring,
+    /// The worker ends.
+    Ending,
+}
+
+/// Settles and hands a job's outcome over (`pending`: the retire hook must run after it;
+/// `intact`: no import was cut short, if the job was interrupted).
+fn deliver(
+    shared: &Shared,
+    config: &WorkerConfig,
+    jobs: u64,
+    ran: Ran,
+    completion: &Completion,
+) -> Delivered {
+    let Ran {
+        mut finished,
+        pending,
+        intact,
+    } = ran;
+    if completion.settle() == Verdict::Interrupted {
+        // Whatever it returned, the caller decided first (rule 11 says which interpreter stays).
+        match finished.outcome {
+            // Before it started (kept), or out of the loop itself (ends).
+            Outcome::Broken(_) => {}
+            _ => {
+                finished.outcome = Outcome::Broken(broken("the job was interrupted".to_owned()));
+                finished.retire = if intact { Retire::Keep } else { Retire::Retire };
+            }
+        }
+    }
+    let abandoned = shared.abandoned.load(Ordering::Acquire);
+    let tasks_done = config.max_tasks.is_some_and(|max| jobs >= max);
+    let ending = finished.worker_ends() || abandoned || tasks_done;
+    if ending {
+        finished.retire = Retire::Retire;
+    }
+    // Idle, retiring or closed before the outcome is visible, so that a caller who sees it finds
+    // the worker in the state it is in.
+    let delivered = if !ending && (pending || config.max_memory.is_some()) {
+        shared.mailbox.retiring();
+        Delivered::Retiring
+    } else if shared.mailbox.job_done(ending) {
+        Delivered::Idle
+    } else {
+        Delivered::Ending
+    };
+    completion.complete(finished);
+    delivered
+}
+
+/// How often an interrupter injects `KeyboardInterrupt` again while the job still runs, and for
+/// how long at most.
+const REINJECT_EVERY: Duration = Duration::from_millis(10);
+const REINJECT_FOR: Duration = Duration::from_secs(5);
+
+/// Injects `KeyboardInterrupt` into the job `seq` of this worker while it is still running it:
+/// again every [`REINJECT_EVERY`], since an exception that lands in a `__del__` or a weakref
+/// callback is swallowed there ("Exception ignored in ..."), until the job ends, the worker is
+/// abandoned, or [`REINJECT_FOR`] passes. Runs on a helper thread; blocks until it gets the
+/// worker's GIL.
 pub(crate) fn interrupt(shared: &Shared, seq: u64) {
+    let start = Instant::now();
+    while inject(shared, seq)
+        && !shared.abandoned.load(Ordering::Acquire)
+        && start.elapsed() < REINJECT_FOR
+    {
+        std::thread::sleep(REINJECT_EVERY);
+    }
+}
+
+/// One injection; returns whether the job `seq` was still running.
+fn inject(shared: &Shared, seq: u64) -> bool {
     let handle = shared
         .interpreter
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let Some(handle) = &*handle else {
-        // Not created yet: the worker sees `interrupted_seq` before it runs the job. Or ending.
-        return;
+        // Not created yet: the worker sees the claim before it runs the job. Or ending.
+        return false;
     };
     // SAFETY: the handle's interpreter is alive while we hold its lock (rule 6); the temporary
     // thread state is created, attached, cleared and deleted on this thread. KeyboardInterrupt
@@ -738,10 +1083,11 @@ pub(crate) fn interrupt(shared: &Shared, seq: u64) {
     unsafe {
         let tstate = ffi::PyThreadState_New(handle.interp);
         if tstate.is_null() {
-            return;
+            return false;
         }
         ffi::PyEval_RestoreThread(tstate);
-        if handle.running_seq.load(Ordering::Acquire) == seq {
+        let running = handle.running_seq.load(Ordering::Acquire) == seq;
+        if running {
             ffi::PyThreadState_SetAsyncExc(
                 handle.thread_ident as c_long,
                 ffi::PyExc_KeyboardInterrupt,
@@ -749,5 +1095,6 @@ pub(crate) fn interrupt(shared: &Shared, seq: u64) {
         }
         ffi::PyThreadState_Clear(tstate);
         ffi::PyThreadState_DeleteCurrent();
+        running
     }
 }

@@ -8,6 +8,8 @@
 //! What this type cannot do, by nature: stop code blocked in C (an interrupt is an exception
 //! injected at the next bytecode boundary; a worker that does not stop is *abandoned*: never reused,
 //! it ends itself when the C call returns), and survive a crash (a segfault takes the process down).
+//! A worker whose job was interrupted in Python code is kept: ending an interpreter is what costs
+//! memory on 3.13 (see `ffi`, rule 9).
 //!
 //! Every live worker is registered process-wide, so a host can end them all before it finalizes
 //! ([`close_all`], [`wait_all_ended`]): a subinterpreter still running at `Py_FinalizeEx` aborts
@@ -132,10 +134,10 @@ pub(crate) struct Shared {
     pub(crate) mailbox: Mailbox,
     /// Sequence number of the last job handed over (0: none yet).
     submitted_seq: AtomicU64,
-    /// Sequence number of the job interrupted last; that job's worker ends after it.
-    pub(crate) interrupted_seq: AtomicU64,
     /// Set when nobody will read this worker's outcomes again.
     pub(crate) abandoned: AtomicBool,
+    /// The exception records of a `retire` hook that raised.
+    pub(crate) retire_failure: Mutex<Option<Vec<u8>>>,
     /// The interpreter while it exists, for interrupters (see `ffi::interrupt`).
     #[cfg(Py_3_13)]
     pub(crate) interpreter: Mutex<Option<ffi::InterpreterHandle>>,
@@ -150,8 +152,8 @@ impl Shared {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             mailbox: Mailbox::new(),
             submitted_seq: AtomicU64::new(0),
-            interrupted_seq: AtomicU64::new(0),
             abandoned: AtomicBool::new(false),
+            retire_failure: Mutex::new(None),
             #[cfg(Py_3_13)]
             interpreter: Mutex::new(None),
             ended: Mutex::new(false),
@@ -161,12 +163,15 @@ impl Shared {
 
     /// Called once by the worker thread as its very last act (or if it never started).
     pub(crate) fn mark_ended(&self) {
+        // Uncounted first: whoever sees this worker ended also sees it gone from the count.
+        {
+            let (lock, changed) = live_count();
+            let mut live = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            *live = live.saturating_sub(1);
+            changed.notify_all();
+        }
         *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = true;
         self.ended_changed.notify_all();
-        let (lock, changed) = live_count();
-        let mut live = lock.lock().unwrap_or_else(PoisonError::into_inner);
-        *live = live.saturating_sub(1);
-        changed.notify_all();
     }
 
     fn wait_ended(&self, timeout: Option<Duration>) -> bool {
@@ -198,13 +203,14 @@ impl Shared {
 }
 
 impl Shared {
-    /// Asks the job submitted last to stop; its worker ends after it, interrupted or not.
+    /// Asks the job submitted last to stop, unless it has completed (then nothing happens).
     fn interrupt(self: &Arc<Self>) {
+        // The job that holds the worker cannot be followed by another until it completes, and
+        // then the claim fails: `seq` is the claimed job's.
         let seq = self.submitted_seq.load(Ordering::Acquire);
-        if seq == 0 {
+        if seq == 0 || !self.mailbox.claim_interrupt() {
             return;
         }
-        self.interrupted_seq.store(seq, Ordering::Release);
         #[cfg(Py_3_13)]
         {
             // Interrupting waits for the target's GIL (up to a switch interval, ~5 ms, or for
@@ -214,7 +220,7 @@ impl Shared {
                 .name(format!("interpool-interrupt-{}", self.id))
                 .spawn(move || ffi::interrupt(&shared, seq));
             if spawned.is_err() {
-                // Without a thread we cannot interrupt; the worker still ends after the job.
+                // Without a thread we cannot interrupt; the worker ends after the job.
                 self.abandoned.store(true, Ordering::Release);
             }
         }
@@ -268,6 +274,14 @@ impl Worker for SubinterpreterWorker {
 
     fn wait_ended(&self, timeout: Option<Duration>) -> bool {
         self.shared.wait_ended(timeout)
+    }
+
+    fn take_retire_failure(&self) -> Option<Vec<u8>> {
+        self.shared
+            .retire_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 

@@ -1,7 +1,9 @@
 """The loop inside every interpool worker interpreter.
 
-Rust calls ``setup`` once, then ``run`` once per job. Everything crosses as bytes: this module
-unpickles the job, calls it, and pickles the outcome. It imports neither trio nor interpool (the
+Rust calls ``setup`` once, then ``run`` (or ``load`` and ``call``) once per job and, after the
+job's outcome has been handed to the caller, ``after_job`` if ``run`` said the ``retire`` hook
+must run (the caller never waits for it). Everything crosses as bytes: this module unpickles the
+job, calls it, and pickles the outcome. It imports neither trio nor interpool (the
 front end's extension module refuses to load in a subinterpreter); ``interpool/__init__.py`` sees
 this module in ``sys.modules`` and stays import-safe for user scripts that ``import interpool``.
 
@@ -16,14 +18,14 @@ first, each entry ``(pickled_exc | None, pickling_error | None, type_name, messa
 formatted_traceback, cause_index | None, context_index | None, suppress_context)``.
 """
 
-import pickle
+import _pickle as pickle  # the C pickler: pickle.py imports re, struct, ... (~4 ms per worker)
 import sys
-import traceback
 from array import array
 from operator import methodcaller
 
+HIGHEST_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL, which _pickle does not name
 VALUE, RAISED, LOAD_ERROR = 0, 1, 2
-KEEP, RETIRE, RETIRE_FAILED = 0, 1, 2
+KEEP, RETIRE, RETIRE_FAILED, RETIRE_PENDING = 0, 1, 2, 3
 _MAX_CHAIN = 32
 # Buffers of at least this many bytes travel out of band; the same value as BUFFER_THRESHOLD in
 # ``interpool/_outcome.py``. At most _MAX_BUFFERS per job or value (the rest stay in band).
@@ -152,12 +154,12 @@ def _loads_args(data, *buffers):
 
 def _dumps(obj):
     try:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(obj, HIGHEST_PROTOCOL)
     except Exception:
         cloudpickle = _cloudpickle()
         if cloudpickle is None:
             raise  # pickle's own error: cloudpickle is optional
-        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return cloudpickle.dumps(obj, HIGHEST_PROTOCOL)
 
 
 def _cloudpickle():
@@ -204,6 +206,8 @@ def _format(exc, skip_frames):
         if tb is not None:
             tb = tb.tb_next
     try:
+        import traceback  # on the first error only: ~3 ms of imports for a new worker
+
         return "".join(traceback.format_exception(type(exc), exc, tb, chain=False))
     except BaseException as error:  # the error path must not fail: no source lines then
         return f"{type(exc).__qualname__} (traceback unavailable: {type(error).__qualname__})\n"
@@ -246,7 +250,7 @@ def _exception_records(exc, skip_frames=0):
         return index
 
     visit(exc, skip_frames)
-    return pickle.dumps(records, pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps(records, HIGHEST_PROTOCOL)
 
 
 def _flush():
@@ -352,17 +356,31 @@ def setup(config):
 
 
 def run(payload, buffers=None):
-    """Runs one job; returns ``(kind, data, retire, retire_error, buffers)``: ``buffers`` are the
+    """Runs one job; returns ``(kind, data, retire, buffers)``: ``retire`` is KEEP, or
+    RETIRE_PENDING if ``after_job`` must run once the outcome is delivered; ``buffers`` are the
     value's out-of-band buffers (None or a list), to be copied out before anything else runs here.
     Only a job pickled with protocol 5 (the Python front end's) gets any: the Rust ``Pool``'s
     protocol-4 jobs read values in band."""
+    job = load(payload, buffers)
+    return job if len(job) == 4 else call(*job)
+
+
+def load(payload, buffers=None):
+    """Unpickles a job (which may import modules): ``(fn, args, protocol_5)``, or the LOAD_ERROR
+    outcome as ``run`` returns it. Subinterpreter workers call ``load`` and ``call`` apart, so
+    that an interrupt never cuts an import short: it waits for the function to start."""
     try:
         # Without buffers, no keyword: passing one costs pickle ~0.5 µs.
         fn, args = (
             pickle.loads(payload) if buffers is None else pickle.loads(payload, buffers=buffers)
         )
     except BaseException as exc:
-        return LOAD_ERROR, _exception_records(exc), KEEP, None, None
+        return LOAD_ERROR, _exception_records(exc), KEEP, None
+    return fn, args, payload[1] == 5
+
+
+def call(fn, args, protocol_5):
+    """Calls a loaded job; returns what ``run`` does."""
     try:
         result = fn(*args)
         if hasattr(result, "__await__") and hasattr(result, "close"):
@@ -371,7 +389,7 @@ def run(payload, buffers=None):
                 f"interpool expected a sync function, but {fn!r} returned an awaitable; "
                 "run coroutines in the event loop, not in a worker"
             )
-        if payload[1] == 5:  # a protocol-5 caller loads out-of-band buffers; others get none
+        if protocol_5:  # a protocol-5 caller loads out-of-band buffers; others get none
             kind, (data, out) = VALUE, _dumps_value(result)
         else:
             kind, data, out = VALUE, _dumps(result), None
@@ -380,11 +398,27 @@ def run(payload, buffers=None):
         # docs/auto.md), but AUTO can still re-run it on a process.
         kind = LOAD_ERROR if _refused_import(exc) else RAISED
         data, out = _exception_records(exc, skip_frames=1), None
-    result = fn = args = buffers = None
+    result = fn = args = None
     _flush()
+    return kind, data, (KEEP if _retire is bool else RETIRE_PENDING), out
+
+
+def intact():
+    """After an interrupted job: whether every import finished (none was cut short by the
+    interrupt and left a module initializing), so that the interpreter is fit for reuse."""
+    for module in list(sys.modules.values()):
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            return False
+    return True
+
+
+def after_job():
+    """Runs the ``retire`` hook; returns ``(KEEP | RETIRE | RETIRE_FAILED, records | None)``."""
     if _retire is bool:
-        return kind, data, KEEP, None, out
+        return KEEP, None
     try:
-        return kind, data, (RETIRE if _retire() else KEEP), None, out
+        return (RETIRE if _retire() else KEEP), None
     except BaseException as exc:
-        return kind, data, RETIRE_FAILED, _exception_records(exc), out
+        return RETIRE_FAILED, _exception_records(exc)
+    finally:
+        _flush()

@@ -45,6 +45,8 @@ fn start(setup: &[u8], idle_timeout: Option<Duration>) -> Box<dyn Worker> {
         .start(Arc::new(WorkerConfig {
             setup: setup.to_vec(),
             idle_timeout,
+            max_tasks: None,
+            max_memory: None,
         }))
         .expect("worker starts")
 }
@@ -88,8 +90,20 @@ fn started_signal(name: &str) -> (UnixListener, String, tempdir::Dir) {
     (listener, connect, dir)
 }
 
+/// Waits for a job's started signal, within [`TEN_SECONDS`] (a hang becomes a failure, as in
+/// tests/subinterpreter.rs): a listener has no accept timeout, so a thread of its own accepts
+/// (left blocked if it hangs), and the read has the same timeout.
 fn wait_started(listener: &UnixListener) {
-    let (mut conn, _) = listener.accept().unwrap();
+    let listener = listener.try_clone().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(listener.accept().map(|(conn, _)| conn));
+    });
+    let mut conn = receiver
+        .recv_timeout(TEN_SECONDS.unwrap())
+        .expect("the job did not connect")
+        .unwrap();
+    conn.set_read_timeout(TEN_SECONDS).unwrap();
     let mut byte = [0u8];
     conn.read_exact(&mut byte).unwrap();
 }
@@ -229,10 +243,63 @@ fn a_worker_killed_while_idle_hands_the_next_job_back() {
 fn a_truthy_retire_ends_the_worker_after_its_job() {
     let worker = start(SETUP_RETIRE_ALWAYS, None);
     let finished = run(&*worker, ABS_MINUS_3);
+    // The outcome comes first; the hook's verdict after it ends the worker.
     assert_eq!(finished.outcome, Outcome::Value(THREE.to_vec()));
-    assert_eq!(finished.retire, Retire::Retire);
     assert!(worker.wait_ended(TEN_SECONDS));
     assert_eq!(worker.exit_code(), Some(0));
+    assert_eq!(worker.take_retire_failure(), None);
+}
+
+#[test]
+fn an_interrupt_after_the_job_completed_is_a_no_op_and_the_worker_serves_on() {
+    let worker = start(SETUP_PLAIN, None);
+    run(&*worker, ABS_MINUS_3);
+    // A cancellation that lands after the job ended but before its outcome was read.
+    worker.interrupt();
+    let finished = run(&*worker, ABS_MINUS_3);
+    assert_eq!(finished.outcome, Outcome::Value(THREE.to_vec()));
+    assert_eq!(finished.retire, Retire::Keep);
+    worker.close();
+    assert!(worker.wait_ended(TEN_SECONDS));
+    assert_eq!(worker.exit_code(), Some(0), "never killed");
+}
+
+#[test]
+fn max_tasks_ends_the_worker_after_that_many_jobs() {
+    configure();
+    let worker = worker_type()
+        .start(Arc::new(WorkerConfig {
+            setup: SETUP_PLAIN.to_vec(),
+            idle_timeout: None,
+            max_tasks: Some(2),
+            max_memory: None,
+        }))
+        .expect("worker starts");
+    assert_eq!(run(&*worker, ABS_MINUS_3).retire, Retire::Keep);
+    assert_eq!(run(&*worker, ABS_MINUS_3).retire, Retire::Retire);
+    assert!(worker.wait_ended(TEN_SECONDS));
+    assert_eq!(worker.exit_code(), Some(0));
+}
+
+#[test]
+fn a_memory_limit_below_the_rss_ends_the_worker_after_its_job() {
+    configure();
+    let worker = worker_type()
+        .start(Arc::new(WorkerConfig {
+            setup: SETUP_PLAIN.to_vec(),
+            idle_timeout: None,
+            max_tasks: None,
+            max_memory: Some(1),
+        }))
+        .expect("worker starts");
+    assert_eq!(
+        run(&*worker, ABS_MINUS_3).outcome,
+        Outcome::Value(THREE.to_vec())
+    );
+    if cfg!(target_os = "linux") {
+        assert!(worker.wait_ended(TEN_SECONDS));
+        assert_eq!(worker.exit_code(), Some(0));
+    }
 }
 
 #[test]

@@ -1,0 +1,90 @@
+"""Burst throughput: N trivial jobs started at once on W workers, under trio and under asyncio.
+
+Each round runs, in this order, interpool under trio (a nursery of N tasks sharing a
+``trio.CapacityLimiter(W)``), interpool under asyncio (a ``TaskGroup`` of N tasks sharing an
+``interpool.AsyncioCapacityLimiter(W)``) and trio-parallel (as interpool under trio), each in a
+fresh ``trio.run``/``asyncio.run`` on workers kept warm across rounds (the default contexts). The
+figures are medians over rounds of jobs per second; the ratios are taken round by round (then the
+median of those), which is what docs/benchmarks.md quotes.
+
+    python benches/bench_burst.py [--jobs 10000] [--workers 2] [--rounds 9]
+                                  [--type subinterpreter] [--no-peer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import trio
+
+import interpool
+
+trio_parallel = None  # imported in main, in the parent only (it does not load in a worker)
+
+
+def noop() -> None:
+    return None
+
+
+async def trio_burst(lib, jobs: int, workers: int) -> float:
+    limiter = trio.CapacityLimiter(workers)
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(jobs):
+            nursery.start_soon(lambda: lib.run_sync(noop, limiter=limiter))
+    return jobs / (time.perf_counter() - t0)
+
+
+async def asyncio_burst(jobs: int, workers: int) -> float:
+    limiter = interpool.AsyncioCapacityLimiter(workers)
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(jobs):
+            group.create_task(interpool.run_sync(noop, limiter=limiter))
+    return jobs / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    global trio_parallel
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--type", default="subinterpreter", help="interpool's worker type")
+    parser.add_argument("--no-peer", action="store_true", help="leave trio-parallel out")
+    args = parser.parse_args()
+
+    interpool.configure_default_context(worker_type=args.type)
+    runs = {
+        "interpool trio": lambda n: trio.run(trio_burst, interpool, n, args.workers),
+        "interpool asyncio": lambda n: asyncio.run(asyncio_burst(n, args.workers)),
+    }
+    if not args.no_peer:
+        import trio_parallel
+
+        runs["trio-parallel"] = lambda n: trio.run(trio_burst, trio_parallel, n, args.workers)
+    for run in runs.values():  # start the workers, warm the code paths
+        run(args.workers * 50)
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, run in runs.items():
+            rates[name].append(run(args.jobs))
+
+    print(f"{args.jobs} trivial jobs on {args.workers} {args.type} workers, {args.rounds} rounds")
+    for name, got in rates.items():
+        print(f"  {name:18} {statistics.median(got):9,.0f} jobs/s (median)")
+
+    def ratio(a: str, b: str) -> None:
+        if a in rates and b in rates:
+            r = statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+            print(f"  {a} / {b}: {r:.2f} (median of per-round ratios)")
+
+    ratio("interpool trio", "interpool asyncio")
+    ratio("interpool trio", "trio-parallel")
+
+
+if __name__ == "__main__":
+    main()

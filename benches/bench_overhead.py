@@ -1,0 +1,78 @@
+"""Per-call overhead on jobs that take time: round trip minus job time, and where it goes.
+
+The job busy-waits ``D`` (100 µs, 1 ms, 10 ms by default) and returns the ``perf_counter_ns``
+at which it ended (``CLOCK_MONOTONIC``: one clock for every interpreter and process of the
+machine). For every call the caller records the round trip, so **overhead = round trip - D**,
+and **wake = the caller resuming - the job ending** (the part after the job: the outcome's
+return, the caller's wake-up and trio's scheduling). It also records the caller thread's CPU time
+per call (what spinning costs). interpool's worker types and trio-parallel's run interleaved,
+call by call, in one ``trio.run``; figures are medians.
+
+    python benches/bench_overhead.py [--calls 200] [--durations-us 100,1000,10000]
+                                     [--types subinterpreter,forkserver,spawn] [--no-peer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import trio
+from _overhead_jobs import busy
+
+import interpool
+
+trio_parallel = None  # imported in main, in the parent only (it does not load in a worker)
+
+
+async def main() -> None:
+    global trio_parallel
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--durations-us", default="100,1000,10000")
+    parser.add_argument("--types", default="subinterpreter,forkserver,spawn")
+    parser.add_argument("--no-peer", action="store_true")
+    args = parser.parse_args()
+    durations = [int(d) for d in args.durations_us.split(",")]
+
+    runs = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for kind in args.types.split(","):
+            ctx = interpool.open_worker_context(worker_type=kind)
+            runs[f"interpool {kind}"] = await stack.enter_async_context(ctx)
+        if not args.no_peer:
+            import trio_parallel
+
+            for kind in ("SPAWN", "FORKSERVER"):
+                ctx = trio_parallel.open_worker_context(
+                    worker_type=getattr(trio_parallel.WorkerType, kind)
+                )
+                runs[f"trio-parallel {kind.lower()}"] = await stack.enter_async_context(ctx)
+        limiter = trio.CapacityLimiter(1)
+        for ctx in runs.values():  # start the workers
+            await ctx.run_sync(busy, 0.0, limiter=limiter)
+        for d in durations:
+            seconds = d / 1e6
+            got = {name: ([], [], []) for name in runs}
+            for _ in range(args.calls):
+                for name, ctx in runs.items():
+                    cpu0, t0 = time.thread_time_ns(), time.perf_counter_ns()
+                    ended = await ctx.run_sync(busy, seconds, limiter=limiter)
+                    t1, cpu1 = time.perf_counter_ns(), time.thread_time_ns()
+                    overhead, wake, cpu = got[name]
+                    overhead.append((t1 - t0) / 1e3 - d)
+                    wake.append((t1 - ended) / 1e3)
+                    cpu.append((cpu1 - cpu0) / 1e3)
+            print(f"job {d} µs, {args.calls} calls each, interleaved (medians)")
+            for name, (overhead, wake, cpu) in got.items():
+                print(
+                    f"  {name:26} overhead {statistics.median(overhead):8.1f} µs"
+                    f"   wake {statistics.median(wake):8.1f} µs"
+                    f"   caller CPU {statistics.median(cpu):8.1f} µs"
+                )
+
+
+if __name__ == "__main__":
+    trio.run(main)

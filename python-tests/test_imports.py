@@ -1,0 +1,121 @@
+"""What ``import interpool`` imports: neither trio nor asyncio until a program runs on one, so an
+asyncio program never imports trio and a trio program never imports asyncio. Each check runs in a
+fresh interpreter, where ``sys.modules`` shows exactly what was imported."""
+
+import textwrap
+
+import pytest
+from _helpers import run_script
+
+pytestmark = pytest.mark.needs_subinterpreters
+
+LOADED = """
+import sys
+
+def loaded(prefix):
+    return sorted(m for m in sys.modules if m == prefix or m.startswith(prefix + "."))
+"""
+
+
+def check(tmp_path, source):
+    proc = run_script(tmp_path, LOADED + textwrap.dedent(source))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok", proc.stdout + proc.stderr
+
+
+def test_import_interpool_imports_neither_trio_nor_asyncio(tmp_path):
+    check(
+        tmp_path,
+        """
+        import interpool
+        assert loaded("trio") == [], loaded("trio")
+        assert loaded("asyncio") == [], loaded("asyncio")
+        print("ok")
+        """,
+    )
+
+
+def test_an_asyncio_program_never_imports_trio(tmp_path):
+    check(
+        tmp_path,
+        """
+        import asyncio
+        import interpool
+
+        async def main():
+            assert await interpool.run_sync(abs, -3) == 3
+            async with interpool.amap(abs, [-1, -2]) as results:
+                assert [r async for r in results] == [1, 2]
+            async with interpool.open_worker_context() as ctx:
+                assert await ctx.run_sync(abs, -4) == 4
+            async with interpool.cache_scope():
+                assert await interpool.run_sync(abs, -5) == 5
+            limiter = interpool.current_default_worker_limiter()
+            async with limiter:
+                pass
+
+        asyncio.run(main())
+        assert loaded("trio") == [], loaded("trio")
+        print("ok")
+        """,
+    )
+
+
+def test_a_trio_program_never_imports_asyncio(tmp_path):
+    check(
+        tmp_path,
+        """
+        import trio
+        import interpool as trio_parallel
+
+        async def main():
+            assert await trio_parallel.run_sync(abs, -3) == 3
+            async with trio_parallel.amap(abs, [-1, -2]) as results:
+                assert [r async for r in results] == [1, 2]
+            async with trio_parallel.open_worker_context() as ctx:
+                assert await ctx.run_sync(abs, -4) == 4
+            async with trio_parallel.cache_scope():
+                assert await trio_parallel.run_sync(abs, -5) == 5
+            limiter = trio_parallel.current_default_worker_limiter()
+            assert isinstance(limiter, trio.CapacityLimiter)
+
+        trio.run(main)
+        assert loaded("asyncio") == [], loaded("asyncio")
+        print("ok")
+        """,
+    )
+
+
+def test_trio_types_in_the_asyncio_api_still_arrive_when_needed(tmp_path):
+    # A closed context raises trio.ClosedResourceError and a full asyncio limiter's
+    # acquire_nowait raises trio.WouldBlock under asyncio too: trio is imported then.
+    check(
+        tmp_path,
+        """
+        import asyncio
+        import interpool
+
+        async def main():
+            async with interpool.open_worker_context() as ctx:
+                pass
+            try:
+                await ctx.run_sync(abs, -1)
+            except Exception as exc:
+                assert type(exc).__module__ == "trio", type(exc)
+                assert type(exc).__name__ == "ClosedResourceError", type(exc)
+            else:
+                raise AssertionError("a closed context ran a call")
+            limiter = interpool.AsyncioCapacityLimiter(1)
+            limiter.acquire_nowait()
+            import trio
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                pass
+            else:
+                raise AssertionError("a full limiter gave a second token")
+
+        asyncio.run(main())
+        print("ok")
+        """,
+    )
