@@ -5,6 +5,9 @@ ordering and timeouts, shutdown with pending work, cancel_futures, initializer f
 propagation, as_completed / wait), plus interpool's own: a crash fails only its future, kill on
 cancel, AUTO's fallback, no worker or thread left after shutdown. Jobs that must block wait on
 FIFOs named by path (every worker type can open them); nothing here sleeps to synchronise.
+Tests that take ``worker_type`` are contract tests (see conftest.py): they run on every worker
+type and fail if they leave a worker, thread or subinterpreter behind; the others share one
+executor per worker type (``shared``).
 """
 
 import asyncio
@@ -45,11 +48,6 @@ def shared(request):
     yield executor
     executor.shutdown()
     assert_clean(executor)
-
-
-@pytest.fixture(params=ALL_TYPES, ids=lambda t: t.value)
-def worker_type(request):
-    return request.param
 
 
 class Fifo:
@@ -218,7 +216,8 @@ def test_an_unpicklable_call_fails_its_future_not_submit(shared):
     assert shared.submit(_funcs.identity, 1).result(GUARD) == 1
 
 
-@pytest.mark.parametrize("worker_type", PROCESS_TYPES, ids=lambda t: t.value)
+@pytest.mark.contract
+@pytest.mark.only_on(*PROCESS_TYPES, reason="a subinterpreter cannot survive a crash")
 def test_a_crashed_worker_fails_only_its_future(worker_type):
     with interpool.Executor(2, worker_type=worker_type) as executor:
         crashed = executor.submit(_funcs.segfault)
@@ -249,6 +248,7 @@ def test_result_and_map_time_out_and_the_job_still_finishes(shared, fifos):
     assert future.result(GUARD) == b"r"
 
 
+@pytest.mark.contract
 def test_cancel_stops_a_queued_call_from_running(worker_type, fifos, tmp_path):
     with interpool.Executor(1, worker_type=worker_type) as executor:
         running, release = blocked_job(executor, fifos)
@@ -264,6 +264,7 @@ def test_cancel_stops_a_queued_call_from_running(worker_type, fifos, tmp_path):
     assert_clean(executor)
 
 
+@pytest.mark.contract
 def test_wait_first_completed_and_first_exception(worker_type, fifos):
     with interpool.Executor(2, worker_type=worker_type) as executor:
         slow, release = blocked_job(executor, fifos)
@@ -279,6 +280,7 @@ def test_wait_first_completed_and_first_exception(worker_type, fifos):
     assert_clean(executor)
 
 
+@pytest.mark.contract
 def test_kill_on_cancel_stops_a_running_call(worker_type, fifos):
     with interpool.Executor(1, worker_type=worker_type, kill_on_cancel=True) as executor:
         started = fifos("started")
@@ -295,6 +297,7 @@ def test_kill_on_cancel_stops_a_running_call(worker_type, fifos):
 # --- shutdown --------------------------------------------------------------------------
 
 
+@pytest.mark.contract
 def test_shutdown_runs_the_queued_calls_then_ends_the_workers(worker_type):
     executor = interpool.Executor(1, worker_type=worker_type)
     futures = [executor.submit(_funcs.identity, i) for i in range(6)]
@@ -306,6 +309,7 @@ def test_shutdown_runs_the_queued_calls_then_ends_the_workers(worker_type):
     executor.shutdown()  # again: nothing to do
 
 
+@pytest.mark.contract
 def test_shutdown_cancel_futures_cancels_the_queued_calls(worker_type, fifos):
     executor = interpool.Executor(1, worker_type=worker_type)
     running, release = blocked_job(executor, fifos)
@@ -319,6 +323,7 @@ def test_shutdown_cancel_futures_cancels_the_queued_calls(worker_type, fifos):
     assert_clean(executor)
 
 
+@pytest.mark.contract
 def test_shutdown_without_wait_finishes_in_the_background(worker_type):
     executor = interpool.Executor(1, worker_type=worker_type)
     futures = [executor.submit(_funcs.identity, i) for i in range(4)]
@@ -337,6 +342,7 @@ def test_a_context_manager_shuts_down_and_leaves_no_thread():
     assert_clean(executor)
 
 
+@pytest.mark.contract
 def test_an_executor_never_shut_down_ends_cleanly_at_exit(tmp_path, worker_type):
     result = _helpers.run_script(
         tmp_path,
@@ -361,6 +367,7 @@ def test_an_executor_never_shut_down_ends_cleanly_at_exit(tmp_path, worker_type)
 # --- options ---------------------------------------------------------------------------
 
 
+@pytest.mark.contract
 def test_the_initializer_runs_once_in_each_worker(worker_type):
     with interpool.Executor(
         2, worker_type=worker_type, initializer=_funcs.counting_init
@@ -369,6 +376,7 @@ def test_the_initializer_runs_once_in_each_worker(worker_type):
         assert {f.result(GUARD) for f in futures} == {1}
 
 
+@pytest.mark.contract
 def test_a_failing_initializer_breaks_the_executor(worker_type):
     executor = interpool.Executor(1, worker_type=worker_type, initializer=_funcs.failing_init)
     futures = [executor.submit(_funcs.identity, i) for i in range(3)]
@@ -381,6 +389,7 @@ def test_a_failing_initializer_breaks_the_executor(worker_type):
     assert_clean(executor)
 
 
+@pytest.mark.contract
 def test_max_tasks_per_child_replaces_the_worker(worker_type):
     with interpool.Executor(1, worker_type=worker_type, max_tasks_per_child=2) as executor:
         workers = [executor.submit(_funcs.pid_and_interpreter).result(GUARD) for _ in range(4)]
