@@ -40,6 +40,33 @@ def test_function_defined_in_main_script(tmp_path):
     assert lines == ["module level __main__", "module level __mp_main__", "result 42"]
 
 
+@pytest.mark.parametrize("worker_type", ["subinterpreter", "forkserver", "spawn"])
+def test_function_defined_in_main_script_once_the_parent_uses_multiprocessing(
+    tmp_path, worker_type
+):
+    # Workers then import multiprocessing for its authkey, whose __init__ aliases __mp_main__
+    # to the worker's own, empty __main__: the script must still be found.
+    lines = _run_script(
+        tmp_path,
+        f"""
+        import multiprocessing
+        import trio
+        import interpool
+
+        def work(x):
+            return x * 2
+
+        async def main():
+            async with interpool.open_worker_context(worker_type={worker_type!r}) as ctx:
+                print("result", await ctx.run_sync(work, 21), flush=True)
+
+        if __name__ == "__main__":
+            trio.run(main)
+        """,
+    )
+    assert lines == ["result 42"]
+
+
 def test_function_defined_in_main_script_with_explicit_context(tmp_path):
     lines = _run_script(
         tmp_path,

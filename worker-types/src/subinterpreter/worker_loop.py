@@ -336,13 +336,14 @@ def setup(config):
             sys.path[:0] = path_prepend
         if argv is not None:
             sys.argv[:] = argv
+        # A forkserver child inherits the script, already loaded by the server. Checked before
+        # multiprocessing is imported: its __init__ aliases __mp_main__ to this bare __main__.
+        if main_kind is not None and "__mp_main__" not in sys.modules:
+            sys.modules["__main__"].__getattr__ = _ParentMain(main_kind, main_ref)
         if authkey is not None:
             import multiprocessing.process
 
             multiprocessing.process.current_process().authkey = authkey
-        # A forkserver child inherits the script, already loaded by the server.
-        if main_kind is not None and "__mp_main__" not in sys.modules:
-            sys.modules["__main__"].__getattr__ = _ParentMain(main_kind, main_ref)
         stage = "unpickling init or retire failed"
         init, _retire = pickle.loads(init), pickle.loads(retire)
         stage = "the worker's init raised an exception"
