@@ -192,3 +192,18 @@ async def cancel_when_started(cancel_scope, started):
     interp = await started.wait_started()
     cancel_scope.cancel()
     return interp
+
+
+def interpool_threads(excluding: tuple[str, ...] = ()) -> list[str]:
+    """Names of this process's interpool threads (their names start with "interpool-", cut to
+    15 characters by Linux), leaving out those starting with one of ``excluding``."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                name = f.read().strip()
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+            continue
+        if name.startswith("interpool-") and not name.startswith(excluding):
+            names.append(name)
+    return sorted(names)

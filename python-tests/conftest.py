@@ -21,7 +21,6 @@ Outside contract modules the default context is SUBINTERPRETER and ``ctx`` is to
 modules test subinterpreter specifics through pipes shared by the whole process).
 """
 
-import os
 import time
 
 import _helpers
@@ -102,18 +101,8 @@ def worker_type():
 
 
 def _interpool_threads():
-    """Threads of interpool's workers in this process (their names start with "interpool-")."""
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/comm") as f:
-                name = f.read().strip()
-        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
-            continue
-        # The forkserver's thread lives as long as the forkserver (the whole test run).
-        if name.startswith("interpool-") and not name.startswith("interpool-forks"):
-            names.append(name)
-    return sorted(names)
+    # The forkserver's thread lives as long as the forkserver (the whole test run).
+    return _helpers.interpool_threads(excluding=("interpool-forks",))
 
 
 def _worker_processes():

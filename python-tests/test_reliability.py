@@ -14,7 +14,6 @@ cancellation points are counted in scheduler passes, never in time.
 """
 
 import functools
-import os
 import pickle
 import random
 import sys
@@ -41,18 +40,9 @@ def _id(t):
 
 
 def worker_threads():
-    """Names of this process's interpool worker threads (truncated to 15 characters by Linux);
-    the short-lived interrupter threads are not workers."""
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/comm") as f:
-                name = f.read().strip()
-        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
-            continue
-        if name.startswith("interpool-") and not name.startswith("interpool-inter"):
-            names.append(name)
-    return sorted(names)
+    """Names of this process's interpool worker threads; the short-lived interrupter threads
+    are not workers."""
+    return _helpers.interpool_threads(excluding=("interpool-inter",))
 
 
 @pytest.mark.parametrize("worker_type", TYPES, ids=_id)
