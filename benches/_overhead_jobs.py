@@ -4,9 +4,10 @@ parent's ``sys.path``, which holds this folder), without loading the benchmark s
 import time
 
 
-def busy(seconds: float) -> int:
-    """Busy-waits ``seconds``; returns the ``perf_counter_ns`` at which it ended."""
+def busy(seconds: float) -> tuple[int, int]:
+    """Busy-waits ``seconds``; returns the ``perf_counter_ns`` at which it started and ended."""
+    started = time.perf_counter_ns()
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
-    return time.perf_counter_ns()
+    return started, time.perf_counter_ns()

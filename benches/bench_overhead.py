@@ -1,12 +1,14 @@
 """Per-call overhead on jobs that take time: round trip minus job time, and where it goes.
 
 The job busy-waits ``D`` (100 µs, 1 ms, 10 ms by default) and returns the ``perf_counter_ns``
-at which it ended (``CLOCK_MONOTONIC``: one clock for every interpreter and process of the
-machine). For every call the caller records the round trip, so **overhead = round trip - D**,
-and **wake = the caller resuming - the job ending** (the part after the job: the outcome's
-return, the caller's wake-up and trio's scheduling). It also records the caller thread's CPU time
-per call (what spinning costs). interpool's worker types and trio-parallel's run interleaved,
-call by call, in one ``trio.run``; figures are medians.
+at which it started and ended (``CLOCK_MONOTONIC``: one clock for every interpreter and process
+of the machine). For every call the caller records the round trip, so **overhead = round trip -
+D**, split into **start = the job starting - the call starting** (pickling, the hand-off, the
+worker's wake-up) and **wake = the caller resuming - the job ending** (the outcome's return, the
+caller's wake-up and trio's scheduling). It also records the caller thread's CPU time per call
+(what spinning costs). interpool's worker types and trio-parallel's run interleaved, call by
+call, in one ``trio.run``; figures are medians, and each interpool type's overhead is also given
+as trio-parallel's (its forkserver, the faster of its two) divided by it, call by call.
 
     python benches/bench_overhead.py [--calls 200] [--durations-us 100,1000,10000]
                                      [--types subinterpreter,forkserver,spawn] [--no-peer]
@@ -55,23 +57,30 @@ async def main() -> None:
             await ctx.run_sync(busy, 0.0, limiter=limiter)
         for d in durations:
             seconds = d / 1e6
-            got = {name: ([], [], []) for name in runs}
+            got = {name: ([], [], [], []) for name in runs}
             for _ in range(args.calls):
                 for name, ctx in runs.items():
                     cpu0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-                    ended = await ctx.run_sync(busy, seconds, limiter=limiter)
+                    started, ended = await ctx.run_sync(busy, seconds, limiter=limiter)
                     t1, cpu1 = time.perf_counter_ns(), time.thread_time_ns()
-                    overhead, wake, cpu = got[name]
+                    overhead, start, wake, cpu = got[name]
                     overhead.append((t1 - t0) / 1e3 - d)
+                    start.append((started - t0) / 1e3)
                     wake.append((t1 - ended) / 1e3)
                     cpu.append((cpu1 - cpu0) / 1e3)
             print(f"job {d} µs, {args.calls} calls each, interleaved (medians)")
-            for name, (overhead, wake, cpu) in got.items():
-                print(
+            peer = got.get("trio-parallel forkserver")
+            for name, (overhead, start, wake, cpu) in got.items():
+                line = (
                     f"  {name:26} overhead {statistics.median(overhead):8.1f} µs"
-                    f"   wake {statistics.median(wake):8.1f} µs"
-                    f"   caller CPU {statistics.median(cpu):8.1f} µs"
+                    f"   start {statistics.median(start):7.1f}"
+                    f"   wake {statistics.median(wake):7.1f}"
+                    f"   caller CPU {statistics.median(cpu):7.1f} µs"
                 )
+                if peer is not None and name.startswith("interpool"):
+                    ratios = [p / max(o, 1.0) for p, o in zip(peer[0], overhead, strict=True)]
+                    line += f"   trio-parallel/this {statistics.median(ratios):5.1f}x"
+                print(line)
 
 
 if __name__ == "__main__":

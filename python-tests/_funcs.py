@@ -501,3 +501,20 @@ class BlockWhileLoaded:
 
     def __reduce__(self):
         return signal_and_block, (*self.fds, "loaded")
+
+
+# --- learned run times (the prewake) ------------------------------------------
+
+
+def learned_job(mode, *args):
+    """One callable (one learned run time) whose calls run as long as the test needs: "busy"
+    busy-waits ``args[0]`` seconds; "block" signals ``args[0]`` and blocks until ``args[1]`` is
+    released, then returns ``args[2]``; "spin" signals ``args[0]`` and spins forever."""
+    if mode == "busy":
+        end = time.perf_counter() + args[0]
+        while time.perf_counter() < end:
+            pass
+        return "busy"
+    if mode == "block":
+        return signal_and_block(*args)
+    signal_and_spin(*args)

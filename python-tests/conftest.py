@@ -101,8 +101,9 @@ def worker_type():
 
 
 def _interpool_threads():
-    # The forkserver's thread lives as long as the forkserver (the whole test run).
-    return _helpers.interpool_threads(excluding=("interpool-forks",))
+    # The forkserver's thread lives as long as the forkserver (the whole test run), the prewake
+    # alarm thread as long as the process.
+    return _helpers.interpool_threads(excluding=("interpool-forks", "interpool-prewa"))
 
 
 def _worker_processes():

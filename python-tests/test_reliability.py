@@ -41,8 +41,8 @@ def _id(t):
 
 def worker_threads():
     """Names of this process's interpool worker threads; the short-lived interrupter threads
-    are not workers."""
-    return _helpers.interpool_threads(excluding=("interpool-inter",))
+    and the prewake alarm thread are not workers."""
+    return _helpers.interpool_threads(excluding=("interpool-inter", "interpool-prewa"))
 
 
 @pytest.mark.parametrize("worker_type", TYPES, ids=_id)

@@ -382,6 +382,16 @@ impl Lease {
         &self.completion
     }
 
+    /// The job's outcome slot, to hand to a thread that outlives this borrow (the prewake alarm).
+    pub fn shared_completion(&self) -> &Arc<Completion> {
+        &self.completion
+    }
+
+    /// When the job was submitted.
+    pub fn submitted(&self) -> Instant {
+        self.submitted
+    }
+
     /// Feeds the time since submission into the cache's latency estimate. The caller calls this
     /// for a quick call only (its outcome came back while the caller spun), so that job time does
     /// not count as dispatch latency.

@@ -407,7 +407,7 @@ class WorkerContext:
                 if not call.spin(_SPIN_MICROSECONDS):
                     if self._auto is not None:
                         self._auto.note_parked()
-                    await _wait(call, kill_on_cancel)
+                    await _wait(call, kill_on_cancel, id(fn))
                 kind, data, reason = call.result()
                 if load_error is not None:
                     self._loaded_elsewhere(fn, kind, load_error)
@@ -466,7 +466,7 @@ class WorkerContext:
                 if not call.spin(_SPIN_MICROSECONDS):
                     if self._auto is not None:
                         self._auto.note_parked()
-                    await _wait_asyncio(call, kill_on_cancel)
+                    await _wait_asyncio(call, kill_on_cancel, id(fn))
                 kind, data, reason = call.result()
                 if load_error is not None:
                     self._loaded_elsewhere(fn, kind, load_error)
@@ -538,24 +538,29 @@ class WorkerContext:
         _raise_shutdown_failures(*self._wait_closed(grace_period))
 
 
-async def _wait(call: Any, kill_on_cancel: bool) -> None:
+async def _wait(call: Any, kill_on_cancel: bool, key: int) -> None:
     """Parks until the outcome of ``call`` is in. Without ``kill_on_cancel`` the wait is shielded:
     the job finishes and its outcome is delivered, and the cancellation hits at the caller's next
     checkpoint. With it, a cancellation interrupts the job, waits up to ABANDON_AFTER for the
-    worker to stop, abandons it otherwise, and re-raises."""
-    fd = call.arm()
+    worker to stop, abandons it otherwise, and re-raises. ``key`` names the callable, whose
+    learned run time lets the fd turn readable shortly before the job is due: ``call.woken()``
+    then spins for the last stretch, or says to park again (see ``worker_types::prewake``)."""
+    fd = call.arm(key)
     if fd is None:
         return
     if not kill_on_cancel:
         with trio.CancelScope(shield=True):
-            await trio.lowlevel.wait_readable(fd)
+            while not call.woken():
+                await trio.lowlevel.wait_readable(fd)
         return
     try:
-        await trio.lowlevel.wait_readable(fd)
+        while not call.woken():
+            await trio.lowlevel.wait_readable(fd)
     except BaseException:
         call.interrupt()
         with trio.move_on_after(ABANDON_AFTER, shield=True):
-            await trio.lowlevel.wait_readable(fd)
+            while not call.woken(spin=False):
+                await trio.lowlevel.wait_readable(fd)
         if call.done():
             call.result()  # hands the (retiring) worker back; the outcome is moot
         else:
@@ -563,24 +568,25 @@ async def _wait(call: Any, kill_on_cancel: bool) -> None:
         raise
 
 
-async def _wait_asyncio(call: Any, kill_on_cancel: bool) -> None:
+async def _wait_asyncio(call: Any, kill_on_cancel: bool, key: int) -> None:
     """``_wait`` under asyncio. A cancellation arrives once (asyncio has no cancelled scopes
     that raise again at the next checkpoint), so without ``kill_on_cancel`` the job runs to
     completion, its outcome is discarded (the worker stays in the cache) and ``CancelledError``
     is raised then: the caller cannot both get the value and see the cancellation. With it, as
     under trio: interrupt, wait up to ABANDON_AFTER, abandon, re-raise."""
-    fd = call.arm()
+    fd = call.arm(key)
     if fd is None:
         return
     aio = _backends.ASYNCIO
     try:
-        await aio.wait_readable(fd)
+        while not call.woken():
+            await aio.wait_readable(fd)
     except BaseException:
+        deadline = time.monotonic() + (ABANDON_AFTER if kill_on_cancel else math.inf)
         if kill_on_cancel:
             call.interrupt()
-            await aio.wait_readable_shielded(fd, ABANDON_AFTER)
-        else:
-            await aio.wait_readable_shielded(fd)
+        while not call.woken(spin=False) and time.monotonic() < deadline:
+            await aio.wait_readable_shielded(fd, deadline - time.monotonic())
         if call.done():
             call.result()  # hands the worker back (retiring, if interrupted); the outcome is moot
         else:

@@ -17,7 +17,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex, PoisonError,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use pyo3::{
@@ -31,7 +31,11 @@ use pyo3::{
 use crate::{
     cache::{Lease, Recycling, WorkerCache},
     scheduler::{self, Candidate},
-    worker_types::{self, Availability, Buffer, Finished, Job, Outcome},
+    worker_types::{
+        self,
+        prewake::{self, Durations, Plan},
+        Availability, Buffer, Finished, Job, Outcome,
+    },
     Error,
 };
 
@@ -309,6 +313,8 @@ struct Cache {
     cache: WorkerCache,
     /// Called with the GIL when a worker starts; returns its setup payload (bytes).
     setup: Py<PyAny>,
+    /// Run times of this cache's callables, for waking parked callers early ([`Call::arm`]).
+    durations: Arc<Durations>,
 }
 
 #[pymethods]
@@ -332,7 +338,11 @@ impl Cache {
         };
         let cache = WorkerCache::new(kind, timeout(idle_timeout)?, recycling)
             .map_err(|e| to_py_err(py, e))?;
-        Ok(Self { cache, setup })
+        Ok(Self {
+            cache,
+            setup,
+            durations: Arc::default(),
+        })
     }
 
     /// Runs the pickled job on the hottest idle worker or a new one; never blocks on a worker.
@@ -367,7 +377,13 @@ impl Cache {
             .cache
             .submit(job, &setup)
             .map_err(|e| to_py_err(py, e))?;
-        Ok(Call { lease: Some(lease) })
+        Ok(Call {
+            lease: Some(lease),
+            durations: self.durations.clone(),
+            key: None,
+            plan: None,
+            timed: false,
+        })
     }
 
     /// The running estimate of this type's dispatch latency in seconds, or None before a quick
@@ -413,11 +429,20 @@ impl Cache {
 }
 
 /// One job in flight. The front end waits for it by spinning ([`Call::spin`]) and then by
-/// watching [`Call::arm`]'s fd in its event loop.
+/// watching [`Call::arm`]'s fd in its event loop, checking [`Call::woken`] each time it turns
+/// readable.
 #[pyclass(module = "interpool._interpool")]
 struct Call {
     /// `None` once the outcome was taken or the worker abandoned.
     lease: Option<Lease>,
+    durations: Arc<Durations>,
+    /// The callable's key given to `arm`: its run time is learned when the outcome is taken.
+    key: Option<u64>,
+    /// The prewake planned by `arm`, if any.
+    plan: Option<Plan>,
+    /// Whether that prewake is a timed alarm (not one due at once), whose lateness is a sample
+    /// of the wake-up latency.
+    timed: bool,
 }
 
 impl Call {
@@ -448,9 +473,48 @@ impl Call {
         Ok(done)
     }
 
-    /// An fd that turns readable when the outcome is in, or None if it already is.
-    fn arm(&self) -> PyResult<Option<i32>> {
-        Ok(self.lease()?.completion().arm_fd()?)
+    /// An fd that turns readable when the outcome is in, or None if it already is. With `key`
+    /// (one per callable), the fd may also turn readable shortly before the outcome is due, as
+    /// learned from earlier calls with that key (see `worker_types::prewake`): then call
+    /// [`Call::woken`] on every readable fd, which spins for the last stretch. Without it the fd
+    /// turns readable only for the outcome.
+    #[pyo3(signature = (key=None))]
+    fn arm(&mut self, key: Option<u64>) -> PyResult<Option<i32>> {
+        let lease = self.lease()?;
+        let Some(fd) = lease.completion().arm_fd()? else {
+            return Ok(None);
+        };
+        let plan = key.and_then(|key| self.durations.plan(key, lease.submitted()));
+        let timed = plan.is_some_and(|plan| plan.at > Instant::now());
+        match plan {
+            Some(plan) if timed => prewake::prewake_at(plan.at, lease.shared_completion()),
+            // Due already: the first `woken` spins at once.
+            Some(_) => lease.completion().prewake(),
+            None => {}
+        }
+        self.key = key;
+        self.plan = plan;
+        self.timed = timed;
+        Ok(Some(fd))
+    }
+
+    /// After `arm`'s fd turned readable (or before the first wait): True if the outcome is in.
+    /// If the wake was an early one, first spins (GIL released) up to the planned last stretch
+    /// when `spin` is true; False means wait on the fd again (it was emptied).
+    #[pyo3(signature = (spin=true))]
+    fn woken(&self, py: Python<'_>, spin: bool) -> PyResult<bool> {
+        let completion = self.lease()?.completion();
+        completion.drain_fd();
+        if completion.is_done() {
+            return Ok(true);
+        }
+        let (Some(plan), true) = (self.plan, completion.take_prewoken()) else {
+            return Ok(false);
+        };
+        if self.timed {
+            self.durations.observe_wake(plan.at, Instant::now());
+        }
+        Ok(spin && py.detach(|| completion.spin(plan.spin)))
     }
 
     /// Takes the outcome: `(kind, data, reason)`; kinds are VALUE, RAISED, LOAD_ERROR (data:
@@ -465,9 +529,14 @@ impl Call {
             .lease
             .as_mut()
             .ok_or_else(|| PyRuntimeError::new_err("this call is over"))?;
+        let completed_at = lease.completion().completed_at();
         let Finished { outcome, .. } = lease
             .finish()
             .ok_or_else(|| PyRuntimeError::new_err("the job is still running"))?;
+        if let (Some(key), Some(completed_at)) = (self.key, completed_at) {
+            self.durations
+                .observe_run(key, lease.submitted(), completed_at);
+        }
         self.lease = None;
         release_pinned(py);
         let bytes = |data: &[u8]| PyBytes::new(py, data).into_any();

@@ -21,14 +21,14 @@
 //! returned, so a caller and its worker never disagree about what happened.
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     os::{
         fd::{AsRawFd, RawFd},
         unix::net::UnixStream,
     },
     sync::{
-        atomic::{AtomicU8, Ordering},
-        Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU8, Ordering},
+        Mutex, OnceLock, PoisonError,
     },
     task::{Context, Poll, Waker},
     thread::Thread,
@@ -74,6 +74,10 @@ pub struct Completion {
     verdict: AtomicU8,
     finished: Mutex<Option<Finished>>,
     waiter: Mutex<Waiter>,
+    /// When the worker published the outcome (what run times are learned from: see `prewake`).
+    completed_at: OnceLock<Instant>,
+    /// Set by [`Completion::prewake`] when it woke a parked waiter before the outcome was in.
+    prewoken: AtomicBool,
 }
 
 impl Default for Completion {
@@ -90,6 +94,54 @@ impl Completion {
             verdict: AtomicU8::new(UNDECIDED),
             finished: Mutex::new(None),
             waiter: Mutex::new(Waiter::None),
+            completed_at: OnceLock::new(),
+            prewoken: AtomicBool::new(false),
+        }
+    }
+
+    /// When the worker published the outcome; `None` while the job runs.
+    pub fn completed_at(&self) -> Option<Instant> {
+        if self.is_done() {
+            self.completed_at.get().copied()
+        } else {
+            None
+        }
+    }
+
+    /// Wakes a parked waiter *before* the outcome is in, as its fd's worker write would (see
+    /// `prewake`); does nothing if nobody parked or the outcome is in. The woken waiter tells
+    /// this wake from the real one by [`Completion::take_prewoken`].
+    pub fn prewake(&self) {
+        if self.state.load(Ordering::Acquire) != PARKED {
+            return;
+        }
+        let waiter = self.waiter.lock().unwrap_or_else(PoisonError::into_inner);
+        self.prewoken.store(true, Ordering::Release);
+        match &*waiter {
+            // As in `complete`: a full buffer or a gone reader both mean nobody needs the byte.
+            Waiter::Fd { write, .. } => {
+                let _ = (&*write).write(&[1]);
+            }
+            Waiter::Thread(thread) => thread.unpark(),
+            Waiter::Task(waker) => waker.wake_by_ref(),
+            Waiter::None => {}
+        }
+    }
+
+    /// Whether a [`Completion::prewake`] woke the waiter since the last call (and clears it).
+    pub fn take_prewoken(&self) -> bool {
+        self.prewoken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Empties the parked fd, so that it reads as readable only after the next wake. Call it
+    /// before deciding, from [`Completion::is_done`], whether to wait on the fd again: a wake
+    /// that comes after the drain finds the fd readable again.
+    pub fn drain_fd(&self) {
+        if let Waiter::Fd { read, .. } =
+            &*self.waiter.lock().unwrap_or_else(PoisonError::into_inner)
+        {
+            let mut buf = [0u8; 16];
+            while matches!((&*read).read(&mut buf), Ok(n) if n > 0) {}
         }
     }
 
@@ -268,6 +320,7 @@ impl Completion {
     pub fn complete(&self, finished: Finished) {
         self.settle();
         *self.finished.lock().unwrap_or_else(PoisonError::into_inner) = Some(finished);
+        let _ = self.completed_at.set(Instant::now());
         if self.state.swap(DONE, Ordering::AcqRel) == PARKED {
             match &*self.waiter.lock().unwrap_or_else(PoisonError::into_inner) {
                 Waiter::Fd { write, .. } => {
@@ -446,6 +499,47 @@ mod tests {
         let c = Completion::new();
         assert_eq!(c.settle(), Verdict::Completed);
         assert!(!c.claim_interrupt());
+    }
+
+    fn readable(fd: RawFd) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::poll(&mut pollfd, 1, 0) };
+        n == 1
+    }
+
+    #[test]
+    fn a_prewake_makes_the_parked_fd_readable_without_completing_the_job() {
+        let c = Completion::new();
+        let fd = c.arm_fd().unwrap().expect("still pending");
+        c.prewake();
+        assert!(readable(fd));
+        assert!(c.take_prewoken());
+        assert!(!c.take_prewoken(), "told once");
+        assert!(!c.is_done());
+        assert_eq!(c.completed_at(), None);
+        c.drain_fd();
+        assert!(!readable(fd));
+        // The real wake still comes.
+        c.complete(value(b"v"));
+        assert!(readable(fd));
+        assert!(c.completed_at().is_some());
+        assert_eq!(c.take(), Some(value(b"v")));
+    }
+
+    #[test]
+    fn a_prewake_before_parking_or_after_completion_does_nothing() {
+        let c = Completion::new();
+        c.prewake();
+        assert!(!c.take_prewoken());
+        c.complete(value(b""));
+        c.prewake();
+        assert!(!c.take_prewoken());
     }
 
     #[test]

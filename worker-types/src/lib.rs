@@ -24,6 +24,7 @@ use std::{fmt, sync::Arc, time::Duration};
 mod buffer;
 mod completion;
 mod mailbox;
+pub mod prewake;
 pub mod process;
 pub mod subinterpreter;
 

@@ -1,0 +1,391 @@
+//! Waking a parked caller shortly *before* its job is due, so that the wake-up is paid while the
+//! job still runs.
+//!
+//! A caller parked on a completion's fd sleeps in its event loop's `epoll_wait`; its vCPU goes
+//! idle, and on a VM waking an idle vCPU takes 50–300 µs, more the longer it slept (measured in
+//! docs/benchmarks.md). That wake-up came *after* the job, so it was all overhead. Jobs of one
+//! callable usually take about as long as last time, so the front end learns each callable's run
+//! time ([`Durations`]) and, when it parks, asks the alarm thread to nudge it
+//! ([`Completion::prewake`]) a *lead* before the predicted end. The caller wakes while the job
+//! still runs and spins for the last stretch with the GIL released ([`Completion::spin`]); if the
+//! job runs longer than the spin it parks again, and the worker's own write wakes it as before.
+//! The lead is learned too: how late the caller actually resumed after its alarm.
+//!
+//! Spinning costs a core, so the alarm does nothing unless one is free (the system's runnable
+//! thread count, read when the alarm fires, leaves room for the spinner): on a machine whose cores
+//! are all busy, or under a CPU-bound burst of interpool's own jobs, the caller stays parked.
+//!
+//! One alarm thread per process serves every caller; it holds only weak references, so a call
+//! that ends or is dropped first is simply skipped.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    sync::{Arc, Mutex, OnceLock, PoisonError, Weak},
+    thread::Thread,
+    time::{Duration, Instant},
+};
+
+use crate::Completion;
+
+/// How much of each new sample the running estimates take.
+const WEIGHT: f64 = 0.25;
+/// The lead before any wake-up was measured, and its bounds.
+const FIRST_LEAD: Duration = Duration::from_micros(100);
+const MIN_LEAD: Duration = Duration::from_micros(30);
+const MAX_LEAD: Duration = Duration::from_millis(1);
+/// Added to the measured wake-up latency: the lead also covers that latency's jitter.
+const LEAD_MARGIN: Duration = Duration::from_micros(30);
+/// The last-stretch spin covers the lead, the job's jitter and this much more, but never more
+/// than `MAX_SPIN`: past that a late job costs a park, not a core.
+const SPIN_MARGIN: Duration = Duration::from_micros(50);
+const MAX_SPIN: Duration = Duration::from_millis(2);
+/// Jobs predicted shorter than this are not worth an alarm: the caller's own spin covers them.
+const MIN_JOB: Duration = Duration::from_micros(60);
+/// The per-callable table is cleared when it grows past this (callables made per call, such as
+/// lambdas, would otherwise fill it).
+const MAX_KEYS: usize = 4096;
+
+/// A running estimate of one callable's run time (submit to published outcome).
+#[derive(Debug, Clone, Copy)]
+struct Estimate {
+    mean: f64,
+    /// Mean absolute deviation from `mean`.
+    deviation: f64,
+}
+
+impl Estimate {
+    fn observe(&mut self, sample: f64) {
+        self.deviation += WEIGHT * ((sample - self.mean).abs() - self.deviation);
+        self.mean += WEIGHT * (sample - self.mean);
+    }
+}
+
+/// When to wake a parked caller, and how long it may then spin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// When the alarm fires (may be now or past: then the caller spins at once).
+    pub at: Instant,
+    /// The longest the woken caller spins before it parks again.
+    pub spin: Duration,
+}
+
+/// Learned run times per callable key, and the lead they are woken by. Shared by the calls of one
+/// worker context's type (run times include that type's hand-off).
+#[derive(Debug)]
+pub struct Durations {
+    inner: Mutex<Learned>,
+}
+
+#[derive(Debug)]
+struct Learned {
+    by_key: HashMap<u64, Estimate>,
+    /// Seconds: how late callers resumed after their alarm, as a running mean.
+    wake_latency: Option<f64>,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Durations {
+    /// Nothing learned yet.
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(Learned {
+                by_key: HashMap::new(),
+                wake_latency: None,
+            }),
+        }
+    }
+
+    fn learned(&self) -> std::sync::MutexGuard<'_, Learned> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that a job of `key` submitted at `submitted` published its outcome at `completed`.
+    pub fn observe_run(&self, key: u64, submitted: Instant, completed: Instant) {
+        let sample = completed.saturating_duration_since(submitted).as_secs_f64();
+        let mut learned = self.learned();
+        if learned.by_key.len() >= MAX_KEYS && !learned.by_key.contains_key(&key) {
+            learned.by_key.clear();
+        }
+        learned
+            .by_key
+            .entry(key)
+            .and_modify(|e| e.observe(sample))
+            .or_insert(Estimate {
+                mean: sample,
+                deviation: 0.0,
+            });
+    }
+
+    /// Records how long after its alarm (`fired_for`) a caller started its last-stretch spin.
+    pub fn observe_wake(&self, fired_for: Instant, resumed: Instant) {
+        let sample = resumed.saturating_duration_since(fired_for).as_secs_f64();
+        let mut learned = self.learned();
+        learned.wake_latency = Some(match learned.wake_latency {
+            None => sample,
+            Some(mean) => mean + WEIGHT * (sample - mean),
+        });
+    }
+
+    fn lead(learned: &Learned) -> Duration {
+        learned
+            .wake_latency
+            .map_or(FIRST_LEAD, |s| Duration::from_secs_f64(s) + LEAD_MARGIN)
+            .clamp(MIN_LEAD, MAX_LEAD)
+    }
+
+    /// The wake-up plan for a job of `key` submitted at `submitted`, or `None` if nothing is known
+    /// of `key` yet or its jobs are too short to need one.
+    pub fn plan(&self, key: u64, submitted: Instant) -> Option<Plan> {
+        let learned = self.learned();
+        let estimate = *learned.by_key.get(&key)?;
+        // Aim at the early side of the usual run time: a wake-up that comes too early costs
+        // spinning, one that comes too late costs the whole wake-up again.
+        let expected = Duration::from_secs_f64((estimate.mean - estimate.deviation).max(0.0));
+        if expected < MIN_JOB {
+            return None;
+        }
+        let lead = Self::lead(&learned);
+        let jitter = Duration::from_secs_f64(2.0 * estimate.deviation);
+        Some(Plan {
+            at: submitted + expected.saturating_sub(lead),
+            spin: (lead + jitter + SPIN_MARGIN).min(MAX_SPIN),
+        })
+    }
+}
+
+/// The process's pending alarms, earliest first, and the thread that fires them, started with
+/// the first alarm. A child forked after that has no such thread: it sets no alarms, and its
+/// callers are woken by their workers only, as without alarms.
+struct Alarms {
+    pending: Mutex<BinaryHeap<Reverse<Alarm>>>,
+    /// The alarm thread and the process it runs in.
+    thread: OnceLock<(Thread, u32)>,
+    /// Whether a core is free when an alarm is due ([`core_free`]; tests say always).
+    core_free: fn() -> bool,
+}
+
+struct Alarm {
+    at: Instant,
+    completion: Weak<Completion>,
+}
+
+impl PartialEq for Alarm {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Alarm {}
+impl PartialOrd for Alarm {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Alarm {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+static ALARMS: OnceLock<Alarms> = OnceLock::new();
+
+/// Asks the alarm thread to [`Completion::prewake`] `completion` at `at`, if a core is free then.
+pub fn prewake_at(at: Instant, completion: &Arc<Completion>) {
+    ALARMS
+        .get_or_init(|| Alarms::new(core_free))
+        .schedule(at, completion);
+}
+
+impl Alarms {
+    fn new(core_free: fn() -> bool) -> Self {
+        Self {
+            pending: Mutex::new(BinaryHeap::new()),
+            thread: OnceLock::new(),
+            core_free,
+        }
+    }
+
+    fn schedule(&'static self, at: Instant, completion: &Arc<Completion>) {
+        let (thread, pid) = self.thread.get_or_init(|| {
+            let thread = std::thread::Builder::new()
+                .name("interpool-prewake".into())
+                .spawn(move || fire_alarms(self))
+                .expect("cannot start interpool's prewake thread");
+            (thread.thread().clone(), std::process::id())
+        });
+        if *pid != std::process::id() {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let earliest = pending.peek().is_none_or(|Reverse(first)| at < first.at);
+        pending.push(Reverse(Alarm {
+            at,
+            completion: Arc::downgrade(completion),
+        }));
+        drop(pending);
+        if earliest {
+            thread.unpark();
+        }
+    }
+}
+
+fn fire_alarms(alarms: &'static Alarms) {
+    // Timer slack (50 µs by default) makes alarms late; the learned lead absorbs it.
+    loop {
+        let mut pending = alarms
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(Reverse(first)) = pending.peek() else {
+            drop(pending);
+            std::thread::park();
+            continue;
+        };
+        let now = Instant::now();
+        if first.at > now {
+            let wait = first.at - now;
+            drop(pending);
+            std::thread::park_timeout(wait);
+            continue;
+        }
+        let due = pending.pop().map(|Reverse(alarm)| alarm.completion);
+        drop(pending);
+        if let Some(completion) = due.and_then(|c| c.upgrade()) {
+            if (alarms.core_free)() {
+                completion.prewake();
+            }
+        }
+    }
+}
+
+/// Whether a core is free for a caller to spin on: the system's runnable threads (this one
+/// included) do not fill every core. Reads `/proc/loadavg`'s instantaneous count; true where that
+/// cannot be read.
+fn core_free() -> bool {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let Ok(loadavg) = std::fs::read_to_string("/proc/loadavg") else {
+        return true;
+    };
+    // "0.52 0.58 0.59 3/467 12345": the fourth field is runnable/total.
+    let running = loadavg
+        .split_whitespace()
+        .nth(3)
+        .and_then(|field| field.split('/').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    running.is_none_or(|running| running <= cores)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::fd::RawFd,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn no_plan_before_a_run_was_observed_nor_for_short_jobs() {
+        let durations = Durations::new();
+        let t0 = Instant::now();
+        assert_eq!(durations.plan(1, t0), None);
+        durations.observe_run(1, t0, t0 + MIN_JOB / 2);
+        assert_eq!(durations.plan(1, t0), None);
+        assert_eq!(durations.plan(2, t0), None, "keys are learned apart");
+    }
+
+    #[test]
+    fn the_plan_wakes_a_lead_before_the_learned_run_time_and_bounds_the_spin() {
+        let durations = Durations::new();
+        let t0 = Instant::now();
+        durations.observe_run(7, t0, t0 + 10 * MS);
+        let plan = durations.plan(7, t0).unwrap();
+        assert_eq!(plan.at, t0 + 10 * MS - FIRST_LEAD);
+        assert_eq!(plan.spin, FIRST_LEAD + SPIN_MARGIN);
+        // Runs that vary move the wake-up earlier and lengthen the spin, up to its bound.
+        for run in [2, 30, 1, 50] {
+            durations.observe_run(7, t0, t0 + run * MS);
+        }
+        let varied = durations.plan(7, t0).unwrap();
+        assert!(varied.at < t0 + 10 * MS - FIRST_LEAD);
+        assert_eq!(varied.spin, MAX_SPIN);
+    }
+
+    #[test]
+    fn the_measured_wake_latency_becomes_the_lead() {
+        let durations = Durations::new();
+        let t0 = Instant::now();
+        durations.observe_run(1, t0, t0 + 10 * MS);
+        durations.observe_wake(t0, t0 + Duration::from_micros(200));
+        let lead = Duration::from_micros(200) + LEAD_MARGIN;
+        assert_eq!(durations.plan(1, t0).unwrap().at, t0 + 10 * MS - lead);
+        // Bounded: a caller that resumed very late does not make every wake-up a long spin.
+        for _ in 0..50 {
+            durations.observe_wake(t0, t0 + 100 * MS);
+        }
+        assert_eq!(durations.plan(1, t0).unwrap().at, t0 + 10 * MS - MAX_LEAD);
+    }
+
+    fn readable(fd: RawFd, timeout_ms: i32) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+        n == 1
+    }
+
+    const GUARD_MS: i32 = 10_000;
+
+    #[test]
+    fn an_alarm_prewakes_a_parked_waiter_and_skips_finished_or_dropped_calls() {
+        let alarms: &'static Alarms = Box::leak(Box::new(Alarms::new(|| true)));
+        let finished = Arc::new(Completion::new());
+        finished.complete(crate::Finished {
+            outcome: crate::Outcome::Value(Vec::new()),
+            retire: crate::Retire::Keep,
+        });
+        alarms.schedule(Instant::now(), &finished);
+        alarms.schedule(Instant::now(), &Arc::new(Completion::new())); // dropped at once
+        let parked = Arc::new(Completion::new());
+        let fd = parked.arm_fd().unwrap().unwrap();
+        alarms.schedule(Instant::now() + MS, &parked);
+        assert!(readable(fd, GUARD_MS));
+        assert!(parked.take_prewoken());
+        assert!(!parked.is_done());
+        parked.drain_fd();
+        assert!(!readable(fd, 0));
+        assert!(!finished.take_prewoken(), "a finished call is not woken");
+    }
+
+    static ASKED: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn an_alarm_does_nothing_when_no_core_is_free() {
+        let alarms: &'static Alarms = Box::leak(Box::new(Alarms::new(|| {
+            ASKED.fetch_add(1, Ordering::SeqCst);
+            false
+        })));
+        let parked = Arc::new(Completion::new());
+        let fd = parked.arm_fd().unwrap().unwrap();
+        alarms.schedule(Instant::now(), &parked);
+        let guard = Instant::now() + Duration::from_secs(10);
+        while ASKED.load(Ordering::SeqCst) == 0 && Instant::now() < guard {
+            std::thread::yield_now();
+        }
+        assert_eq!(ASKED.load(Ordering::SeqCst), 1);
+        assert!(!readable(fd, 0));
+        assert!(!parked.take_prewoken());
+    }
+}
