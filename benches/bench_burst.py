@@ -7,6 +7,11 @@ fresh ``trio.run``/``asyncio.run`` on workers kept warm across rounds (the defau
 figures are medians over rounds of jobs per second; the ratios are taken round by round (then the
 median of those), which is what docs/benchmarks.md quotes.
 
+Each round also runs the same nursery / ``TaskGroup`` of N tasks with one schedule point instead
+of a call ("bare trio", "bare asyncio"): what the event loop's own tasks cost. The last lines give
+interpool's own cost per job under each loop, its time per job minus the bare loop's, which is
+the part interpool can change (trio's tasks cost about twice asyncio's here).
+
     python benches/bench_burst.py [--jobs 10000] [--workers 2] [--rounds 9]
                                   [--type subinterpreter] [--no-peer]
 """
@@ -47,6 +52,22 @@ async def asyncio_burst(jobs: int, workers: int) -> float:
     return jobs / (time.perf_counter() - t0)
 
 
+async def bare_trio_burst(jobs: int) -> float:
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(jobs):
+            nursery.start_soon(trio.lowlevel.checkpoint)
+    return jobs / (time.perf_counter() - t0)
+
+
+async def bare_asyncio_burst(jobs: int) -> float:
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(jobs):
+            group.create_task(asyncio.sleep(0))
+    return jobs / (time.perf_counter() - t0)
+
+
 def main() -> None:
     global trio_parallel
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,6 +82,8 @@ def main() -> None:
     runs = {
         "interpool trio": lambda n: trio.run(trio_burst, interpool, n, args.workers),
         "interpool asyncio": lambda n: asyncio.run(asyncio_burst(n, args.workers)),
+        "bare trio": lambda n: trio.run(bare_trio_burst, n),
+        "bare asyncio": lambda n: asyncio.run(bare_asyncio_burst(n)),
     }
     if not args.no_peer:
         import trio_parallel
@@ -84,6 +107,16 @@ def main() -> None:
 
     ratio("interpool trio", "interpool asyncio")
     ratio("interpool trio", "trio-parallel")
+    ratio("bare trio", "bare asyncio")
+
+    def own_cost(a: str, bare: str) -> None:
+        cost = statistics.median(
+            1e6 / x - 1e6 / y for x, y in zip(rates[a], rates[bare], strict=True)
+        )
+        print(f"  {a}: {cost:.1f} µs per job beyond the bare loop's tasks (median of rounds)")
+
+    own_cost("interpool trio", "bare trio")
+    own_cost("interpool asyncio", "bare asyncio")
 
 
 if __name__ == "__main__":
