@@ -10,6 +10,10 @@ caller's wake-up and trio's scheduling). It also records the caller thread's CPU
 call, in one ``trio.run``; figures are medians, and each interpool type's overhead is also given
 as trio-parallel's (its forkserver, the faster of its two) divided by it, call by call.
 
+The row "not learned" runs the first type through a fresh ``functools.partial`` per call (each
+a callable interpool has never seen), so the caller is never woken before the job is due
+(``worker_types::prewake``): the parked path as it was before that, for comparison.
+
     python benches/bench_overhead.py [--calls 200] [--durations-us 100,1000,10000]
                                      [--types subinterpreter,forkserver,spawn] [--no-peer]
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import time
 
@@ -40,10 +45,14 @@ async def main() -> None:
     durations = [int(d) for d in args.durations_us.split(",")]
 
     runs = {}
+    unlearned = None
     async with contextlib.AsyncExitStack() as stack:
         for kind in args.types.split(","):
             ctx = interpool.open_worker_context(worker_type=kind)
             runs[f"interpool {kind}"] = await stack.enter_async_context(ctx)
+            if unlearned is None:
+                unlearned = f"interpool {kind}, not learned"
+                runs[unlearned] = runs[f"interpool {kind}"]
         if not args.no_peer:
             import trio_parallel
 
@@ -58,10 +67,15 @@ async def main() -> None:
         for d in durations:
             seconds = d / 1e6
             got = {name: ([], [], [], []) for name in runs}
+            fresh = []  # kept alive, so that no two calls share a callable's id
             for _ in range(args.calls):
                 for name, ctx in runs.items():
+                    job = busy
+                    if name == unlearned:
+                        job = functools.partial(busy)
+                        fresh.append(job)
                     cpu0, t0 = time.thread_time_ns(), time.perf_counter_ns()
-                    started, ended = await ctx.run_sync(busy, seconds, limiter=limiter)
+                    started, ended = await ctx.run_sync(job, seconds, limiter=limiter)
                     t1, cpu1 = time.perf_counter_ns(), time.thread_time_ns()
                     overhead, start, wake, cpu = got[name]
                     overhead.append((t1 - t0) / 1e3 - d)

@@ -10,7 +10,9 @@ A call's path under trio, which decides interpool's latency (see docs/architectu
    schedule point comes before step 2 instead, so no task yields while holding a token (for a
    ``trio.CapacityLimiter``; other limiters always overlap);
 5. the caller spins a few microseconds with the GIL released, and only then parks in trio on
-   a file descriptor that the worker writes only if somebody parked.
+   a file descriptor that the worker writes only if somebody parked; once the callable's run
+   time is learned, the fd is also written shortly before the job is due, and the caller spins
+   the last stretch (``Call.woken``; ``worker_types::prewake`` in Rust).
 
 Under asyncio (``sniffio`` tells which library runs; anyio runs on either) the path is the same
 except for step 1, which is a pass through the event loop *before* the job is submitted: asyncio
