@@ -30,7 +30,7 @@
 //! 3. **No Python object crosses interpreters.** Jobs enter as bytes copied into a fresh `bytes` of
 //!    the worker's interpreter; outcomes leave as bytes copied out before detaching. The only
 //!    object of another interpreter used here is `PyExc_KeyboardInterrupt`, a static immortal type.
-//!    A job's out-of-band buffers are the exception to the copy, not to this rule: see rule 9.
+//!    Out-of-band buffers are the exception to the copy, not to this rule: see rules 9 and 10.
 //! 4. **No lock of ours is held across interpreter creation**, which takes the *main* GIL inside
 //!    CPython (3.13 loads single-phase builtins through the main interpreter); a lock held there
 //!    by a thread that also holds the main GIL deadlocks.
@@ -60,10 +60,20 @@
 //!    queue them for release by their own interpreter (`src/python/mod.rs`, `Pinned`).
 //!    A job cannot write the caller's memory (read-only exports). A caller that writes it during
 //!    the call races with the job, which may read old, new or mixed bytes.
-//! 10. **Outcome buffers are copied once, into host memory**, before the worker detaches: the
-//!     job's value may keep its objects (a global, a cache), so nothing of the worker's
-//!     interpreter is referenced after the outcome is published. The host memory then goes to
-//!     the caller as is (`HostBuffer`), without another copy.
+//! 10. **An outcome's `bytes` buffers are lent, every other outcome buffer is copied once into
+//!     host memory**, before the worker detaches. A `bytes` is immutable, so its memory can be
+//!     read from the caller's thread while the worker goes on: the worker takes a new reference
+//!     to it and lends its bytes (raw memory plus an owner, [`Loans`]; the `PyObject*` is an
+//!     opaque token that only this thread dereferences). The caller copies them once, straight
+//!     into its own `bytes` (`src/python/mod.rs`), and drops its buffer; the token then waits in
+//!     the book. Lifetime, exactly: the object stays alive until *this* thread, attached to its
+//!     own interpreter, decrefs it: at the start of the next job (`release_returned`), or when
+//!     the worker ends for any reason (closed, idle timeout, abandoned after a kill or an
+//!     interrupt: `AttachedWorker::end`). A buffer that is still alive when the worker ends (an
+//!     outcome nobody took yet) gets its bytes copied into its loan first (`Loans::take_back`),
+//!     so no buffer ever reads a dead interpreter's memory and no worker waits for a caller.
+//!     A `memoryview` or numpy value may be written or kept by the job, so its bytes are copied
+//!     out into host memory (`HostBuffer`), which the caller then uses as is.
 //! 11. **An interrupted interpreter is kept.** No interrupt is injected while a job is being
 //!     loaded (unpickling imports modules and the main script, and an import cut short leaves
 //!     half-initialized modules behind): `running_seq` names the job only once its function is
@@ -94,7 +104,8 @@ use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
-    mailbox::Next, Broken, Buffer, Completion, Finished, Outcome, Retire, Verdict, WorkerConfig,
+    mailbox::Next, Broken, Buffer, Completion, Finished, Loans, Outcome, Retire, Verdict,
+    WorkerConfig,
 };
 
 extern "C" {
@@ -309,6 +320,8 @@ struct Interpreter {
     intact: *mut ffi::PyObject,
     /// The `CallerBuffer` type of this interpreter (rule 9).
     caller_buffer: *mut ffi::PyObject,
+    /// The `bytes` results lent to callers (rule 10); each token is a strong reference to one.
+    loans: Arc<Loans>,
 }
 
 /// This thread attached to its worker's interpreter: the worker loop's functions are its methods.
@@ -382,6 +395,7 @@ impl Interpreter {
             after_job: ptr::null_mut(),
             intact: ptr::null_mut(),
             caller_buffer: ptr::null_mut(),
+            loans: Arc::new(Loans::new()),
         };
         let mut worker = this.attach();
         if let Err(reason) = worker.load_worker_loop() {
@@ -612,7 +626,7 @@ impl AttachedWorker<'_> {
                     _attached: PhantomData,
                 });
             }
-            let finished = parse_run_result(&self.py, result);
+            let finished = parse_run_result(&self.py, result, &self.loans);
             ffi::Py_DECREF(result);
             Loaded::Done(finished.map_or_else(
                 || {
@@ -639,7 +653,7 @@ impl AttachedWorker<'_> {
                 let reason = format!("the job was interrupted ({})", take_error(&self.py));
                 return (broken_finished(reason), false);
             }
-            let finished = parse_run_result(&self.py, result);
+            let finished = parse_run_result(&self.py, result, &self.loans);
             ffi::Py_DECREF(result);
             finished.unwrap_or_else(|| {
                 ffi::PyErr_Clear();
@@ -762,6 +776,14 @@ impl AttachedWorker<'_> {
         }
     }
 
+    /// Drops the results whose callers have copied them (rule 10).
+    fn release_returned(&self) {
+        // SAFETY: attached (`self`); each token is a strong reference of this interpreter, given
+        // back once (`Loans`).
+        self.loans
+            .release_returned(|token| unsafe { ffi::Py_DECREF(token as *mut ffi::PyObject) });
+    }
+
     /// Releases everything and ends the interpreter; this thread is left with no thread state,
     /// so the guard is consumed without detaching.
     fn end(self) {
@@ -777,8 +799,12 @@ impl AttachedWorker<'_> {
         ];
         // SAFETY: attached (`py`) to this thread's own thread state (rule 1); references are
         // dropped before the interpreter that owns them is ended, and Py_EndInterpreter leaves
-        // no thread state to detach.
+        // no thread state to detach. A lent result still read is copied into its loan first
+        // (rule 10).
         unsafe {
+            interpreter
+                .loans
+                .take_back(|token| ffi::Py_DECREF(token as *mut ffi::PyObject));
             for obj in objects {
                 if !obj.is_null() {
                     ffi::Py_DECREF(obj);
@@ -947,12 +973,20 @@ unsafe fn copy_out_buffer(_py: &Attached<'_>, obj: *mut ffi::PyObject) -> Option
     }
 }
 
-/// The outcome buffers of `run`'s result (a list of buffer objects, or None), copied out.
+/// The outcome buffers of `run`'s result (a list of buffer objects, or None): each `bytes` is
+/// lent in place, anything else copied out (rule 10).
 ///
 /// # Safety
-/// `list` must be a live object of the attached interpreter, or NULL.
-unsafe fn copy_out_buffers(py: &Attached<'_>, list: *mut ffi::PyObject) -> Option<Vec<Buffer>> {
+/// `list` must be a live object of the attached interpreter, or NULL; `loans` is that
+/// interpreter's book.
+unsafe fn take_out_buffers(
+    py: &Attached<'_>,
+    list: *mut ffi::PyObject,
+    loans: &Arc<Loans>,
+) -> Option<Vec<Buffer>> {
     // SAFETY: attached (`py`), `list` per the caller; PyList_GetItem returns borrowed references.
+    // A lent `bytes` is immutable and its new reference keeps it (and its bytes) alive until the
+    // token comes back to this interpreter's thread (`AttachedWorker::release_returned`, `end`).
     unsafe {
         if list.is_null() || list == ffi::Py_None() {
             return Some(Vec::new());
@@ -962,7 +996,16 @@ unsafe fn copy_out_buffers(py: &Attached<'_>, list: *mut ffi::PyObject) -> Optio
             return None;
         }
         (0..len)
-            .map(|i| copy_out_buffer(py, ffi::PyList_GetItem(list, i)))
+            .map(|i| {
+                let item = ffi::PyList_GetItem(list, i);
+                if ffi::PyBytes_CheckExact(item) == 0 {
+                    return copy_out_buffer(py, item);
+                }
+                let data = ffi::PyBytes_AsString(item).cast::<u8>().cast_const();
+                let size = ffi::PyBytes_Size(item) as usize;
+                ffi::Py_INCREF(item);
+                Some(loans.lend(data, size, item as usize))
+            })
             .collect()
     }
 }
@@ -976,14 +1019,15 @@ fn arena_bytes(text: &[u8]) -> Option<u64> {
 }
 
 /// Reads `(kind: int, data: bytes, retire: int, buffers: list | None)`, `retire` being KEEP (0)
-/// or RETIRE_PENDING (3): the outcome (its buffers copied out, rule 10), and whether `after_job`
-/// must run.
+/// or RETIRE_PENDING (3): the outcome (its buffers lent or copied out, rule 10), and whether
+/// `after_job` must run.
 ///
 /// # Safety
 /// `result` must be a live object of the attached interpreter.
 unsafe fn parse_run_result(
     py: &Attached<'_>,
     result: *mut ffi::PyObject,
+    loans: &Arc<Loans>,
 ) -> Option<(Finished, bool)> {
     // SAFETY: attached (`py`), `result` per the caller; PyTuple_GetItem returns borrowed
     // references (or NULL with an error set, which the caller clears).
@@ -991,7 +1035,7 @@ unsafe fn parse_run_result(
         let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
         let data = bytes_to_vec(py, ffi::PyTuple_GetItem(result, 1))?;
         let retire = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
-        let buffers = copy_out_buffers(py, ffi::PyTuple_GetItem(result, 3))?;
+        let buffers = take_out_buffers(py, ffi::PyTuple_GetItem(result, 3), loans)?;
         let outcome = match kind {
             0 if buffers.is_empty() => Outcome::Value(data),
             0 => Outcome::ValueWithBuffers(data, buffers),
@@ -1073,6 +1117,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         jobs += 1;
         let ran = {
             let worker = interpreter.attach();
+            worker.release_returned();
             // Checked and set under this GIL, which interrupters also hold while they look at
             // `running_seq`: an interrupt claimed before (even while the interpreter was still
             // being created) is seen here; one claimed after finds the job running.
