@@ -10,9 +10,10 @@ caller's wake-up and trio's scheduling). It also records the caller thread's CPU
 call, in one ``trio.run``; figures are medians, and each interpool type's overhead is also given
 as trio-parallel's (its forkserver, the faster of its two) divided by it, call by call.
 
-The row "not learned" runs the first type through a fresh ``functools.partial`` per call (each
-a callable interpool has never seen), so the caller is never woken before the job is due
-(``worker_types::prewake``): the parked path as it was before that, for comparison.
+The row "not learned" runs the first type, in a context of its own, through a fresh
+``functools.partial`` per call (each a callable interpool has never seen), so the caller is
+never woken before the job is due (``worker_types::prewake``): the parked path as it was before
+that, for comparison.
 
     python benches/bench_overhead.py [--calls 200] [--durations-us 100,1000,10000]
                                      [--types subinterpreter,forkserver,spawn] [--no-peer]
@@ -50,9 +51,10 @@ async def main() -> None:
         for kind in args.types.split(","):
             ctx = interpool.open_worker_context(worker_type=kind)
             runs[f"interpool {kind}"] = await stack.enter_async_context(ctx)
-            if unlearned is None:
+            if unlearned is None:  # a context of its own: its workers idle as long as the others
                 unlearned = f"interpool {kind}, not learned"
-                runs[unlearned] = runs[f"interpool {kind}"]
+                ctx = interpool.open_worker_context(worker_type=kind)
+                runs[unlearned] = await stack.enter_async_context(ctx)
         if not args.no_peer:
             import trio_parallel
 

@@ -499,11 +499,9 @@ impl Call {
         };
         let plan = key.and_then(|key| self.durations.plan(key, lease.submitted()));
         let timed = plan.is_some_and(|plan| plan.at > Instant::now());
-        match plan {
-            Some(plan) if timed => prewake::prewake_at(plan.at, lease.shared_completion()),
+        if let Some(plan) = plan {
             // Due already: the first `woken` spins at once.
-            Some(_) => lease.completion().prewake(),
-            None => {}
+            prewake::prewake_at(plan.at, lease.shared_completion());
         }
         self.key = key;
         self.plan = plan;

@@ -42,6 +42,9 @@ const SPIN_MARGIN: Duration = Duration::from_micros(50);
 const MAX_SPIN: Duration = Duration::from_millis(2);
 /// Jobs predicted shorter than this are not worth an alarm: the caller's own spin covers them.
 const MIN_JOB: Duration = Duration::from_micros(60);
+/// A callable whose runs deviate from their mean by more than this share of it gets no alarm:
+/// the last stretch could not be told, and spinning through the uncertainty would cost a core.
+const MAX_DEVIATION: f64 = 0.25;
 /// The per-callable table is cleared when it grows past this (callables made per call, such as
 /// lambdas, would otherwise fill it).
 const MAX_KEYS: usize = 4096;
@@ -144,6 +147,9 @@ impl Durations {
     pub fn plan(&self, key: u64, submitted: Instant) -> Option<Plan> {
         let learned = self.learned();
         let estimate = *learned.by_key.get(&key)?;
+        if estimate.deviation > MAX_DEVIATION * estimate.mean {
+            return None;
+        }
         // Aim at the early side of the usual run time: a wake-up that comes too early costs
         // spinning, one that comes too late costs the whole wake-up again.
         let expected = Duration::from_secs_f64((estimate.mean - estimate.deviation).max(0.0));
@@ -194,8 +200,15 @@ impl Ord for Alarm {
 
 static ALARMS: OnceLock<Alarms> = OnceLock::new();
 
-/// Asks the alarm thread to [`Completion::prewake`] `completion` at `at`, if a core is free then.
+/// [`Completion::prewake`]s `completion` at `at` if a core is free then: at once (on the calling
+/// thread) if `at` has come, else from the alarm thread.
 pub fn prewake_at(at: Instant, completion: &Arc<Completion>) {
+    if at <= Instant::now() {
+        if core_free() {
+            completion.prewake();
+        }
+        return;
+    }
     ALARMS
         .get_or_init(|| Alarms::new(core_free))
         .schedule(at, completion);
@@ -263,10 +276,27 @@ fn fire_alarms(alarms: &'static Alarms) {
     }
 }
 
-/// Whether a core is free for a caller to spin on: the system's runnable threads (this one
+/// [`runnable_fits_cores`], read at most once per `CORE_CHECK_EVERY` (reading `/proc` costs more
+/// than a short job's whole wake-up).
+fn core_free() -> bool {
+    const CORE_CHECK_EVERY: Duration = Duration::from_millis(1);
+    static LAST: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    match *last {
+        Some((at, free)) if now.saturating_duration_since(at) < CORE_CHECK_EVERY => free,
+        _ => {
+            let free = runnable_fits_cores();
+            *last = Some((now, free));
+            free
+        }
+    }
+}
+
+/// Whether a core is free for a caller to spin on: the system's runnable threads (the asking one
 /// included) do not fill every core. Reads `/proc/loadavg`'s instantaneous count; true where that
 /// cannot be read.
-fn core_free() -> bool {
+fn runnable_fits_cores() -> bool {
     static CORES: OnceLock<usize> = OnceLock::new();
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let Ok(loadavg) = std::fs::read_to_string("/proc/loadavg") else {
@@ -310,13 +340,17 @@ mod tests {
         let plan = durations.plan(7, t0).unwrap();
         assert_eq!(plan.at, t0 + 10 * MS - FIRST_LEAD);
         assert_eq!(plan.spin, FIRST_LEAD + SPIN_MARGIN);
-        // Runs that vary move the wake-up earlier and lengthen the spin, up to its bound.
+        // Runs that vary a little move the wake-up earlier and lengthen the spin.
+        durations.observe_run(7, t0, t0 + 9 * MS);
+        let varied = durations.plan(7, t0).unwrap();
+        assert!(varied.at < t0 + 10 * MS - FIRST_LEAD);
+        assert!(varied.spin > plan.spin);
+        assert!(varied.spin <= MAX_SPIN);
+        // Runs that vary a lot get no wake-up at all.
         for run in [2, 30, 1, 50] {
             durations.observe_run(7, t0, t0 + run * MS);
         }
-        let varied = durations.plan(7, t0).unwrap();
-        assert!(varied.at < t0 + 10 * MS - FIRST_LEAD);
-        assert_eq!(varied.spin, MAX_SPIN);
+        assert_eq!(durations.plan(7, t0), None);
     }
 
     #[test]
