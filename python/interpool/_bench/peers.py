@@ -99,10 +99,10 @@ def peer_candidates(only: Sequence[str] | None) -> list[Candidate]:
     if want("loky"):
         name = "loky"
         missing = why_missing("loky")
-        backend = ExecutorBackend(
+        loky = ExecutorBackend(
             name, "peer", "loky", why_not_fresh="loky has no per-task worker retirement"
         )
-        out.append(Candidate(name, "peer", None if missing else backend, missing))
+        out.append(Candidate(name, "peer", None if missing else loky, missing))
     if want("process-pool"):
         name = "ProcessPoolExecutor spawn"
         out.append(Candidate(name, "peer", ExecutorBackend(name, "peer", "process-pool")))

@@ -276,8 +276,8 @@ def render_table(doc: dict[str, Any]) -> str:
         by_keys: dict[tuple[str, ...], list[str]] = {}
         for name, keys in who.items():
             by_keys.setdefault(tuple(keys), []).append(name)
-        for keys, backends in by_keys.items():
-            what = "in-process figures" if len(keys) > 5 else ", ".join(keys)
+        for grouped, backends in by_keys.items():
+            what = "in-process figures" if len(grouped) > 5 else ", ".join(grouped)
             lines.append(f"no {what} for {', '.join(backends)}: {why}")
     for note in doc["notes"]:
         lines.append(textwrap.fill(f"note: {note}", 100, subsequent_indent="  "))

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import scenarios
 from .backends import Backend, ExecutorBackend, TrioBackend
-from .peers import Candidate
+from .peers import Candidate, why_missing
 from .results import Results
 from .settings import COLD_KEYS, MEMORY_WORKERS, METRICS, NUMPY_PAYLOAD, PAYLOADS, Settings
 
@@ -210,15 +210,14 @@ async def _numpy_payload(
     """The numpy array echo (``NUMPY_PAYLOAD``), skipped where numpy cannot run."""
     label, size = NUMPY_PAYLOAD
     rounds = cfg.payload_repeats.get("64MiB")
-    try:
-        import numpy
-    except ImportError:
-        numpy = None
-    if numpy is None or rounds is None:
-        why = "numpy is not installed" if numpy is None else f"not measured in {cfg.mode} mode"
+    missing = why_missing("numpy")
+    if missing or rounds is None:
+        why = "numpy is not installed" if missing else f"not measured in {cfg.mode} mode"
         for b in live:
             results.skip(b.name, scenarios.NUMPY_KEY, why)
         return
+    import numpy
+
     data = numpy.frombuffer(os.urandom(size), dtype=numpy.float64)
     await each(f"payload {label}", functools.partial(scenarios.numpy_payload, data=data), rounds)
 
