@@ -10,7 +10,7 @@ any comes back as kind ``VALUE_BUFFERS`` with ``(pickle, buffers)``.
 
 Exception records are a pickled list, the raised exception first, each entry
 ``(pickled_exc | None, pickling_error | None, type_name, message, formatted_traceback,
-cause_index | None, context_index | None, suppress_context)``.
+import_name | None, cause_index | None, context_index | None, suppress_context)``.
 """
 
 from __future__ import annotations
