@@ -272,10 +272,21 @@ impl WorkerCache {
         Ok(self.inner.worker_type.start(Arc::new(config))?)
     }
 
+    /// The type of this cache's workers.
+    pub fn worker_type(&self) -> &Arc<dyn WorkerType> {
+        &self.inner.worker_type
+    }
+
     /// The running estimate of this cache's dispatch latency (see [`crate::scheduler`]), or
     /// `None` before a quick call measured it.
     pub fn latency_estimate(&self) -> Option<Duration> {
         self.inner.latency.get()
+    }
+
+    /// Feeds `latency` into the estimate, as a quick call that took that long would.
+    #[cfg(test)]
+    pub(crate) fn observe(&self, latency: Duration) {
+        self.inner.latency.observe(latency);
     }
 
     /// Current counts. Workers that ended themselves are pruned first.
@@ -484,6 +495,9 @@ mod tests {
                 hard_kill: true,
                 crash_isolation: true,
             }
+        }
+        fn latency_prior(&self) -> Duration {
+            Duration::from_micros(1)
         }
         fn start(
             &self,
