@@ -351,17 +351,17 @@ impl Auto {
     /// [`Error::InvalidTarget`] for an empty key, [`Error::Unavailable`] for a type that is not
     /// here.
     pub fn pin(&self, key: &str, worker_type: Option<&str>) -> Result<()> {
-        if key.is_empty() || key.starts_with(':') || key.ends_with(':') {
+        if key.is_empty() {
             return Err(Error::InvalidTarget {
                 target: key.to_owned(),
-                reason: "a pin names a module, or module:qualname".into(),
+                reason: "a pin names a module, or module:qualname, not nothing".into(),
             });
         }
         let to = worker_type
             .map(|name| {
                 self.index(name).ok_or_else(|| Error::Unavailable {
                     worker_type: static_name(name),
-                    reason: format!("{name} is unavailable here"),
+                    reason: "nothing can be pinned to a type that cannot run here".into(),
                 })
             })
             .transpose()?;
