@@ -769,7 +769,7 @@ impl Future for InFlight<'_> {
         let spun_to_done = first_poll && completion.spin(this.spin);
         this.spun = true;
         if spun_to_done {
-            lease.observe_quick_return();
+            lease.observe_quick_return(this.spin);
         } else if completion.poll_done(cx).is_pending() {
             if first_poll {
                 this.inner.auto.note_parked();

@@ -4,8 +4,8 @@
 //!
 //! - [`LatencyEstimate`]: a running estimate (EWMA) of one worker type's dispatch latency, fed by
 //!   the worker cache from real calls. Only *quick* calls feed it (the front end reports a call
-//!   whose outcome was in before it stopped spinning, i.e. within tens of microseconds), so a long
-//!   job measures nothing and cannot make its type look slow: what is left is the cost of handing
+//!   whose outcome was in before it stopped spinning, within twice its spin budget of the hand-over:
+//!   [`crate::Lease::observe_quick_return`]), so a long job measures nothing and cannot make its type look slow: what is left is the cost of handing
 //!   a job to a warm worker and getting a trivial outcome back. A type whose calls never come back
 //!   that fast keeps its prior.
 //! - [`rank`]: orders the candidate types for a call: types lacking a required capability are

@@ -646,10 +646,10 @@ impl Call {
     fn spin(&self, py: Python<'_>, microseconds: u64) -> PyResult<bool> {
         let lease = self.lease()?;
         let completion = lease.completion();
-        let done = completion.is_done()
-            || py.detach(|| completion.spin(Duration::from_micros(microseconds)));
+        let budget = Duration::from_micros(microseconds);
+        let done = completion.is_done() || py.detach(|| completion.spin(budget));
         if done {
-            lease.observe_quick_return();
+            lease.observe_quick_return(budget);
         }
         Ok(done)
     }
