@@ -56,6 +56,6 @@ pub use cache::{Lease, Recycling, ShutdownReport, Statistics, WorkerCache};
 pub use error::{Error, PythonError, Result};
 pub use interpool_worker_types::{
     self as worker_types, Availability, Broken, Buffer, Capabilities, Completion, Finished, Job,
-    Outcome, Retire, WorkerType,
+    Outcome, Retire, Stage, WorkerType,
 };
 pub use pool::{Call, Pickled, Pool, PoolBuilder, WorkerKind};

@@ -441,6 +441,7 @@ fn into_result(outcome: Outcome) -> Result<Pickled> {
         Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
         Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
         Outcome::Broken(broken) => Err(Error::Broken {
+            stage: broken.stage,
             reason: broken.reason,
             exit_code: broken.exit_code,
             exception: broken

@@ -33,12 +33,8 @@ from ._types import WorkerType, WorkerTypeStatistics
 # Substrings of the errors a module gives when it refuses to load in a subinterpreter (one list,
 # kept in worker-types' subinterpreter module, shared with the Rust Pool).
 REFUSALS = tuple(_interpool.SUBINTERPRETER_REFUSALS)
-# Broken-worker reasons of the worker loop's ``setup``: the worker failed before any job ran.
-SETUP_STAGES = (
-    "unpickling the worker configuration failed",
-    "unpickling init or retire failed",
-    "the worker's init raised an exception",
-)
+# The stages of a broken worker that failed in the worker loop's ``setup``, before any job ran.
+SETUP_STAGES = (_outcome.STAGE_SETUP, _outcome.STAGE_INIT)
 HINT = (
     "this module refuses to load in a subinterpreter; run it with WorkerType.AUTO (the "
     "default), which falls back to a process, or with WorkerType.FORKSERVER or "
@@ -239,7 +235,13 @@ class Auto:
     # --- fallback ------------------------------------------------------------------------
 
     def fallback(
-        self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object, kill: bool
+        self,
+        cache: Any,
+        kind: int,
+        data: bytes,
+        broken: tuple[int, str] | None,
+        fn: object,
+        kill: bool,
     ) -> Any:
         """The cache that re-runs this failed subinterpreter outcome, or None (raise it).
 
@@ -258,7 +260,7 @@ class Auto:
                 if refused is not None and module is not None:
                     self.routed_away[module] = refused
                     self.routes.setdefault(module, None)
-        elif kind == _outcome.BROKEN and reason in SETUP_STAGES and data:
+        elif broken is not None and broken[0] in SETUP_STAGES and data:
             refused = refusal(_outcome.rebuild_exception(data))
             if refused is None:
                 return None

@@ -42,7 +42,7 @@ from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pickle import loads as pickle_loads
 from typing import Any, TypeVar
 
-from . import _auto, _chunks, _outcome
+from . import _chunks, _outcome
 from ._impl import (
     _SPIN_MICROSECONDS,
     ABANDON_AFTER,
@@ -53,8 +53,6 @@ from ._types import BrokenWorkerError, WorkerContextStatistics, WorkerType
 
 T = TypeVar("T")
 
-# The broken-worker reason of a worker whose init (the executor's initializer) raised.
-_INIT_FAILED = _auto.SETUP_STAGES[2]
 _NOT_DONE = (PENDING, RUNNING)
 _NO_VALUE = object()
 # Set when the interpreter starts to exit: no new calls then, as in the standard library.
@@ -366,7 +364,8 @@ class _Engine:
                 elif kind == _outcome.RAISED:
                     error = _outcome.rebuild_exception(data)
                 else:
-                    broke = kind == _outcome.BROKEN and reason == _INIT_FAILED
+                    # A worker whose init (the executor's initializer) raised.
+                    broke = reason is not None and reason[0] == _outcome.STAGE_INIT
                     retry = ctx._failed(
                         fut._cache, kind, data, reason, fut._fn, self.kill_on_cancel
                     )

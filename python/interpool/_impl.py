@@ -273,7 +273,13 @@ class WorkerContext:
         self._auto.pin(target, worker_type)
 
     def _failed(
-        self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object, kill: bool
+        self,
+        cache: Any,
+        kind: int,
+        data: bytes,
+        reason: tuple[int, str] | None,
+        fn: object,
+        kill: bool,
     ) -> Any:
         """A LOAD_ERROR or BROKEN outcome: the cache where AUTO re-runs the job; else raises it
         (with a hint, when a module refused to load in a subinterpreter)."""

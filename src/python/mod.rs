@@ -35,13 +35,9 @@ use crate::{
     Error,
 };
 
-/// Outcome kinds, as returned by [`Call::result`].
-const VALUE: u8 = 0;
-const RAISED: u8 = 1;
-const LOAD_ERROR: u8 = 2;
-const BROKEN: u8 = 3;
-/// A value with out-of-band buffers: the data is `(pickle, [memoryview, ...])`.
-const VALUE_BUFFERS: u8 = 4;
+// Outcome kinds, as returned by [`Call::result`]: the wire protocol's (a value with out-of-band
+// buffers: the data is `(pickle, [memoryview, ...])`).
+use worker_types::protocol::{BROKEN, LOAD_ERROR, RAISED, VALUE, VALUE_BUFFERS};
 
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let class = match &err {
@@ -453,14 +449,15 @@ impl Call {
         Ok(self.lease()?.completion().arm_fd()?)
     }
 
-    /// Takes the outcome: `(kind, data, reason)`; kinds are VALUE, RAISED, LOAD_ERROR (data:
+    /// Takes the outcome: `(kind, data, broken)`; kinds are VALUE, RAISED, LOAD_ERROR (data:
     /// pickled value or exception records), VALUE_BUFFERS (data: `(pickle, buffers)`, the
-    /// buffers memoryviews of host memory) and BROKEN (reason: str; data: exception records of
-    /// the cause, possibly empty). The worker goes back to the cache.
+    /// buffers memoryviews of host memory) and BROKEN (broken: `(stage, reason)`, the stage one
+    /// of the `STAGE_*` codes and the reason a str; data: exception records of the cause,
+    /// possibly empty). The worker goes back to the cache.
     fn result<'py>(
         &mut self,
         py: Python<'py>,
-    ) -> PyResult<(u8, Bound<'py, PyAny>, Option<String>)> {
+    ) -> PyResult<(u8, Bound<'py, PyAny>, Option<(u8, String)>)> {
         let lease = self
             .lease
             .as_mut()
@@ -481,7 +478,7 @@ impl Call {
             Outcome::Broken(broken) => (
                 BROKEN,
                 bytes(broken.exception.as_deref().unwrap_or_default()),
-                Some(broken.reason),
+                Some((broken.stage.code(), broken.reason)),
             ),
         })
     }
@@ -533,6 +530,11 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LOAD_ERROR", LOAD_ERROR)?;
     m.add("BROKEN", BROKEN)?;
     m.add("VALUE_BUFFERS", VALUE_BUFFERS)?;
+    for stage in worker_types::Stage::ALL {
+        m.add(format!("STAGE_{}", stage.name()).as_str(), stage.code())?;
+    }
+    m.add("BUFFER_THRESHOLD", worker_types::protocol::BUFFER_THRESHOLD)?;
+    m.add("MAX_BUFFERS", worker_types::protocol::MAX_BUFFERS)?;
     m.add(
         "SUBINTERPRETER_REFUSALS",
         worker_types::subinterpreter::REFUSALS.to_vec(),

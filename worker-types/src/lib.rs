@@ -25,6 +25,7 @@ mod buffer;
 mod completion;
 mod mailbox;
 pub mod process;
+pub mod protocol;
 pub mod subinterpreter;
 
 pub use buffer::{Buffer, Owner};
@@ -102,7 +103,9 @@ pub enum Outcome {
 /// Why a worker broke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
-    /// A one-line description, lowercase, e.g. `init raised an exception`.
+    /// When it broke, for code that acts on it (the reason is for people).
+    pub stage: Stage,
+    /// A one-line description, lowercase, e.g. `the worker's init raised an exception`.
     pub reason: String,
     /// Pickled exception records of the underlying Python exception, if there is one.
     pub exception: Option<Vec<u8>>,
@@ -112,12 +115,61 @@ pub struct Broken {
 }
 
 impl Broken {
-    /// A `Broken` with a reason only.
-    pub fn new(reason: impl Into<String>) -> Self {
+    /// A `Broken` with a stage and a reason only.
+    pub fn new(stage: Stage, reason: impl Into<String>) -> Self {
         Self {
+            stage,
             reason: reason.into(),
             exception: None,
             exit_code: None,
+        }
+    }
+}
+
+/// When a worker broke. Its code ([`Stage::code`]) is how the Python front end receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stage {
+    /// The worker could not be started: no interpreter, no process.
+    Start,
+    /// Preparing the worker failed before `init` ran: unpickling its configuration, `init` or
+    /// `retire`.
+    Setup,
+    /// The worker's `init` raised.
+    Init,
+    /// The worker loop itself failed around a job (passing it in, or a malformed outcome).
+    Job,
+    /// The job was interrupted (cancelled).
+    Interrupted,
+    /// The worker's process died (a crash, `os._exit`, an external kill).
+    Died,
+}
+
+impl Stage {
+    /// Every stage, in the order of their codes.
+    pub const ALL: [Stage; 6] = [
+        Stage::Start,
+        Stage::Setup,
+        Stage::Init,
+        Stage::Job,
+        Stage::Interrupted,
+        Stage::Died,
+    ];
+
+    /// The stage's number, as the Python front end receives it (`interpool._outcome`).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The stage's name in capitals, e.g. `INIT`, as the Python front end names its code.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Start => "START",
+            Stage::Setup => "SETUP",
+            Stage::Init => "INIT",
+            Stage::Job => "JOB",
+            Stage::Interrupted => "INTERRUPTED",
+            Stage::Died => "DIED",
         }
     }
 }

@@ -19,7 +19,7 @@
 //! each is copied once into a fresh `memfd`, whose descriptor rides on one byte (`SCM_RIGHTS`)
 //! right after a frame header flagged [`HAS_BUFFERS`]; the worker maps it privately (copy on
 //! write: a job may write its numpy argument without touching anything of ours) and closes the
-//! descriptor. A value with buffers comes back the same way, as kind [`VALUE_WITH_BUFFERS`] whose
+//! descriptor. A value with buffers comes back the same way, as kind [`VALUE_BUFFERS`] whose
 //! header is followed by the byte carrying the worker's memfds; the parent maps them privately and
 //! the caller reads the mappings in place. A memfd is freed with its last descriptor and mapping,
 //! so a killed worker leaves no segment behind, and the parent's descriptors are closed as soon
@@ -56,8 +56,11 @@ use std::{
 
 use crate::{
     mailbox::{Mailbox, Next},
+    protocol::{
+        self, AfterJob, AFTER_JOB, HAS_BUFFERS, MAX_BUFFERS, MESSAGE_HEADER_LEN, VALUE_BUFFERS,
+    },
     Availability, Broken, Buffer, Capabilities, Completion, Error, Finished, Job, Outcome,
-    Rejected, Result, Retire, Verdict, Worker, WorkerConfig, WorkerType,
+    Rejected, Result, Retire, Stage, Verdict, Worker, WorkerConfig, WorkerType,
 };
 
 mod forkserver;
@@ -65,8 +68,10 @@ mod sys;
 
 pub use forkserver::{forkserver_running, set_forkserver_preload};
 
-/// The Python source a worker process runs: the shared loop plus the process channel.
+/// The Python source a worker process runs: the wire protocol's numbers, the shared loop, and
+/// the process channel.
 const LOOP_SOURCE: &str = concat!(
+    crate::protocol::python_constants!(),
     include_str!("../subinterpreter/worker_loop.py"),
     include_str!("process_loop.py")
 );
@@ -103,24 +108,6 @@ _interpool_boot()
 
 /// How long the parent-side thread spins on a non-blocking read for an outcome before it polls.
 const SPIN_FOR_OUTCOME: Duration = Duration::from_micros(50);
-
-/// Outcome kinds on the wire (`worker_loop.py` and `process_loop.py`).
-const VALUE: u8 = 0;
-const RAISED: u8 = 1;
-const LOAD_ERROR: u8 = 2;
-/// A value with out-of-band buffers: the memfds follow the header (see the module docs).
-const VALUE_WITH_BUFFERS: u8 = 3;
-const SETUP_OK: u8 = 10;
-const SETUP_FAILED: u8 = 11;
-const AFTER_JOB: u8 = 12;
-const KEEP: u8 = 0;
-const RETIRE: u8 = 1;
-const RETIRE_FAILED: u8 = 2;
-const RETIRE_PENDING: u8 = 3;
-/// Set in a frame's length when memfds of out-of-band buffers follow its header.
-const HAS_BUFFERS: u64 = 1 << 63;
-/// At most this many buffers per job or value (`_MAX_BUFFERS` in the worker loop).
-const MAX_BUFFERS: usize = 64;
 
 static PYTHON: RwLock<Option<PathBuf>> = RwLock::new(None);
 
@@ -604,13 +591,10 @@ impl Channel {
 
     /// Reads one message: `(kind, retire, data, retire_error, buffers)`.
     fn receive(&self, spin: Duration) -> io::Result<Message> {
-        let mut header = [0u8; 18];
+        let mut header = [0u8; MESSAGE_HEADER_LEN];
         self.read_exact(&mut header, spin)?;
-        let [kind, retire, rest @ ..] = header;
-        let (data_len, error_len) = rest.split_at(8);
-        let data_len = u64::from_le_bytes(data_len.try_into().expect("8 bytes"));
-        let error_len = u64::from_le_bytes(error_len.try_into().expect("8 bytes"));
-        let buffers = if kind == VALUE_WITH_BUFFERS {
+        let (kind, retire, data_len, error_len) = protocol::parse_message_header(&header);
+        let buffers = if kind == VALUE_BUFFERS {
             self.receive_buffers()?
         } else {
             Vec::new()
@@ -620,7 +604,7 @@ impl Channel {
         Ok((kind, retire, data, error, buffers))
     }
 
-    /// The worker's memfds after a [`VALUE_WITH_BUFFERS`] header, mapped privately.
+    /// The worker's memfds after a [`VALUE_BUFFERS`] header, mapped privately.
     fn receive_buffers(&self) -> io::Result<Vec<Buffer>> {
         let fds = loop {
             match sys::recv_fds(self.sock.as_fd(), MAX_BUFFERS)? {
@@ -744,14 +728,15 @@ fn handshake(
         .channel
         .send_frame(setup)
         .map_err(|_| Handshake::Died)?;
-    match running.channel.receive(Duration::ZERO) {
-        Ok((SETUP_OK, ..)) => Ok(()),
-        Ok((SETUP_FAILED, _, reason, records, _)) => Err(Handshake::Failed(Broken {
-            reason: String::from_utf8_lossy(&reason).into_owned(),
-            exception: Some(records),
-            exit_code: None,
-        })),
-        Ok(_) | Err(_) => Err(Handshake::Died),
+    let reply = running
+        .channel
+        .receive(Duration::ZERO)
+        .ok()
+        .and_then(|(kind, _, reason, records, _)| protocol::setup_reply(kind, &reason, records));
+    match reply {
+        Some(Ok(())) => Ok(()),
+        Some(Err(broken)) => Err(Handshake::Failed(broken)),
+        None => Err(Handshake::Died),
     }
 }
 
@@ -764,44 +749,30 @@ enum Handshake {
 
 /// Why the channel broke, with the exit code.
 fn died(shared: &Shared, during: &str, code: Option<i32>) -> Broken {
-    let reason = if shared.killed.load(Ordering::Acquire) {
-        format!(
+    let mut broken = if shared.killed.load(Ordering::Acquire) {
+        let reason = format!(
             "the job was interrupted: its worker process was killed ({})",
             describe_exit_code(code)
-        )
+        );
+        Broken::new(Stage::Interrupted, reason)
     } else {
-        format!(
+        let reason = format!(
             "the worker process died unexpectedly {during} ({})",
             describe_exit_code(code)
-        )
+        );
+        Broken::new(Stage::Died, reason)
     };
-    Broken {
-        reason,
-        exception: None,
-        exit_code: code,
-    }
+    broken.exit_code = code;
+    broken
 }
 
 /// A job's outcome message: the outcome, and whether the retire verdict follows.
 fn parse_outcome((kind, retire, data, _, buffers): Message) -> Option<(Finished, bool)> {
-    let outcome = match kind {
-        VALUE => Outcome::Value(data),
-        VALUE_WITH_BUFFERS => Outcome::ValueWithBuffers(data, buffers),
-        RAISED => Outcome::Raised(data),
-        LOAD_ERROR => Outcome::LoadError(data),
-        _ => return None,
-    };
-    let pending = match retire {
-        KEEP => false,
-        RETIRE_PENDING => true,
-        _ => return None,
-    };
-    let retire = Retire::Keep;
-    Some((Finished { outcome, retire }, pending))
+    protocol::job_reply(kind, retire, data, buffers)
 }
 
 /// What the worker's own work after a job decided.
-enum AfterJob {
+enum AfterJobEnd {
     Keep,
     End,
     /// The process died or sent garbage (nobody's job broke: its outcome was delivered).
@@ -809,18 +780,22 @@ enum AfterJob {
 }
 
 /// Reads the retire verdict that follows a `RETIRE_PENDING` outcome.
-fn receive_retire_verdict(shared: &Shared, channel: &Channel) -> AfterJob {
-    match channel.receive(Duration::ZERO) {
-        Ok((AFTER_JOB, KEEP, ..)) => AfterJob::Keep,
-        Ok((AFTER_JOB, RETIRE, ..)) => AfterJob::End,
-        Ok((AFTER_JOB, RETIRE_FAILED, _, records, _)) => {
+fn receive_retire_verdict(shared: &Shared, channel: &Channel) -> AfterJobEnd {
+    let reply = match channel.receive(Duration::ZERO) {
+        Ok((AFTER_JOB, verdict, _, records, _)) => protocol::after_job_reply(verdict, records),
+        Ok(_) | Err(_) => None,
+    };
+    match reply {
+        Some(AfterJob::Keep) => AfterJobEnd::Keep,
+        Some(AfterJob::Retire) => AfterJobEnd::End,
+        Some(AfterJob::Failed(records)) => {
             *shared
                 .retire_failure
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(records);
-            AfterJob::End
+            AfterJobEnd::End
         }
-        Ok(_) | Err(_) => AfterJob::Died,
+        None => AfterJobEnd::Died,
     }
 }
 
@@ -849,9 +824,10 @@ fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forks
         Err(e) => {
             // Kills and reaps a process that was started before the failure.
             reaped = Some(reap(shared, None, true));
-            Err(Broken::new(format!(
-                "could not start the worker process: {e}"
-            )))
+            Err(Broken::new(
+                Stage::Start,
+                format!("could not start the worker process: {e}"),
+            ))
         }
     };
     if let (Ok(()), Some(r)) = (&startup, &running) {
@@ -869,7 +845,7 @@ fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forks
             let broken = startup
                 .clone()
                 .err()
-                .unwrap_or_else(|| Broken::new("no worker process"));
+                .unwrap_or_else(|| Broken::new(Stage::Start, "no worker process"));
             shared.mailbox.job_done(true);
             completion.complete(Finished {
                 outcome: Outcome::Broken(broken),
@@ -923,26 +899,26 @@ fn worker_thread(shared: &Shared, config: &WorkerConfig, python: &PathBuf, forks
         let after = if pending {
             receive_retire_verdict(shared, &r.channel)
         } else {
-            AfterJob::Keep
+            AfterJobEnd::Keep
         };
         let after = match (after, config.max_memory) {
-            (AfterJob::Keep, Some(max)) if shared.rss().is_some_and(|rss| rss > max) => {
-                AfterJob::End
+            (AfterJobEnd::Keep, Some(max)) if shared.rss().is_some_and(|rss| rss > max) => {
+                AfterJobEnd::End
             }
             (after, _) => after,
         };
         match after {
-            AfterJob::Died => {
+            AfterJobEnd::Died => {
                 reaped = Some(reap(shared, Some(r), true));
                 shared.mailbox.job_done(true);
                 break;
             }
-            AfterJob::End => {
+            AfterJobEnd::End => {
                 shared.mailbox.job_done(true);
                 break;
             }
-            AfterJob::Keep if ending || !shared.mailbox.job_done(false) => break,
-            AfterJob::Keep => {}
+            AfterJobEnd::Keep if ending || !shared.mailbox.job_done(false) => break,
+            AfterJobEnd::Keep => {}
         }
     }
     *shared

@@ -73,7 +73,8 @@ use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
-    mailbox::Next, Broken, Buffer, Completion, Finished, Outcome, Retire, Verdict, WorkerConfig,
+    mailbox::Next, protocol, Broken, Buffer, Completion, Finished, Outcome, Retire, Stage, Verdict,
+    WorkerConfig,
 };
 
 extern "C" {
@@ -175,6 +176,10 @@ unsafe fn take_error() -> String {
 unsafe fn bytes_to_vec(obj: *mut ffi::PyObject) -> Option<Vec<u8>> {
     // SAFETY: per the caller; PyBytes_AsString checks the type and sets an error otherwise.
     unsafe {
+        if obj.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
         let data = ffi::PyBytes_AsString(obj);
         if data.is_null() {
             ffi::PyErr_Clear();
@@ -329,44 +334,45 @@ impl Interpreter {
         unsafe {
             let arg = new_bytes(config);
             if arg.is_null() {
-                return Err(broken(format!(
-                    "could not pass the setup: {}",
-                    take_error()
-                )));
+                return Err(broken(
+                    Stage::Setup,
+                    format!("could not pass the setup: {}", take_error()),
+                ));
             }
             let result = ffi::PyObject_CallOneArg(self.setup, arg);
             ffi::Py_DECREF(arg);
             if result.is_null() {
-                return Err(broken(format!("the worker setup failed: {}", take_error())));
+                let reason = format!("the worker setup failed: {}", take_error());
+                return Err(broken(Stage::Setup, reason));
             }
-            // None, or (reason: str, exception records: bytes).
+            // None, or (SETUP_FAILED | INIT_FAILED, reason: str, exception records: bytes).
             let outcome = if result == ffi::Py_None() {
                 Ok(())
             } else {
-                let reason = ffi::PyTuple_GetItem(result, 0);
+                let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
+                let reason = ffi::PyTuple_GetItem(result, 1);
                 let reason_utf8 = if reason.is_null() {
                     ptr::null()
                 } else {
                     ffi::PyUnicode_AsUTF8AndSize(reason, ptr::null_mut())
                 };
                 let reason = if reason_utf8.is_null() {
-                    ffi::PyErr_Clear();
-                    "the worker setup failed".to_owned()
+                    &b"the worker setup failed"[..]
                 } else {
-                    CStr::from_ptr(reason_utf8).to_string_lossy().into_owned()
+                    CStr::from_ptr(reason_utf8).to_bytes()
                 };
-                let records = ffi::PyTuple_GetItem(result, 1);
-                let exception = if records.is_null() {
-                    ffi::PyErr_Clear();
-                    None
-                } else {
-                    bytes_to_vec(records)
-                };
-                Err(Broken {
-                    reason,
-                    exception,
-                    exit_code: None,
-                })
+                let records = bytes_to_vec(ffi::PyTuple_GetItem(result, 2));
+                let reply = u8::try_from(kind).ok().and_then(|kind| {
+                    protocol::setup_reply(kind, reason, records.unwrap_or_default())
+                });
+                ffi::PyErr_Clear();
+                match reply {
+                    Some(Ok(())) | None => Err(broken(
+                        Stage::Setup,
+                        "the worker loop's setup returned a malformed reply",
+                    )),
+                    Some(Err(broken)) => Err(broken),
+                }
             };
             ffi::Py_DECREF(result);
             outcome
@@ -385,7 +391,7 @@ impl Interpreter {
             let arg = new_bytes(payload);
             if arg.is_null() {
                 let reason = format!("could not pass the job to the worker: {}", take_error());
-                return Loaded::Done(broken_finished(reason));
+                return Loaded::Done(broken_finished(Stage::Job, reason));
             }
             let result = if buffers.is_empty() {
                 ffi::PyObject_CallOneArg(self.load, arg)
@@ -393,10 +399,11 @@ impl Interpreter {
                 let views = self.caller_views(buffers);
                 if views.is_null() {
                     ffi::Py_DECREF(arg);
-                    return Loaded::Done(broken_finished(format!(
+                    let reason = format!(
                         "could not pass the job's buffers to the worker: {}",
                         take_error()
-                    )));
+                    );
+                    return Loaded::Done(broken_finished(Stage::Job, reason));
                 }
                 let result = ffi::PyObject_CallFunctionObjArgs(
                     self.load,
@@ -410,7 +417,7 @@ impl Interpreter {
             ffi::Py_DECREF(arg);
             if result.is_null() {
                 let reason = format!("the worker loop failed to load the job: {}", take_error());
-                return Loaded::Done(broken_finished(reason));
+                return Loaded::Done(broken_finished(Stage::Job, reason));
             }
             // `(fn, args, protocol_5)`, or a 4-tuple outcome.
             if ffi::PyTuple_Size(result) == 3 {
@@ -421,7 +428,7 @@ impl Interpreter {
             Loaded::Done(finished.map_or_else(
                 || {
                     ffi::PyErr_Clear();
-                    broken_finished("the worker loop returned a malformed outcome".to_owned())
+                    broken_finished(Stage::Job, "the worker loop returned a malformed outcome")
                 },
                 |(finished, _)| finished,
             ))
@@ -444,14 +451,14 @@ impl Interpreter {
                 // Only an exception injected by an interrupt escapes `call`; the worker then
                 // ends (rule 11).
                 let reason = format!("the job was interrupted ({})", take_error());
-                return (broken_finished(reason), false);
+                return (broken_finished(Stage::Interrupted, reason), false);
             }
             let finished = parse_run_result(result);
             ffi::Py_DECREF(result);
             finished.unwrap_or_else(|| {
                 ffi::PyErr_Clear();
-                let reason = "the worker loop returned a malformed outcome".to_owned();
-                (broken_finished(reason), false)
+                let reason = "the worker loop returned a malformed outcome";
+                (broken_finished(Stage::Job, reason), false)
             })
         }
     }
@@ -472,17 +479,20 @@ impl Interpreter {
                 return AfterJob::End;
             }
             let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
-            let after = match verdict {
-                0 => AfterJob::Keep,
-                2 => {
+            let records = bytes_to_vec(ffi::PyTuple_GetItem(result, 1)).unwrap_or_default();
+            let reply = u8::try_from(verdict)
+                .ok()
+                .and_then(|verdict| protocol::after_job_reply(verdict, records));
+            let after = match reply {
+                Some(protocol::AfterJob::Keep) => AfterJob::Keep,
+                Some(protocol::AfterJob::Failed(records)) => {
                     *shared
                         .retire_failure
                         .lock()
-                        .unwrap_or_else(PoisonError::into_inner) =
-                        bytes_to_vec(ffi::PyTuple_GetItem(result, 1));
+                        .unwrap_or_else(PoisonError::into_inner) = Some(records);
                     AfterJob::End
                 }
-                _ => AfterJob::End,
+                Some(protocol::AfterJob::Retire) | None => AfterJob::End,
             };
             ffi::PyErr_Clear();
             ffi::Py_DECREF(result);
@@ -788,9 +798,9 @@ fn arena_bytes(text: &[u8]) -> Option<u64> {
     total.trim().replace(',', "").parse().ok()
 }
 
-/// Reads `(kind: int, data: bytes, retire: int, buffers: list | None)`, `retire` being KEEP (0)
-/// or RETIRE_PENDING (3): the outcome (its buffers copied out, rule 10), and whether `after_job`
-/// must run.
+/// Reads `(kind: int, data: bytes, verdict: int, buffers: list | None)`, the reply to a job
+/// (its buffers copied out, rule 10), as [`protocol::job_reply`] says: the outcome, and whether
+/// `after_job` must run.
 ///
 /// # Safety
 /// A thread state must be attached and `result` must be a live object of its interpreter.
@@ -800,32 +810,24 @@ unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<(Finished, bool
     unsafe {
         let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
         let data = bytes_to_vec(ffi::PyTuple_GetItem(result, 1))?;
-        let retire = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
+        let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
         let buffers = copy_out_buffers(ffi::PyTuple_GetItem(result, 3))?;
-        let outcome = match kind {
-            0 if buffers.is_empty() => Outcome::Value(data),
-            0 => Outcome::ValueWithBuffers(data, buffers),
-            1 => Outcome::Raised(data),
-            2 => Outcome::LoadError(data),
-            _ => return None,
-        };
-        let pending = match retire {
-            0 => false,
-            3 => true,
-            _ => return None,
-        };
-        let retire = Retire::Keep;
-        Some((Finished { outcome, retire }, pending))
+        protocol::job_reply(
+            u8::try_from(kind).ok()?,
+            u8::try_from(verdict).ok()?,
+            data,
+            buffers,
+        )
     }
 }
 
-fn broken(reason: String) -> Broken {
-    Broken::new(reason)
+fn broken(stage: Stage, reason: impl Into<String>) -> Broken {
+    Broken::new(stage, reason)
 }
 
-fn broken_finished(reason: String) -> Finished {
+fn broken_finished(stage: Stage, reason: impl Into<String>) -> Finished {
     Finished {
-        outcome: Outcome::Broken(broken(reason)),
+        outcome: Outcome::Broken(broken(stage, reason)),
         retire: Retire::Retire,
     }
 }
@@ -847,9 +849,10 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         }
         Err(reason) => (
             None,
-            Some(broken(format!(
-                "could not create the interpreter: {reason}"
-            ))),
+            Some(broken(
+                Stage::Start,
+                format!("could not create the interpreter: {reason}"),
+            )),
         ),
     };
     // SAFETY: attached to the new interpreter if it exists (see above); detaching hands its GIL
@@ -878,7 +881,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         let (Some(interpreter), None, Some(tstate)) = (&interpreter, &startup_error, saved) else {
             let error = startup_error
                 .clone()
-                .unwrap_or_else(|| broken("no interpreter".into()));
+                .unwrap_or_else(|| broken(Stage::Start, "no interpreter"));
             shared.mailbox.job_done(true);
             completion.complete(Finished {
                 outcome: Outcome::Broken(error),
@@ -897,7 +900,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
             let not_started = || {
                 let reason = "the job was interrupted before it started".to_owned();
                 let finished = Finished {
-                    outcome: Outcome::Broken(broken(reason)),
+                    outcome: Outcome::Broken(broken(Stage::Interrupted, reason)),
                     retire: Retire::Keep,
                 };
                 (finished, false)
@@ -1022,7 +1025,8 @@ fn deliver(
             // Before it started (kept), or out of the loop itself (ends).
             Outcome::Broken(_) => {}
             _ => {
-                finished.outcome = Outcome::Broken(broken("the job was interrupted".to_owned()));
+                finished.outcome =
+                    Outcome::Broken(broken(Stage::Interrupted, "the job was interrupted"));
                 finished.retire = if intact { Retire::Keep } else { Retire::Retire };
             }
         }

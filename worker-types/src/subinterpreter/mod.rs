@@ -35,8 +35,11 @@ use crate::{
 #[cfg(Py_3_13)]
 mod ffi;
 
-/// The Python source of the loop every worker interpreter runs.
-const WORKER_LOOP_SOURCE: &str = include_str!("worker_loop.py");
+/// The Python source of the loop every worker interpreter runs, the wire protocol's numbers first.
+const WORKER_LOOP_SOURCE: &str = concat!(
+    crate::protocol::python_constants!(),
+    include_str!("worker_loop.py")
+);
 
 /// What an extension module's import error says when it refuses to load in an isolated
 /// subinterpreter: CPython's own check, its single-phase-init check, and PyO3's two. A load error
