@@ -15,17 +15,28 @@
 //! `retire` hook, the memory check): it is then *retiring*, still accepting in principle but not
 //! ready, and a submit gets its job back as from a busy worker. The mailbox also remembers the
 //! current job's completion, so that an interrupt can claim it ([`Mailbox::claim_interrupt`]).
+//!
+//! **The serve loop** is written here once, for every worker kind ([`Mailbox::serve`]): next job,
+//! run it ([`Serve::run`]), settle its verdict, decide the worker's fate (`max_tasks`, an ending
+//! outcome, a worker given up on), put the mailbox in the state the worker is in (idle, retiring
+//! or closed) *and only then* publish the outcome, so that a caller who sees it can reuse the
+//! worker at once; then the worker's own work after the job ([`Serve::after_job`]). A kind only
+//! says how it runs a job and what an interrupt that won the race makes of it. The mailbox also
+//! keeps what the worker's handle reads once its thread is gone: a `retire` hook's failure and
+//! the worker's end.
 
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Condvar, Mutex, PoisonError,
     },
     thread::Thread,
     time::{Duration, Instant},
 };
 
-use crate::{Completion, Job, Rejected};
+use crate::{
+    protocol::AfterJob, Completion, Finished, Job, Outcome, Rejected, Retire, Verdict, WorkerConfig,
+};
 
 /// How long a worker spins for its next job before parking.
 pub(crate) const SPIN_FOR_NEXT_JOB: Duration = Duration::from_micros(50);
@@ -56,6 +67,36 @@ pub(crate) struct Mailbox {
     thread: Mutex<Option<Thread>>,
     /// The completion of the job handed over last.
     current: Mutex<Option<Arc<Completion>>>,
+    /// The exception records of a `retire` hook that raised (the worker then ended).
+    retire_failure: Mutex<Option<Vec<u8>>>,
+    /// `Some(exit code)` once the worker has fully ended (the inner `None`: none, or unknown).
+    ended: Mutex<Option<Option<i32>>>,
+    ended_changed: Condvar,
+}
+
+/// A job's end as its worker kind saw it.
+#[derive(Debug)]
+pub(crate) struct Ran {
+    /// The outcome, and the worker's fate as known from the job alone.
+    pub(crate) finished: Finished,
+    /// The `retire` hook must run once the outcome is out.
+    pub(crate) after_job: bool,
+}
+
+/// What a worker kind does in [`Mailbox::serve`].
+pub(crate) trait Serve {
+    /// Runs one job. A worker that cannot (it failed to start) breaks it with
+    /// [`Retire::Retire`].
+    fn run(&mut self, job: Job, completion: &Completion) -> Ran;
+    /// The job's interrupt was claimed before its verdict settled, and it did not break: what
+    /// the caller gets instead (the caller decided first: see [`Completion::claim_interrupt`]).
+    fn interrupted(&mut self, ran: Ran) -> Ran;
+    /// Whether the worker ends after this job whatever it returned (killed, abandoned).
+    fn must_end(&self) -> bool;
+    /// The worker's own work after a job's outcome is out, for a job that said `after_job` (run
+    /// the `retire` hook) or under a memory limit (`max_memory`: check it). `ending`: the worker
+    /// ends anyway, whatever this says.
+    fn after_job(&mut self, hook: bool, ending: bool, max_memory: Option<u64>) -> AfterJob;
 }
 
 /// What the worker thread is told to do next.
@@ -75,6 +116,9 @@ impl Mailbox {
             close_requested: AtomicBool::new(false),
             thread: Mutex::new(None),
             current: Mutex::new(None),
+            retire_failure: Mutex::new(None),
+            ended: Mutex::new(None),
+            ended_changed: Condvar::new(),
         }
     }
 
@@ -210,6 +254,125 @@ impl Mailbox {
         if matches!(*slot, Slot::Busy) {
             *slot = Slot::Retiring;
         }
+    }
+}
+
+impl Mailbox {
+    /// Worker side: serves jobs until the worker is closed, idle for too long, or ends (see the
+    /// module docs).
+    pub(crate) fn serve(&self, config: &WorkerConfig, worker: &mut impl Serve) {
+        let mut jobs: u64 = 0;
+        while let Next::Run(job, completion) = self.next(config.idle_timeout) {
+            jobs += 1;
+            let mut ran = worker.run(job, &completion);
+            // Decided once, before anything else: whatever the job returned, an interrupt
+            // claimed first wins (a job that broke on its own stays broken).
+            if completion.settle() == Verdict::Interrupted
+                && !matches!(ran.finished.outcome, Outcome::Broken(_))
+            {
+                ran = worker.interrupted(ran);
+            }
+            let Ran {
+                mut finished,
+                after_job,
+            } = ran;
+            let tasks_done = config.max_tasks.is_some_and(|max| jobs >= max);
+            let ending = finished.worker_ends() || tasks_done || worker.must_end();
+            if ending {
+                finished.retire = Retire::Retire;
+            }
+            if !after_job && config.max_memory.is_none() {
+                // Idle (or closed) before the outcome is visible, so that a caller who sees it
+                // can reuse the worker.
+                let go_on = self.job_done(ending);
+                completion.complete(finished);
+                if !go_on {
+                    break;
+                }
+                continue;
+            }
+            // The caller gets the outcome now; the retire hook and the memory check come after,
+            // while the worker is retiring (or already closed, if it ends anyway).
+            if ending {
+                self.job_done(true);
+            } else {
+                self.retiring();
+            }
+            completion.complete(finished);
+            let end = match worker.after_job(after_job, ending, config.max_memory) {
+                AfterJob::Keep => false,
+                AfterJob::Retire => true,
+                AfterJob::Failed(records) => {
+                    *self
+                        .retire_failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(records);
+                    true
+                }
+            };
+            if ending || !self.job_done(end) {
+                break;
+            }
+        }
+    }
+
+    /// The records of a `retire` hook that raised, once.
+    pub(crate) fn take_retire_failure(&self) -> Option<Vec<u8>> {
+        self.retire_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Worker side, its last act: the worker has fully ended (`exit_code`: its process's).
+    pub(crate) fn mark_ended(&self, exit_code: Option<i32>) {
+        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(exit_code);
+        self.ended_changed.notify_all();
+    }
+
+    /// The exit code given to [`Mailbox::mark_ended`], once the worker has ended.
+    pub(crate) fn exit_code(&self) -> Option<i32> {
+        self.ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flatten()
+    }
+
+    /// Waits until the worker has ended, up to `timeout` (`None`: forever); true if it has.
+    pub(crate) fn wait_ended(&self, timeout: Option<Duration>) -> bool {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        while ended.is_none() {
+            ended = match deadline {
+                None => self
+                    .ended_changed
+                    .wait(ended)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    self.ended_changed
+                        .wait_timeout(ended, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+        true
+    }
+}
+
+/// Ends a worker whose own work kept it (`Keep`) if its memory is above `max_memory`.
+pub(crate) fn check_memory(
+    after: AfterJob,
+    max_memory: Option<u64>,
+    bytes: impl FnOnce() -> Option<u64>,
+) -> AfterJob {
+    match (after, max_memory) {
+        (AfterJob::Keep, Some(max)) if bytes().is_some_and(|b| b > max) => AfterJob::Retire,
+        (after, _) => after,
     }
 }
 
