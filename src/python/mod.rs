@@ -39,6 +39,9 @@ use crate::{
 // buffers: the data is `(pickle, [memoryview, ...])`).
 use worker_types::protocol::{BROKEN, LOAD_ERROR, RAISED, VALUE, VALUE_BUFFERS};
 
+/// A BROKEN outcome's `(stage code, reason)`, as [`Call::result`] returns it.
+type BrokenDetail = (u8, String);
+
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let class = match &err {
         Error::Unavailable { .. } => "WorkerTypeUnavailableError",
@@ -457,7 +460,7 @@ impl Call {
     fn result<'py>(
         &mut self,
         py: Python<'py>,
-    ) -> PyResult<(u8, Bound<'py, PyAny>, Option<(u8, String)>)> {
+    ) -> PyResult<(u8, Bound<'py, PyAny>, Option<BrokenDetail>)> {
         let lease = self
             .lease
             .as_mut()

@@ -483,4 +483,145 @@ mod tests {
         assert!(!mb.job_done(true));
         assert!(mb.submit(job(b"y")).is_err());
     }
+    /// A worker kind for the serve loop's tests: every job returns its payload, or what
+    /// `interrupted` and `after_job` say.
+    struct Echo {
+        after_job: bool,
+        verdict: Option<AfterJob>,
+        /// Claim the job's interrupt while it runs, as a caller would.
+        claim: bool,
+    }
+
+    impl Serve for Echo {
+        fn run(&mut self, job: Job, completion: &Completion) -> Ran {
+            if self.claim {
+                assert!(completion.claim_interrupt());
+            }
+            Ran {
+                finished: Finished {
+                    outcome: Outcome::Value(job.payload),
+                    retire: Retire::Keep,
+                },
+                after_job: self.after_job,
+            }
+        }
+        fn interrupted(&mut self, ran: Ran) -> Ran {
+            Ran {
+                finished: Finished {
+                    outcome: Outcome::Broken(crate::Broken::new(crate::Stage::Interrupted, "x")),
+                    retire: Retire::Keep,
+                },
+                after_job: ran.after_job,
+            }
+        }
+        fn must_end(&self) -> bool {
+            false
+        }
+        fn after_job(&mut self, _hook: bool, _ending: bool, _max: Option<u64>) -> AfterJob {
+            self.verdict.take().unwrap_or(AfterJob::Keep)
+        }
+    }
+
+    fn config(max_tasks: Option<u64>) -> WorkerConfig {
+        WorkerConfig {
+            setup: Vec::new(),
+            idle_timeout: None,
+            max_tasks,
+            max_memory: None,
+        }
+    }
+
+    fn serving(mut worker: Echo, config: WorkerConfig) -> (Arc<Mailbox>, thread::JoinHandle<()>) {
+        let mb = Arc::new(Mailbox::new());
+        let thread = {
+            let mb = mb.clone();
+            thread::spawn(move || {
+                mb.register_worker_thread();
+                mb.serve(&config, &mut worker);
+            })
+        };
+        (mb, thread)
+    }
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn the_serve_loop_is_idle_before_a_caller_sees_the_outcome() {
+        let echo = Echo {
+            after_job: false,
+            verdict: None,
+            claim: false,
+        };
+        let (mb, thread) = serving(echo, config(None));
+        for i in 0..100u8 {
+            let completion = mb.submit(job(&[i])).unwrap();
+            assert!(completion.wait(WAIT));
+            // The outcome is visible, so the worker must take the next job at once.
+            assert!(
+                mb.is_idle(),
+                "job {i}: not idle when its outcome was visible"
+            );
+            assert_eq!(completion.take().unwrap().outcome, Outcome::Value(vec![i]));
+        }
+        mb.close();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn an_interrupt_claimed_while_the_job_runs_decides_its_outcome() {
+        let echo = Echo {
+            after_job: false,
+            verdict: None,
+            claim: true,
+        };
+        let (mb, thread) = serving(echo, config(None));
+        let completion = mb.submit(job(b"x")).unwrap();
+        assert!(completion.wait(WAIT));
+        assert!(matches!(
+            completion.take().unwrap().outcome,
+            Outcome::Broken(_)
+        ));
+        mb.close();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_failed_retire_hook_is_kept_and_ends_the_worker_after_the_outcome() {
+        let echo = Echo {
+            after_job: true,
+            verdict: Some(AfterJob::Failed(b"records".to_vec())),
+            claim: false,
+        };
+        let (mb, thread) = serving(echo, config(None));
+        let completion = mb.submit(job(b"x")).unwrap();
+        assert!(completion.wait(WAIT));
+        let finished = completion.take().unwrap();
+        assert_eq!(
+            finished.retire,
+            Retire::Keep,
+            "known only after the outcome"
+        );
+        thread.join().unwrap();
+        assert!(!mb.is_accepting());
+        assert_eq!(mb.take_retire_failure(), Some(b"records".to_vec()));
+        assert_eq!(mb.take_retire_failure(), None, "once");
+    }
+
+    #[test]
+    fn max_tasks_retires_the_worker_with_its_last_outcome() {
+        let echo = Echo {
+            after_job: false,
+            verdict: None,
+            claim: false,
+        };
+        let (mb, thread) = serving(echo, config(Some(2)));
+        let first = mb.submit(job(b"1")).unwrap();
+        assert!(first.wait(WAIT));
+        assert_eq!(first.take().unwrap().retire, Retire::Keep);
+        let second = mb.submit(job(b"2")).unwrap();
+        assert!(second.wait(WAIT));
+        assert_eq!(second.take().unwrap().retire, Retire::Retire);
+        thread.join().unwrap();
+        assert!(mb.submit(job(b"3")).is_err());
+    }
 }
