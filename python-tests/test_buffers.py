@@ -35,6 +35,7 @@ async def bctx(request):
     async with interpool.open_worker_context(worker_type=request.param) as context:
         yield context
     assert _interpool.release_buffers() == 0, "a finished job still pins caller buffers"
+    assert _interpool.lent_buffers() == 0, "a closed worker still keeps a result alive"
 
 
 def skip_numpy_on_subinterpreters(kind, ctx):
@@ -103,6 +104,29 @@ async def test_a_large_value_comes_back_in_host_memory_without_another_copy(bctx
     assert value[0] == 7
 
 
+async def test_a_returned_bytes_is_copied_once_from_the_workers_own_object(bctx):
+    # A subinterpreter lends the worker's bytes: the caller copied it straight into its own bytes,
+    # and the worker keeps its object until its next job (or its end: see the fixture).
+    value = await bctx.run_sync(_funcs.make_buffer, "bytes", 2 * THRESHOLD)
+    assert type(value) is bytes and value == _funcs.make_buffer("bytes", 2 * THRESHOLD)
+    lends = bctx.worker_type is interpool.WorkerType.SUBINTERPRETER
+    assert _interpool.lent_buffers() == (1 if lends else 0)
+    assert await bctx.run_sync(_funcs.identity, 1) == 1
+    assert _interpool.lent_buffers() == 0
+    assert value == _funcs.make_buffer("bytes", 2 * THRESHOLD)
+
+
+async def test_a_bytes_made_from_a_memoryview_argument_comes_back_as_bytes(bctx):
+    # The job reads the view in place (subinterpreter) or from its mapping (process); bytes()
+    # is its one copy in the worker, and the caller gets a bytes, not a view.
+    data = bytearray(b"v" * (2 * THRESHOLD))
+    value = await bctx.run_sync(bytes, memoryview(data))
+    assert type(value) is bytes and value == data
+    echoed = await bctx.run_sync(_funcs.identity, memoryview(data))
+    assert type(echoed) is memoryview and type(echoed.obj).__name__ == "HostBuffer"
+    assert echoed == data
+
+
 async def test_a_memoryview_keeps_its_format_and_shape(bctx):
     from array import array
 
@@ -127,10 +151,13 @@ async def test_a_large_value_outlives_its_context(worker_type=None):
         async with interpool.open_worker_context(worker_type=kind_of_worker) as ctx:
             value = await ctx.run_sync(_funcs.make_buffer, "bytearray", 4 * THRESHOLD)
             view = await ctx.run_sync(_funcs.make_buffer, "memoryview", 4 * THRESHOLD)
+            blob = await ctx.run_sync(_funcs.make_buffer, "bytes", 4 * THRESHOLD)
         expected = _funcs.make_buffer("bytes", 4 * THRESHOLD)
         assert bytes(value) == expected
         assert bytes(view) == expected
-        del value, view
+        assert blob == expected
+        assert _interpool.lent_buffers() == 0
+        del value, view, blob
     assert memfds_of_this_process() == ([], [])
 
 

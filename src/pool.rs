@@ -437,7 +437,12 @@ fn into_result(outcome: Outcome) -> Result<Pickled> {
             data,
             buffers: Vec::new(),
         }),
-        Outcome::ValueWithBuffers(data, buffers) => Ok(Pickled { data, buffers }),
+        // Memory a subinterpreter lent (a returned `bytes`) is copied here, once: a caller may
+        // keep these buffers for as long as it likes.
+        Outcome::ValueWithBuffers(data, buffers) => Ok(Pickled {
+            data,
+            buffers: buffers.into_iter().map(Buffer::into_owned).collect(),
+        }),
         Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
         Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
         Outcome::Broken(broken) => Err(Error::Broken {

@@ -196,6 +196,13 @@ fn release_buffers(py: Python<'_>) -> usize {
     PINNED_JOBS.load(Ordering::Acquire)
 }
 
+/// How many results subinterpreter workers keep alive for their callers to copy (see
+/// `ffi.rs`, rule 10): each is released by its worker at its next job or when it ends.
+#[pyfunction]
+fn lent_buffers() -> usize {
+    worker_types::lent_blocks()
+}
+
 /// [`Buffer`]s over the contiguous `"B"` memoryviews `views`, pinned (see [`Pinned`]).
 #[allow(unsafe_code)]
 fn pinned(views: &Bound<'_, PyList>) -> PyResult<Vec<Buffer>> {
@@ -276,7 +283,10 @@ impl HostBuffer {
     }
 }
 
-/// `(pickle, [memoryview of HostBuffer, ...])` for a value with out-of-band buffers.
+/// `(pickle, [buffer, ...])` for a value with out-of-band buffers: a `memoryview` of a
+/// [`HostBuffer`] for host memory, or a `bytes` copied straight from memory a worker lent (the
+/// one copy of a returned `bytes`: its pickle rebuilds it with `bytes(buffer)`, which returns a
+/// `bytes` as it is). Dropping the lent buffer hands it back to its worker.
 fn value_with_buffers<'py>(
     py: Python<'py>,
     data: &[u8],
@@ -285,8 +295,11 @@ fn value_with_buffers<'py>(
     let views = buffers
         .into_iter()
         .map(|buffer| {
+            if buffer.is_lent() {
+                return Ok(buffer.read(|bytes| PyBytes::new(py, bytes)).into_any());
+            }
             let host = Bound::new(py, HostBuffer { buffer })?;
-            PyMemoryView::from(&host.into_any())
+            Ok(PyMemoryView::from(&host.into_any())?.into_any())
         })
         .collect::<PyResult<Vec<_>>>()?;
     Ok(PyTuple::new(
@@ -520,6 +533,7 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(configure_forkserver, m)?)?;
     m.add_function(wrap_pyfunction!(rank, m)?)?;
     m.add_function(wrap_pyfunction!(release_buffers, m)?)?;
+    m.add_function(wrap_pyfunction!(lent_buffers, m)?)?;
     m.add_function(wrap_pyfunction!(prior_latency, m)?)?;
     // Process workers run this interpreter's executable, unless the host chose another.
     if worker_types::process::python_executable().is_none() {

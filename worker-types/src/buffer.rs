@@ -7,10 +7,20 @@
 //! job's buffers in place (a subinterpreter worker exposes them to its job as read-only
 //! `memoryview`s; a process worker copies them once into shared memory) and hand outcome buffers
 //! back the same way, so a payload is never pickled or copied into a larger stream.
+//!
+//! A subinterpreter worker also *lends* memory: an immutable result object stays alive in its
+//! interpreter until the caller has copied it (see [`Loans`]), so that a returned `bytes` is
+//! copied once, from the worker's object straight into the caller's.
 
 #![allow(unsafe_code)]
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+    },
+};
 
 /// Something that keeps a buffer's memory valid while it lives. Dropped on whatever thread drops
 /// the last [`Buffer`] using it, possibly a worker thread attached to another interpreter: an
@@ -26,6 +36,9 @@ pub struct Buffer {
     len: usize,
     writable: bool,
     _owner: Arc<dyn Owner>,
+    /// Set for memory lent by a worker ([`Loans`]): then `ptr` is unused and the bytes are read
+    /// through the loan, which the lender may take back (after copying them out).
+    loan: Option<Arc<LoanHandle>>,
 }
 
 // SAFETY: the memory is only read through `ptr` (or written by the buffer's unique holder, see
@@ -44,6 +57,7 @@ impl Buffer {
             len,
             writable: true,
             _owner: Arc::new(OwnedBytes(raw)),
+            loan: None,
         }
     }
 
@@ -59,6 +73,7 @@ impl Buffer {
             len,
             writable: false,
             _owner: owner,
+            loan: None,
         }
     }
 
@@ -77,6 +92,7 @@ impl Buffer {
             len,
             writable: true,
             _owner: owner,
+            loan: None,
         }
     }
 
@@ -90,17 +106,43 @@ impl Buffer {
         self.len == 0
     }
 
-    /// The first byte (dangling but non-null for an empty buffer).
+    /// The first byte (dangling but non-null for an empty buffer). For lent memory, this makes
+    /// the buffer's own copy first (see [`Buffer::read`]).
     pub fn as_ptr(&self) -> *const u8 {
         self.as_mut_ptr()
     }
 
-    /// The first byte, for writing; only if [`Buffer::writable`].
+    /// The first byte, for writing; only if [`Buffer::writable`] (never for lent memory).
     pub fn as_mut_ptr(&self) -> *mut u8 {
         if self.len == 0 {
             std::ptr::NonNull::dangling().as_ptr()
+        } else if let Some(loan) = &self.loan {
+            loan.copy().as_ptr().cast_mut()
         } else {
             self.ptr
+        }
+    }
+
+    /// Whether the bytes are memory lent by a worker, best read once with [`Buffer::read`].
+    pub fn is_lent(&self) -> bool {
+        self.loan.is_some()
+    }
+
+    /// This buffer, or for lent memory a writable copy of it in host memory (the loan is then
+    /// handed back).
+    pub fn into_owned(self) -> Self {
+        match self.loan {
+            Some(_) => Self::from_vec(self.read(<[u8]>::to_vec)),
+            None => self,
+        }
+    }
+
+    /// Calls `f` with the bytes. Lent memory is read where it lies, while the lender cannot take
+    /// it back: `f` is the one copy of it. (`as_slice` would copy it into the buffer first.)
+    pub fn read<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match &self.loan {
+            Some(loan) => loan.read(f),
+            None => f(self.as_slice()),
         }
     }
 
@@ -139,13 +181,14 @@ impl Clone for Buffer {
             len: self.len,
             writable: false,
             _owner: self._owner.clone(),
+            loan: self.loan.clone(),
         }
     }
 }
 
 impl PartialEq for Buffer {
     fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
+        self.read(|mine| other.read(|theirs| mine == theirs))
     }
 }
 
@@ -160,5 +203,225 @@ impl fmt::Debug for Buffer {
 impl From<Vec<u8>> for Buffer {
     fn from(data: Vec<u8>) -> Self {
         Self::from_vec(data)
+    }
+}
+
+/// How many lent blocks their lenders have not taken back yet, in this process.
+static LENT: AtomicUsize = AtomicUsize::new(0);
+
+/// How many blocks workers have lent and not yet released in their own interpreters (their
+/// objects still alive there): a job's result until its caller has copied it and the worker has
+/// run its next job, idled out or ended.
+pub fn lent_blocks() -> usize {
+    LENT.load(Ordering::Acquire)
+}
+
+/// The memory a worker lends out: immutable bytes that stay valid until the worker releases
+/// `token` (in its own interpreter, on its own thread).
+struct Lent {
+    ptr: *const u8,
+    token: usize,
+}
+
+/// One lent block, shared by its [`Loans`] book and the buffers over it.
+struct Loan {
+    len: usize,
+    /// `Some` while the lender's memory is there: readers hold this lock while they read it.
+    memory: Mutex<Option<Lent>>,
+    /// The bytes, copied out of the lender's memory if someone needed them after it was taken
+    /// back, or needed a stable pointer ([`Buffer::as_slice`]).
+    copy: OnceLock<Box<[u8]>>,
+}
+
+// SAFETY: `ptr` is read only under `memory`'s lock, while the lender keeps it valid (the `Lent`
+// contract of `Loans::lend`); `token` is opaque here and handed back to the lender only.
+unsafe impl Send for Loan {}
+// SAFETY: as above.
+unsafe impl Sync for Loan {}
+
+impl Loan {
+    fn memory(&self) -> MutexGuard<'_, Option<Lent>> {
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The lent bytes while `memory` is held as `Some(lent)`.
+    ///
+    /// # Safety
+    /// `lent` must be the guarded content of `self.memory`.
+    unsafe fn bytes<'a>(&self, lent: &'a Lent) -> &'a [u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: the lender keeps `len` bytes at `ptr` valid and unchanged until it releases
+        // `token`, which happens only after `memory` is emptied under its lock (held by the
+        // caller, per this function's contract).
+        unsafe { std::slice::from_raw_parts(lent.ptr, self.len) }
+    }
+
+    /// Copies the bytes into `copy` if it is not set yet (`lent` as in [`Loan::bytes`]).
+    ///
+    /// # Safety
+    /// As [`Loan::bytes`].
+    unsafe fn copy_from(&self, lent: &Lent) -> &[u8] {
+        // SAFETY: per the caller.
+        self.copy.get_or_init(|| unsafe { self.bytes(lent) }.into())
+    }
+}
+
+/// What buffers over a [`Loan`] hold: when the last of them goes, the memory is returned to its
+/// lender's book (not released: that happens in the lender's interpreter, see [`Loans`]).
+struct LoanHandle {
+    loan: Arc<Loan>,
+    book: Arc<Loans>,
+}
+
+impl LoanHandle {
+    fn read<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        if let Some(copy) = self.loan.copy.get() {
+            return f(copy);
+        }
+        let memory = self.loan.memory();
+        match &*memory {
+            // SAFETY: `lent` is the guarded content of the loan's memory.
+            Some(lent) => f(unsafe { self.loan.bytes(lent) }),
+            None => f(self.loan.copy.get().expect("taken back only after copying")),
+        }
+    }
+
+    /// The buffer's own copy of the bytes, made now if need be (the memory is then returned).
+    fn copy(&self) -> &[u8] {
+        if let Some(copy) = self.loan.copy.get() {
+            return copy;
+        }
+        let mut memory = self.loan.memory();
+        if let Some(lent) = memory.take() {
+            // SAFETY: `lent` was the guarded content of the loan's memory, still locked.
+            unsafe { self.loan.copy_from(&lent) };
+            self.book.returned(lent.token);
+        }
+        drop(memory);
+        self.loan
+            .copy
+            .get()
+            .expect("copied above or when taken back")
+    }
+}
+
+impl Drop for LoanHandle {
+    fn drop(&mut self) {
+        // Under the memory lock: a lender taking its memory back either finds it here or finds
+        // the token in its returned list (see `Loans::take_back`).
+        let mut memory = self.loan.memory();
+        if let Some(lent) = memory.take() {
+            self.book.returned(lent.token);
+        }
+    }
+}
+
+/// A worker's book of the memory it lent out. The worker lends an immutable object's bytes
+/// ([`Loans::lend`]); buffers over them read it in place from any thread; when the last buffer is
+/// gone, its token waits in the book until the worker, attached to its own interpreter, releases
+/// it ([`Loans::release_returned`]: before each job and when it ends). A worker that ends while a
+/// buffer still lives copies the bytes into the loan first ([`Loans::take_back`]): a lent buffer
+/// never depends on its worker's interpreter outliving it.
+pub struct Loans {
+    outstanding: Mutex<Vec<Arc<Loan>>>,
+    returned: Mutex<Vec<usize>>,
+}
+
+impl fmt::Debug for Loans {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loans").finish_non_exhaustive()
+    }
+}
+
+impl Default for Loans {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Loans {
+    /// An empty book.
+    pub fn new() -> Self {
+        Self {
+            outstanding: Mutex::new(Vec::new()),
+            returned: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn returned(&self, token: usize) {
+        self.returned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(token);
+    }
+
+    /// A read-only buffer over `len` bytes at `ptr`, lent until the book gives `token` back to
+    /// the lender's `release` ([`Loans::release_returned`], [`Loans::take_back`]).
+    ///
+    /// # Safety
+    /// The bytes must stay valid and unchanged, for reads from any thread, until `token` is
+    /// passed to a `release` of this book.
+    pub unsafe fn lend(self: &Arc<Self>, ptr: *const u8, len: usize, token: usize) -> Buffer {
+        let loan = Arc::new(Loan {
+            len,
+            memory: Mutex::new(Some(Lent { ptr, token })),
+            copy: OnceLock::new(),
+        });
+        LENT.fetch_add(1, Ordering::AcqRel);
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(loan.clone());
+        let handle = Arc::new(LoanHandle {
+            loan,
+            book: self.clone(),
+        });
+        Buffer {
+            ptr: std::ptr::NonNull::dangling().as_ptr(),
+            len,
+            writable: false,
+            _owner: handle.clone(),
+            loan: Some(handle),
+        }
+    }
+
+    /// Passes the tokens of memory nobody reads any more to `release`, on the lender's thread.
+    pub fn release_returned(&self, mut release: impl FnMut(usize)) {
+        let tokens =
+            std::mem::take(&mut *self.returned.lock().unwrap_or_else(PoisonError::into_inner));
+        if tokens.is_empty() {
+            return;
+        }
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|loan| loan.memory().is_some());
+        for token in tokens {
+            release(token);
+            LENT.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes every block back, for a lender that ends: the bytes of those still read are copied
+    /// into their loans first; every token goes to `release`.
+    pub fn take_back(&self, mut release: impl FnMut(usize)) {
+        let outstanding = std::mem::take(
+            &mut *self
+                .outstanding
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for loan in outstanding {
+            let mut memory = loan.memory();
+            if let Some(lent) = memory.take() {
+                // SAFETY: `lent` was the guarded content of the loan's memory, still locked.
+                unsafe { loan.copy_from(&lent) };
+                release(lent.token);
+                LENT.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.release_returned(release);
     }
 }

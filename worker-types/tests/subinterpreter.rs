@@ -14,14 +14,17 @@ use std::{
 };
 
 use interpool_worker_types::{
-    subinterpreter::Subinterpreters, Availability, Finished, Job, Outcome, Retire, Worker,
-    WorkerConfig, WorkerType,
+    lent_blocks, subinterpreter::Subinterpreters, Availability, Finished, Job, Outcome, Retire,
+    Worker, WorkerConfig, WorkerType,
 };
 
 include!(concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/support/payloads.rs"
 ));
+
+// pickle.dumps((operator.mul, (b"ab", 300000)), 5): a protocol-5 job whose value is 600000 bytes.
+const REPEAT_AB_300000: &[u8] = b"\x80\x05\x95\x23\x00\x00\x00\x00\x00\x00\x00\x8c\x09\x5f\x6f\x70\x65\x72\x61\x74\x6f\x72\x94\x8c\x03\x6d\x75\x6c\x94\x93\x94\x43\x02\x61\x62\x94\x4a\xe0\x93\x04\x00\x86\x94\x86\x94\x2e";
 
 const TEN_SECONDS: Option<Duration> = Some(Duration::from_secs(10));
 
@@ -273,4 +276,67 @@ fn an_idle_worker_ends_itself_after_its_idle_timeout() {
     let worker = start(SETUP_PLAIN, Some(Duration::from_millis(10)));
     assert!(worker.wait_ended(TEN_SECONDS));
     assert!(!worker.is_accepting());
+}
+
+/// A returned `bytes` is lent (ffi.rs, rule 10): the worker keeps the object alive, the caller
+/// reads it in place, and the worker releases it at its next job after the caller dropped it, or
+/// when it ends (closed, idle timeout, abandoned), copying still-held ones into their buffers
+/// first. One test, in order: the lent-block counter is global to this process.
+#[test]
+fn a_lent_bytes_value_is_released_after_its_copy_and_when_its_worker_ends() {
+    if skip_unless_available() {
+        return;
+    }
+    let expected = b"ab".repeat(300_000);
+    let lent_value = |finished: Finished| match finished.outcome {
+        Outcome::ValueWithBuffers(_, mut buffers) => {
+            assert_eq!(buffers.len(), 1);
+            let buffer = buffers.pop().unwrap();
+            assert!(buffer.is_lent(), "a returned bytes is lent, not copied out");
+            buffer
+        }
+        other => panic!("expected a value with buffers, got {other:?}"),
+    };
+    assert_eq!(lent_blocks(), 0);
+
+    // Read, dropped: released by the worker at its next job.
+    let worker = start(SETUP_PLAIN, None);
+    let buffer = lent_value(run(&*worker, REPEAT_AB_300000));
+    assert!(buffer.read(|bytes| bytes == expected));
+    drop(buffer);
+    assert_eq!(lent_blocks(), 1, "kept until the worker's next job");
+    assert_eq!(
+        run(&*worker, ABS_MINUS_3).outcome,
+        Outcome::Value(THREE.to_vec())
+    );
+    assert_eq!(lent_blocks(), 0);
+
+    // Still held when the worker is closed: copied out, then released.
+    let held = lent_value(run(&*worker, REPEAT_AB_300000));
+    worker.close();
+    assert!(worker.wait_ended(TEN_SECONDS));
+    assert_eq!(lent_blocks(), 0);
+    assert!(held.read(|bytes| bytes == expected));
+    assert!(held.as_slice() == expected.as_slice());
+    drop(held);
+
+    // Held when an idle timeout ends the worker.
+    let worker = start(SETUP_PLAIN, Some(Duration::from_millis(100)));
+    let held = lent_value(run(&*worker, REPEAT_AB_300000));
+    assert!(
+        worker.wait_ended(TEN_SECONDS),
+        "the idle timeout ends the worker"
+    );
+    assert_eq!(lent_blocks(), 0);
+    assert!(held.read(|bytes| bytes == expected));
+    drop(held);
+
+    // Held when the worker is abandoned (a kill) after an interrupt.
+    let worker = start(SETUP_PLAIN, None);
+    let held = lent_value(run(&*worker, REPEAT_AB_300000));
+    worker.interrupt();
+    worker.abandon();
+    assert!(worker.wait_ended(TEN_SECONDS));
+    assert_eq!(lent_blocks(), 0);
+    assert!(held.as_slice() == expected.as_slice());
 }

@@ -14,7 +14,7 @@
 //! 3. **No Python object crosses interpreters.** Jobs enter as bytes copied into a fresh `bytes` of
 //!    the worker's interpreter; outcomes leave as bytes copied out before detaching. The only
 //!    object of another interpreter used here is `PyExc_KeyboardInterrupt`, a static immortal type.
-//!    A job's out-of-band buffers are the exception to the copy, not to this rule: see rule 9.
+//!    Out-of-band buffers are the exception to the copy, not to this rule: see rules 9 and 10.
 //! 4. **No lock of ours is held across interpreter creation**, which takes the *main* GIL inside
 //!    CPython (3.13 loads single-phase builtins through the main interpreter); a lock held there
 //!    by a thread that also holds the main GIL deadlocks.
@@ -42,10 +42,20 @@
 //!    queue them for release by their own interpreter (`src/python/mod.rs`, `Pinned`).
 //!    A job cannot write the caller's memory (read-only exports). A caller that writes it during
 //!    the call races with the job, which may read old, new or mixed bytes.
-//! 10. **Outcome buffers are copied once, into host memory**, before the worker detaches: the
-//!     job's value may keep its objects (a global, a cache), so nothing of the worker's
-//!     interpreter is referenced after the outcome is published. The host memory then goes to
-//!     the caller as is (`HostBuffer`), without another copy.
+//! 10. **An outcome's `bytes` buffers are lent, every other outcome buffer is copied once into
+//!     host memory**, before the worker detaches. A `bytes` is immutable, so its memory can be
+//!     read from the caller's thread while the worker goes on: the worker takes a new reference
+//!     to it and lends its bytes (raw memory plus an owner, [`Loans`]; the `PyObject*` is an
+//!     opaque token that only this thread dereferences). The caller copies them once, straight
+//!     into its own `bytes` (`src/python/mod.rs`), and drops its buffer; the token then waits in
+//!     the book. Lifetime, exactly: the object stays alive until *this* thread, attached to its
+//!     own interpreter, decrefs it: at the start of the next job (`release_returned`), or when
+//!     the worker ends for any reason (closed, idle timeout, abandoned after a kill or an
+//!     interrupt: `Interpreter::end`). A buffer that is still alive when the worker ends (an
+//!     outcome nobody took yet) gets its bytes copied into its loan first (`Loans::take_back`),
+//!     so no buffer ever reads a dead interpreter's memory and no worker waits for a caller.
+//!     A `memoryview` or numpy value may be written or kept by the job, so its bytes are copied
+//!     out into host memory (`HostBuffer`), which the caller then uses as is.
 //! 11. **An interrupted interpreter is kept.** No interrupt is injected while a job is being
 //!     loaded (unpickling imports modules and the main script, and an import cut short leaves
 //!     half-initialized modules behind): `running_seq` names the job only once its function is
@@ -73,8 +83,8 @@ use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
-    mailbox::Next, protocol, Broken, Buffer, Completion, Finished, Outcome, Retire, Stage, Verdict,
-    WorkerConfig,
+    mailbox::Next, protocol, Broken, Buffer, Completion, Finished, Loans, Outcome, Retire, Stage,
+    Verdict, WorkerConfig,
 };
 
 extern "C" {
@@ -202,6 +212,8 @@ struct Interpreter {
     intact: *mut ffi::PyObject,
     /// The `CallerBuffer` type of this interpreter (rule 9).
     caller_buffer: *mut ffi::PyObject,
+    /// The `bytes` results lent to callers (rule 10); each token is a strong reference to one.
+    loans: Arc<Loans>,
 }
 
 /// What [`Interpreter::load_job`] made of a payload.
@@ -277,6 +289,7 @@ impl Interpreter {
                 after_job: ptr::null_mut(),
                 intact: ptr::null_mut(),
                 caller_buffer: ptr::null_mut(),
+                loans: Arc::new(Loans::new()),
             };
             if let Err(reason) = this.load_worker_loop() {
                 this.end();
@@ -423,7 +436,7 @@ impl Interpreter {
             if ffi::PyTuple_Size(result) == 3 {
                 return Loaded::Job(result);
             }
-            let finished = parse_run_result(result);
+            let finished = parse_run_result(result, &self.loans);
             ffi::Py_DECREF(result);
             Loaded::Done(finished.map_or_else(
                 || {
@@ -453,7 +466,7 @@ impl Interpreter {
                 let reason = format!("the job was interrupted ({})", take_error());
                 return (broken_finished(Stage::Interrupted, reason), false);
             }
-            let finished = parse_run_result(result);
+            let finished = parse_run_result(result, &self.loans);
             ffi::Py_DECREF(result);
             finished.unwrap_or_else(|| {
                 ffi::PyErr_Clear();
@@ -580,14 +593,28 @@ impl Interpreter {
         }
     }
 
+    /// Drops the results whose callers have copied them (rule 10).
+    ///
+    /// # Safety
+    /// This interpreter's thread state must be attached.
+    unsafe fn release_returned(&self) {
+        // SAFETY: attached per the caller; each token is a strong reference of this interpreter,
+        // given back once (`Loans`).
+        self.loans
+            .release_returned(|token| unsafe { ffi::Py_DECREF(token as *mut ffi::PyObject) });
+    }
+
     /// Releases everything and ends the interpreter; this thread is left with no thread state.
     ///
     /// # Safety
     /// This interpreter's thread state must be attached, on the thread that created it.
     unsafe fn end(self) {
         // SAFETY: attached per the caller; references are dropped before the interpreter that
-        // owns them is ended (rule 1: same thread, own thread state).
+        // owns them is ended (rule 1: same thread, own thread state). A lent result still read
+        // is copied into its loan first (rule 10).
         unsafe {
+            self.loans
+                .take_back(|token| ffi::Py_DECREF(token as *mut ffi::PyObject));
             let objects = [
                 self.intact,
                 self.after_job,
@@ -770,12 +797,16 @@ unsafe fn copy_out_buffer(obj: *mut ffi::PyObject) -> Option<Buffer> {
     }
 }
 
-/// The outcome buffers of `run`'s result (a list of buffer objects, or None), copied out.
+/// The outcome buffers of `run`'s result (a list of buffer objects, or None): each `bytes` is
+/// lent in place, anything else copied out (rule 10).
 ///
 /// # Safety
-/// A thread state must be attached and `list` must be a live object of its interpreter or NULL.
-unsafe fn copy_out_buffers(list: *mut ffi::PyObject) -> Option<Vec<Buffer>> {
-    // SAFETY: per the caller; PyList_GetItem returns borrowed references.
+/// A thread state must be attached and `list` must be a live object of its interpreter or NULL;
+/// `loans` is that interpreter's book.
+unsafe fn take_out_buffers(list: *mut ffi::PyObject, loans: &Arc<Loans>) -> Option<Vec<Buffer>> {
+    // SAFETY: per the caller; PyList_GetItem returns borrowed references. A lent `bytes` is
+    // immutable and its new reference keeps it (and its bytes) alive until the token comes back
+    // to this interpreter's thread (`Interpreter::release_returned`, `end`).
     unsafe {
         if list.is_null() || list == ffi::Py_None() {
             return Some(Vec::new());
@@ -785,7 +816,16 @@ unsafe fn copy_out_buffers(list: *mut ffi::PyObject) -> Option<Vec<Buffer>> {
             return None;
         }
         (0..len)
-            .map(|i| copy_out_buffer(ffi::PyList_GetItem(list, i)))
+            .map(|i| {
+                let item = ffi::PyList_GetItem(list, i);
+                if ffi::PyBytes_CheckExact(item) == 0 {
+                    return copy_out_buffer(item);
+                }
+                let data = ffi::PyBytes_AsString(item).cast::<u8>().cast_const();
+                let size = ffi::PyBytes_Size(item) as usize;
+                ffi::Py_INCREF(item);
+                Some(loans.lend(data, size, item as usize))
+            })
             .collect()
     }
 }
@@ -799,19 +839,22 @@ fn arena_bytes(text: &[u8]) -> Option<u64> {
 }
 
 /// Reads `(kind: int, data: bytes, verdict: int, buffers: list | None)`, the reply to a job
-/// (its buffers copied out, rule 10), as [`protocol::job_reply`] says: the outcome, and whether
-/// `after_job` must run.
+/// (its buffers lent or copied out, rule 10), as [`protocol::job_reply`] says: the outcome, and
+/// whether `after_job` must run.
 ///
 /// # Safety
 /// A thread state must be attached and `result` must be a live object of its interpreter.
-unsafe fn parse_run_result(result: *mut ffi::PyObject) -> Option<(Finished, bool)> {
+unsafe fn parse_run_result(
+    result: *mut ffi::PyObject,
+    loans: &Arc<Loans>,
+) -> Option<(Finished, bool)> {
     // SAFETY: per the caller; PyTuple_GetItem returns borrowed references (or NULL with an error
     // set, which the caller clears).
     unsafe {
         let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
         let data = bytes_to_vec(ffi::PyTuple_GetItem(result, 1))?;
         let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
-        let buffers = copy_out_buffers(ffi::PyTuple_GetItem(result, 3))?;
+        let buffers = take_out_buffers(ffi::PyTuple_GetItem(result, 3), loans)?;
         protocol::job_reply(
             u8::try_from(kind).ok()?,
             u8::try_from(verdict).ok()?,
@@ -894,6 +937,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         // SAFETY: `tstate` is this thread's detached thread state of `interpreter` (rule 1).
         let ran = unsafe {
             ffi::PyEval_RestoreThread(tstate);
+            interpreter.release_returned();
             // Checked and set under this GIL, which interrupters also hold while they look at
             // `running_seq`: an interrupt claimed before (even while the interpreter was still
             // being created) is seen here; one claimed after finds the job running.

@@ -120,7 +120,7 @@ def _dumps_value(value):
         return data, None
     views = [buffer.raw() for buffer in buffers]
     if len(views) <= MAX_BUFFERS and all(v.nbytes >= BUFFER_THRESHOLD for v in views):
-        return data, views
+        return data, _whole_bytes(views)
     views.clear()
 
     def large_only(buffer):
@@ -130,7 +130,17 @@ def _dumps_value(value):
         views.append(raw)
         return False
 
-    return _dumps5(value, large_only, views), views or None
+    data = _dumps5(value, large_only, views)
+    return data, _whole_bytes(views) if views else None
+
+
+def _whole_bytes(views):
+    """``views`` with each view of a whole ``bytes`` replaced by that ``bytes``: immutable, so a
+    subinterpreter worker lends it to the caller instead of copying it out (ffi.rs, rule 10)."""
+    return [
+        view.obj if type(view.obj) is bytes and len(view.obj) == view.nbytes else view
+        for view in views
+    ]
 
 
 def _dumps5(value, buffer_callback, collected):
