@@ -1,13 +1,29 @@
 //! Every call into the CPython C API that interpool makes for subinterpreter workers.
 //!
+//! # Attached thread states are in the types
+//!
+//! Whether this thread has a thread state attached, and to which interpreter, is what most C-API
+//! calls depend on, so it is carried by a value rather than by comments: an [`Attached`] guard
+//! proves that a thread state is attached for as long as it lives, and detaches when dropped. It
+//! is `!Send`, so it is dropped on the thread that attached. Every function here that calls into
+//! an interpreter takes `&Attached` (named `py`) or is a method of [`AttachedWorker`]: a worker
+//! thread attached to its own interpreter, made only by [`Interpreter::attach`], which borrows
+//! the interpreter mutably so that it cannot be attached twice. There are three ways to attach,
+//! one per situation: a worker's own thread state, kept between jobs (rule 1); a temporary
+//! thread state of a given interpreter, deleted on drop (creating an interpreter, interrupting
+//! one: rules 4 and 6); and the main interpreter through `PyGILState_Ensure` (rule 5). What a
+//! type cannot say stays a `# Safety` contract: that a raw object pointer is a live object of the
+//! attached interpreter, and the cross-thread rules below.
+//!
 //! # Lifetime / threading requirements
 //!
 //! These are the rules the code below keeps; each `unsafe` block names the one it relies on.
 //!
 //! 1. **One OS thread per interpreter, for its whole life.** The worker thread creates the
 //!    interpreter, attaches and detaches only its own thread state, and ends it with
-//!    `Py_EndInterpreter` on that same thread state. [`Interpreter`] is `!Send` (raw pointers), so it
-//!    cannot leave the thread.
+//!    `Py_EndInterpreter` on that same thread state. [`Interpreter`] and [`Attached`] are `!Send`
+//!    (raw pointers), so neither can leave the thread; the thread attaches nothing else while its
+//!    interpreter lives.
 //! 2. **Isolated configuration:** own GIL, own object allocator, `check_multi_interp_extensions`.
 //!    Extension modules that are not per-interpreter-GIL safe refuse to import in it instead of
 //!    corrupting shared state.
@@ -27,7 +43,9 @@
 //!    one. The worker takes that lock only while detached, so the two never deadlock.
 //! 7. **Every worker ends before the host finalizes**: a subinterpreter still running at
 //!    `Py_FinalizeEx` aborts the process. Hosts call `close_all` / `wait_all_ended` first.
-//! 8. PyO3's safe API is never used here: its statics and deferred-decref pool are process-global.
+//! 8. PyO3's safe API is never used here: its statics and deferred-decref pool are process-global,
+//!    and its `Python<'py>` token cannot say which interpreter is attached; [`Attached`] plays that
+//!    role.
 //! 9. **Out-of-band argument buffers are read in place, never copied by the transport.** Each
 //!    [`Buffer`] of a job is raw memory of the caller plus an owner that keeps it valid (for the
 //!    Python front end: the caller's `memoryview`s, objects of the *caller's* interpreter that
@@ -51,7 +69,7 @@
 //!     the book. Lifetime, exactly: the object stays alive until *this* thread, attached to its
 //!     own interpreter, decrefs it: at the start of the next job (`release_returned`), or when
 //!     the worker ends for any reason (closed, idle timeout, abandoned after a kill or an
-//!     interrupt: `Interpreter::end`). A buffer that is still alive when the worker ends (an
+//!     interrupt: `AttachedWorker::end`). A buffer that is still alive when the worker ends (an
 //!     outcome nobody took yet) gets its bytes copied into its loan first (`Loans::take_back`),
 //!     so no buffer ever reads a dead interpreter's memory and no worker waits for a caller.
 //!     A `memoryview` or numpy value may be written or kept by the job, so its bytes are copied
@@ -71,6 +89,9 @@
 
 use std::{
     ffi::{c_char, c_long, c_ulong, CStr, CString},
+    marker::PhantomData,
+    mem::ManuallyDrop,
+    ops::{Deref, DerefMut},
     ptr,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -83,8 +104,9 @@ use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
-    mailbox::Next, protocol, Broken, Buffer, Completion, Finished, Loans, Outcome, Retire, Stage,
-    Verdict, WorkerConfig,
+    mailbox::Next,
+    protocol::{self, RETIRE_FAILED},
+    Broken, Buffer, Completion, Finished, Loans, Outcome, Retire, Stage, Verdict, WorkerConfig,
 };
 
 extern "C" {
@@ -96,6 +118,98 @@ extern "C" {
 /// `running_seq` when no job runs. `running_seq` is written by the worker and read by interrupters,
 /// both only while holding that worker's GIL.
 const NO_JOB: u64 = 0;
+
+/// Proof that this thread has a thread state attached (it holds that interpreter's GIL) for as
+/// long as `'a`; dropping it detaches, the way it attached. Every function here that calls into
+/// an interpreter takes one (`py`) or is a method of [`AttachedWorker`], so a call made detached
+/// does not compile. `!Send` and `!Sync` (raw pointers): a thread state is attached and detached
+/// on one OS thread (rule 1).
+pub(crate) struct Attached<'a> {
+    detach: Detach,
+    _interpreter: PhantomData<&'a ()>,
+}
+
+/// How an [`Attached`] hands its thread state back.
+enum Detach {
+    /// Kept for the next attach (`PyEval_SaveThread`): a worker's own thread state.
+    Save,
+    /// Cleared and deleted: a temporary thread state of this guard's own.
+    Delete(*mut ffi::PyThreadState),
+    /// `PyGILState_Release` of what `PyGILState_Ensure` did.
+    GilState(ffi::PyGILState_STATE),
+}
+
+impl Attached<'_> {
+    /// Attaches `tstate` until the guard is dropped, which detaches it and keeps it.
+    ///
+    /// # Safety
+    /// This thread has no thread state attached; `tstate` is a detached thread state made on this
+    /// thread, and its interpreter outlives the guard.
+    unsafe fn restore(tstate: *mut ffi::PyThreadState) -> Self {
+        // SAFETY: per the caller.
+        unsafe { ffi::PyEval_RestoreThread(tstate) };
+        Self {
+            detach: Detach::Save,
+            _interpreter: PhantomData,
+        }
+    }
+
+    /// Attaches a new thread state of `interp` until the guard is dropped, which deletes it;
+    /// `None` if none could be allocated.
+    ///
+    /// # Safety
+    /// This thread has no thread state attached, and `interp` outlives the guard.
+    unsafe fn temporary(interp: *mut ffi::PyInterpreterState) -> Option<Self> {
+        // SAFETY: per the caller; the thread state is made for this thread and used on it only.
+        unsafe {
+            let tstate = ffi::PyThreadState_New(interp);
+            if tstate.is_null() {
+                return None;
+            }
+            ffi::PyEval_RestoreThread(tstate);
+            Some(Self {
+                detach: Detach::Delete(tstate),
+                _interpreter: PhantomData,
+            })
+        }
+    }
+}
+
+impl Attached<'static> {
+    /// Attaches this thread to the main interpreter through `PyGILState_Ensure` (or finds it
+    /// attached there), undone when the guard is dropped. The main interpreter is never
+    /// finalized while interpool runs (rule 7).
+    ///
+    /// # Safety
+    /// Python is initialized, and this thread has no thread state of another interpreter attached.
+    pub(crate) unsafe fn main() -> Self {
+        // SAFETY: per the caller.
+        let state = unsafe { ffi::PyGILState_Ensure() };
+        Self {
+            detach: Detach::GilState(state),
+            _interpreter: PhantomData,
+        }
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the guard's thread state is attached on this thread (the guard cannot leave it)
+        // and is handed back the way it was taken.
+        unsafe {
+            match self.detach {
+                Detach::Save => {
+                    ffi::PyEval_SaveThread();
+                }
+                Detach::Delete(tstate) => {
+                    ffi::PyThreadState_Clear(tstate);
+                    ffi::PyThreadState_DeleteCurrent();
+                }
+                Detach::GilState(state) => ffi::PyGILState_Release(state),
+            }
+        }
+    }
+}
 
 /// What an interrupter needs to reach a live interpreter.
 #[derive(Debug)]
@@ -121,23 +235,23 @@ pub(crate) fn prepare_main_interpreter() -> Result<(), String> {
     if unsafe { ffi::Py_IsInitialized() } == 0 {
         return Err("the Python interpreter is not initialized".to_owned());
     }
-    // SAFETY: the runtime is initialized; PyGILState_Ensure attaches this thread to the main
-    // interpreter (or finds it attached) and PyGILState_Release undoes exactly that.
+    // SAFETY: the runtime is initialized, and the threads that start workers (hosts, the main
+    // interpreter's) attach no subinterpreter.
+    let py = unsafe { Attached::main() };
+    // SAFETY: attached (`py`); the module is released before `py` is dropped.
     let result = unsafe {
-        let gil = ffi::PyGILState_Ensure();
         let module = ffi::PyImport_ImportModule(c"datetime".as_ptr());
-        let result = if module.is_null() {
+        if module.is_null() {
             Err(format!(
                 "importing datetime in the main interpreter failed: {}",
-                take_error()
+                take_error(&py)
             ))
         } else {
             ffi::Py_DECREF(module);
             Ok(())
-        };
-        ffi::PyGILState_Release(gil);
-        result
+        }
     };
+    drop(py);
     if result.is_ok() {
         READY.store(true, Ordering::Release);
     }
@@ -145,12 +259,9 @@ pub(crate) fn prepare_main_interpreter() -> Result<(), String> {
 }
 
 /// Takes the current exception of the attached interpreter and renders it as `Type: message`.
-///
-/// # Safety
-/// A thread state must be attached on this thread.
-unsafe fn take_error() -> String {
-    // SAFETY: the caller guarantees an attached thread state; every object used here belongs to
-    // the attached interpreter and is released before returning.
+pub(crate) fn take_error(_py: &Attached<'_>) -> String {
+    // SAFETY: attached (`_py`); every object used here belongs to the attached interpreter and is
+    // released before returning.
     unsafe {
         let exc = ffi::PyErr_GetRaisedException();
         if exc.is_null() {
@@ -182,14 +293,11 @@ unsafe fn take_error() -> String {
 /// Copies a `bytes` object of the attached interpreter into Rust.
 ///
 /// # Safety
-/// A thread state must be attached, and `obj` must be a live object of its interpreter.
-unsafe fn bytes_to_vec(obj: *mut ffi::PyObject) -> Option<Vec<u8>> {
-    // SAFETY: per the caller; PyBytes_AsString checks the type and sets an error otherwise.
+/// `obj` must be a live object of the attached interpreter.
+unsafe fn bytes_to_vec(_py: &Attached<'_>, obj: *mut ffi::PyObject) -> Option<Vec<u8>> {
+    // SAFETY: attached (`_py`), `obj` per the caller; PyBytes_AsString checks the type and sets
+    // an error otherwise.
     unsafe {
-        if obj.is_null() {
-            ffi::PyErr_Clear();
-            return None;
-        }
         let data = ffi::PyBytes_AsString(obj);
         if data.is_null() {
             ffi::PyErr_Clear();
@@ -200,7 +308,8 @@ unsafe fn bytes_to_vec(obj: *mut ffi::PyObject) -> Option<Vec<u8>> {
     }
 }
 
-/// One live isolated interpreter, owned by the thread that created it (rule 1).
+/// One live isolated interpreter, owned by the thread that created it (rule 1), detached unless
+/// an [`AttachedWorker`] of it lives.
 struct Interpreter {
     tstate: *mut ffi::PyThreadState,
     interp: *mut ffi::PyInterpreterState,
@@ -216,12 +325,49 @@ struct Interpreter {
     loans: Arc<Loans>,
 }
 
-/// What [`Interpreter::load_job`] made of a payload.
-enum Loaded {
-    /// The `(fn, args, protocol_5)` tuple, an owned reference.
-    Job(*mut ffi::PyObject),
+/// This thread attached to its worker's interpreter: the worker loop's functions are its methods.
+/// Made only by [`Interpreter::attach`], which borrows the interpreter mutably, so a thread
+/// cannot attach it twice; dropping it detaches.
+struct AttachedWorker<'i> {
+    interpreter: &'i mut Interpreter,
+    py: Attached<'i>,
+}
+
+impl Deref for AttachedWorker<'_> {
+    type Target = Interpreter;
+
+    fn deref(&self) -> &Interpreter {
+        self.interpreter
+    }
+}
+
+impl DerefMut for AttachedWorker<'_> {
+    fn deref_mut(&mut self) -> &mut Interpreter {
+        self.interpreter
+    }
+}
+
+/// What [`AttachedWorker::load_job`] made of a payload.
+enum Loaded<'w> {
+    /// The job, ready to call.
+    Job(LoadedJob<'w>),
     /// It could not be loaded: the outcome.
     Done(Finished),
+}
+
+/// An owned reference to a loaded job's `(fn, args, protocol_5)` tuple, released when dropped
+/// uncalled. It cannot outlive the [`AttachedWorker`] that loaded it, so its interpreter is
+/// attached whenever it is released.
+struct LoadedJob<'w> {
+    tuple: *mut ffi::PyObject,
+    _attached: PhantomData<&'w Attached<'w>>,
+}
+
+impl Drop for LoadedJob<'_> {
+    fn drop(&mut self) {
+        // SAFETY: an owned reference of the interpreter that is attached while `'w` lasts.
+        unsafe { ffi::Py_DECREF(self.tuple) }
+    }
 }
 
 /// What the worker does after a job whose outcome it has published.
@@ -232,130 +378,166 @@ enum AfterJob {
 }
 
 impl Interpreter {
-    /// Creates the interpreter and loads the worker loop. On success, this thread is attached to
-    /// the new interpreter.
+    /// Creates the interpreter and loads the worker loop; it is left detached.
     ///
     /// # Safety
     /// Python must be initialized, and this thread must have no thread state of its own.
     unsafe fn create() -> Result<Self, String> {
-        // SAFETY: per the caller. The main-interpreter thread state is made on and used by this
-        // thread only, and deleted before returning (keeping it would make SetAsyncExc from the
-        // main interpreter hit it instead of failing). No lock of ours is held (rule 4).
-        unsafe {
-            let main_tstate = ffi::PyThreadState_New(ffi::PyInterpreterState_Main());
-            if main_tstate.is_null() {
-                return Err("could not allocate a thread state".to_owned());
-            }
-            ffi::PyEval_RestoreThread(main_tstate);
-            let config = ffi::PyInterpreterConfig {
-                use_main_obmalloc: 0,
-                allow_fork: 0,
-                allow_exec: 0,
-                allow_threads: 1,
-                allow_daemon_threads: 0,
-                check_multi_interp_extensions: 1,
-                gil: ffi::PyInterpreterConfig_OWN_GIL,
-            };
-            let mut tstate: *mut ffi::PyThreadState = ptr::null_mut();
-            let status = ffi::Py_NewInterpreterFromConfig(&mut tstate, &config);
-            if ffi::PyStatus_Exception(status) != 0 {
-                let reason = if status.err_msg.is_null() {
-                    "unknown error".to_owned()
-                } else {
-                    CStr::from_ptr(status.err_msg)
-                        .to_string_lossy()
-                        .into_owned()
-                };
-                // On failure CPython re-attaches the calling thread state (main_tstate).
-                ffi::PyThreadState_Clear(main_tstate);
-                ffi::PyThreadState_DeleteCurrent();
-                return Err(format!("Py_NewInterpreterFromConfig failed: {reason}"));
-            }
-            // Now `tstate` is attached and the main GIL was released. Drop the helper.
-            let sub = ffi::PyEval_SaveThread();
-            ffi::PyEval_RestoreThread(main_tstate);
-            ffi::PyThreadState_Clear(main_tstate);
-            ffi::PyThreadState_DeleteCurrent();
-            ffi::PyEval_RestoreThread(sub);
+        // SAFETY: per the caller.
+        let tstate = unsafe { new_isolated_interpreter()? };
+        let mut this = Self {
+            tstate,
+            // SAFETY: a live thread state.
+            interp: unsafe { ffi::PyThreadState_GetInterpreter(tstate) },
+            module: ptr::null_mut(),
+            setup: ptr::null_mut(),
+            load: ptr::null_mut(),
+            call: ptr::null_mut(),
+            after_job: ptr::null_mut(),
+            intact: ptr::null_mut(),
+            caller_buffer: ptr::null_mut(),
+            loans: Arc::new(Loans::new()),
+        };
+        let mut worker = this.attach();
+        if let Err(reason) = worker.load_worker_loop() {
+            worker.end();
+            return Err(reason);
+        }
+        drop(worker);
+        Ok(this)
+    }
 
-            let interp = ffi::PyThreadState_GetInterpreter(tstate);
-            let mut this = Self {
-                tstate,
-                interp,
-                module: ptr::null_mut(),
-                setup: ptr::null_mut(),
-                load: ptr::null_mut(),
-                call: ptr::null_mut(),
-                after_job: ptr::null_mut(),
-                intact: ptr::null_mut(),
-                caller_buffer: ptr::null_mut(),
-                loans: Arc::new(Loans::new()),
-            };
-            if let Err(reason) = this.load_worker_loop() {
-                this.end();
-                return Err(reason);
-            }
-            Ok(this)
+    /// Attaches this thread to the interpreter until the guard is dropped. Safe: an
+    /// `Interpreter` is `!Send`, so this is the thread that created it (rule 1), which attaches
+    /// no other thread state while it lives.
+    fn attach(&mut self) -> AttachedWorker<'_> {
+        // SAFETY: as above: the thread's own, detached thread state of a live interpreter, and
+        // no other attached (the `&mut` borrow rules out attaching this one twice).
+        let py = unsafe { Attached::restore(self.tstate) };
+        AttachedWorker {
+            interpreter: self,
+            py,
         }
     }
 
+    /// Releases everything and ends the interpreter; this thread is left with no thread state.
+    ///
     /// # Safety
-    /// This interpreter's thread state must be attached.
-    unsafe fn load_worker_loop(&mut self) -> Result<(), String> {
-        // SAFETY: attached per the caller; new references are owned by `self` until `end`.
+    /// No interrupter is or will be attached to it: its [`InterpreterHandle`] is gone (rule 6).
+    unsafe fn end(mut self) {
+        self.attach().end();
+    }
+}
+
+/// Creates an isolated interpreter (rule 2) and returns its thread state, detached: this thread's
+/// own from now on.
+///
+/// # Safety
+/// Python must be initialized, and this thread must have no thread state attached.
+unsafe fn new_isolated_interpreter() -> Result<*mut ffi::PyThreadState, String> {
+    // Creating needs a main-interpreter thread state attached: a temporary one, deleted before
+    // returning (kept, it would make SetAsyncExc from the main interpreter hit it instead of
+    // failing). No lock of ours is held (rule 4).
+    // SAFETY: per the caller; the main interpreter is never finalized while interpool runs.
+    let main = unsafe { Attached::temporary(ffi::PyInterpreterState_Main()) }
+        .ok_or("could not allocate a thread state")?;
+    let Detach::Delete(main_tstate) = main.detach else {
+        unreachable!("a temporary thread state")
+    };
+    let config = ffi::PyInterpreterConfig {
+        use_main_obmalloc: 0,
+        allow_fork: 0,
+        allow_exec: 0,
+        allow_threads: 1,
+        allow_daemon_threads: 0,
+        check_multi_interp_extensions: 1,
+        gil: ffi::PyInterpreterConfig_OWN_GIL,
+    };
+    let mut tstate: *mut ffi::PyThreadState = ptr::null_mut();
+    // SAFETY: attached (`main`). On failure CPython re-attaches `main`'s thread state; on success
+    // it attaches the new one (and releases the main GIL), which is swapped for `main`'s again
+    // below, so that dropping `main` deletes it as the current thread state.
+    unsafe {
+        let status = ffi::Py_NewInterpreterFromConfig(&mut tstate, &config);
+        if ffi::PyStatus_Exception(status) != 0 {
+            let reason = if status.err_msg.is_null() {
+                "unknown error".to_owned()
+            } else {
+                CStr::from_ptr(status.err_msg)
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            drop(main);
+            return Err(format!("Py_NewInterpreterFromConfig failed: {reason}"));
+        }
+        ffi::PyEval_SaveThread();
+        ffi::PyEval_RestoreThread(main_tstate);
+    }
+    drop(main);
+    Ok(tstate)
+}
+
+impl AttachedWorker<'_> {
+    /// Loads the worker loop into the interpreter's fields, which own the references until
+    /// [`AttachedWorker::end`].
+    fn load_worker_loop(&mut self) -> Result<(), String> {
+        let code = worker_loop_code(&self.py)?;
+        // SAFETY: attached (`self`); `code` is a new reference of this interpreter, released here.
         unsafe {
-            let code = worker_loop_code()?;
             self.module = ffi::PyImport_ExecCodeModule(c"_interpool_worker".as_ptr(), code);
             ffi::Py_DECREF(code);
             if self.module.is_null() {
-                return Err(format!("loading the worker loop failed: {}", take_error()));
-            }
-            self.setup = ffi::PyObject_GetAttrString(self.module, c"setup".as_ptr());
-            self.load = ffi::PyObject_GetAttrString(self.module, c"load".as_ptr());
-            self.call = ffi::PyObject_GetAttrString(self.module, c"call".as_ptr());
-            self.after_job = ffi::PyObject_GetAttrString(self.module, c"after_job".as_ptr());
-            self.intact = ffi::PyObject_GetAttrString(self.module, c"intact".as_ptr());
-            if [
-                self.setup,
-                self.load,
-                self.call,
-                self.after_job,
-                self.intact,
-            ]
-            .iter()
-            .any(|f| f.is_null())
-            {
-                return Err(format!("the worker loop is incomplete: {}", take_error()));
-            }
-            self.caller_buffer = new_caller_buffer_type();
-            if self.caller_buffer.is_null() {
                 return Err(format!(
-                    "creating the CallerBuffer type failed: {}",
-                    take_error()
+                    "loading the worker loop failed: {}",
+                    take_error(&self.py)
                 ));
             }
+            let module = self.module;
+            let get = |name: &CStr| ffi::PyObject_GetAttrString(module, name.as_ptr());
+            self.setup = get(c"setup");
+            self.load = get(c"load");
+            self.call = get(c"call");
+            self.after_job = get(c"after_job");
+            self.intact = get(c"intact");
+        }
+        if [
+            self.setup,
+            self.load,
+            self.call,
+            self.after_job,
+            self.intact,
+        ]
+        .iter()
+        .any(|f| f.is_null())
+        {
+            return Err(format!(
+                "the worker loop is incomplete: {}",
+                take_error(&self.py)
+            ));
+        }
+        self.caller_buffer = new_caller_buffer_type(&self.py);
+        if self.caller_buffer.is_null() {
+            return Err(format!(
+                "creating the CallerBuffer type failed: {}",
+                take_error(&self.py)
+            ));
         }
         Ok(())
     }
 
     /// Runs the worker loop's `setup` (sys.path, argv, main script, `init`).
-    ///
-    /// # Safety
-    /// This interpreter's thread state must be attached.
-    unsafe fn setup(&self, config: &[u8]) -> Result<(), Broken> {
-        // SAFETY: attached per the caller; every new reference is released here.
+    fn setup(&self, config: &[u8]) -> Result<(), Broken> {
+        let arg = new_bytes(&self.py, config);
+        if arg.is_null() {
+            let reason = format!("could not pass the setup: {}", take_error(&self.py));
+            return Err(broken(Stage::Setup, reason));
+        }
+        // SAFETY: attached (`self`); every new reference is released here.
         unsafe {
-            let arg = new_bytes(config);
-            if arg.is_null() {
-                return Err(broken(
-                    Stage::Setup,
-                    format!("could not pass the setup: {}", take_error()),
-                ));
-            }
             let result = ffi::PyObject_CallOneArg(self.setup, arg);
             ffi::Py_DECREF(arg);
             if result.is_null() {
-                let reason = format!("the worker setup failed: {}", take_error());
+                let reason = format!("the worker setup failed: {}", take_error(&self.py));
                 return Err(broken(Stage::Setup, reason));
             }
             // None, or (SETUP_FAILED | INIT_FAILED, reason: str, exception records: bytes).
@@ -374,17 +556,22 @@ impl Interpreter {
                 } else {
                     CStr::from_ptr(reason_utf8).to_bytes()
                 };
-                let records = bytes_to_vec(ffi::PyTuple_GetItem(result, 2));
+                let records = ffi::PyTuple_GetItem(result, 2);
+                let records = if records.is_null() {
+                    None
+                } else {
+                    bytes_to_vec(&self.py, records)
+                };
                 let reply = u8::try_from(kind).ok().and_then(|kind| {
                     protocol::setup_reply(kind, reason, records.unwrap_or_default())
                 });
                 ffi::PyErr_Clear();
                 match reply {
+                    Some(Err(broken)) => Err(broken),
                     Some(Ok(())) | None => Err(broken(
                         Stage::Setup,
                         "the worker loop's setup returned a malformed reply",
                     )),
-                    Some(Err(broken)) => Err(broken),
                 }
             };
             ffi::Py_DECREF(result);
@@ -394,18 +581,18 @@ impl Interpreter {
 
     /// Unpickles a job through the worker loop's `load` (imports included: no interrupt is
     /// injected meanwhile, rule 11).
-    ///
-    /// # Safety
-    /// This interpreter's thread state must be attached.
-    unsafe fn load_job(&self, payload: &[u8], buffers: &[Buffer]) -> Loaded {
-        // SAFETY: attached per the caller; every new reference is released here or handed over
-        // in `Loaded::Job`.
+    fn load_job(&self, payload: &[u8], buffers: &[Buffer]) -> Loaded<'_> {
+        let arg = new_bytes(&self.py, payload);
+        if arg.is_null() {
+            let reason = format!(
+                "could not pass the job to the worker: {}",
+                take_error(&self.py)
+            );
+            return Loaded::Done(broken_finished(Stage::Job, reason));
+        }
+        // SAFETY: attached (`self`); every new reference is released here or handed over in
+        // `Loaded::Job`.
         unsafe {
-            let arg = new_bytes(payload);
-            if arg.is_null() {
-                let reason = format!("could not pass the job to the worker: {}", take_error());
-                return Loaded::Done(broken_finished(Stage::Job, reason));
-            }
             let result = if buffers.is_empty() {
                 ffi::PyObject_CallOneArg(self.load, arg)
             } else {
@@ -414,7 +601,7 @@ impl Interpreter {
                     ffi::Py_DECREF(arg);
                     let reason = format!(
                         "could not pass the job's buffers to the worker: {}",
-                        take_error()
+                        take_error(&self.py)
                     );
                     return Loaded::Done(broken_finished(Stage::Job, reason));
                 }
@@ -429,14 +616,20 @@ impl Interpreter {
             };
             ffi::Py_DECREF(arg);
             if result.is_null() {
-                let reason = format!("the worker loop failed to load the job: {}", take_error());
+                let reason = format!(
+                    "the worker loop failed to load the job: {}",
+                    take_error(&self.py)
+                );
                 return Loaded::Done(broken_finished(Stage::Job, reason));
             }
             // `(fn, args, protocol_5)`, or a 4-tuple outcome.
             if ffi::PyTuple_Size(result) == 3 {
-                return Loaded::Job(result);
+                return Loaded::Job(LoadedJob {
+                    tuple: result,
+                    _attached: PhantomData,
+                });
             }
-            let finished = parse_run_result(result, &self.loans);
+            let finished = parse_run_result(&self.py, result, &self.loans);
             ffi::Py_DECREF(result);
             Loaded::Done(finished.map_or_else(
                 || {
@@ -448,25 +641,22 @@ impl Interpreter {
         }
     }
 
-    /// Calls a loaded job through the worker loop's `call`, consuming `job`; also says whether
-    /// `after_job` must run.
-    ///
-    /// # Safety
-    /// This interpreter's thread state must be attached, and `job` an owned `(fn, args,
-    /// protocol_5)` tuple from [`Interpreter::load_job`].
-    unsafe fn call_job(&self, job: *mut ffi::PyObject) -> (Finished, bool) {
-        // SAFETY: attached per the caller; every new reference is released here, and the outcome
-        // is copied out before returning (rule 3).
+    /// Calls a loaded job through the worker loop's `call`; also says whether `after_job` must
+    /// run.
+    fn call_job(&self, job: LoadedJob<'_>) -> (Finished, bool) {
+        let job = ManuallyDrop::new(job);
+        // SAFETY: attached (`self`); the job's reference is consumed here, every new reference is
+        // released here, and the outcome is copied out before returning (rule 3).
         unsafe {
-            let result = ffi::PyObject_Call(self.call, job, ptr::null_mut());
-            ffi::Py_DECREF(job);
+            let result = ffi::PyObject_Call(self.call, job.tuple, ptr::null_mut());
+            ffi::Py_DECREF(job.tuple);
             if result.is_null() {
                 // Only an exception injected by an interrupt escapes `call`; the worker then
                 // ends (rule 11).
-                let reason = format!("the job was interrupted ({})", take_error());
+                let reason = format!("the job was interrupted ({})", take_error(&self.py));
                 return (broken_finished(Stage::Interrupted, reason), false);
             }
-            let finished = parse_run_result(result, &self.loans);
+            let finished = parse_run_result(&self.py, result, &self.loans);
             ffi::Py_DECREF(result);
             finished.unwrap_or_else(|| {
                 ffi::PyErr_Clear();
@@ -476,13 +666,21 @@ impl Interpreter {
         }
     }
 
+    /// Drops an interrupt that raced with the job's end, still pending on this thread (rule 11).
+    fn clear_pending_interrupt(&self) {
+        // SAFETY: attached (`self`): this thread's own thread state, in its own interpreter.
+        unsafe {
+            ffi::PyThreadState_SetAsyncExc(
+                ffi::PyThread_get_thread_ident() as c_long,
+                ptr::null_mut(),
+            );
+        }
+    }
+
     /// Runs the worker loop's `after_job` (the `retire` hook); a hook that raised leaves its
     /// exception records in `shared`.
-    ///
-    /// # Safety
-    /// This interpreter's thread state must be attached.
-    unsafe fn after_job(&self, shared: &Shared) -> AfterJob {
-        // SAFETY: attached per the caller; the result and its items are read and released here.
+    fn after_job(&self, shared: &Shared) -> AfterJob {
+        // SAFETY: attached (`self`); the result and its items are read and released here.
         unsafe {
             let result = ffi::PyObject_CallNoArgs(self.after_job);
             if result.is_null() {
@@ -492,10 +690,14 @@ impl Interpreter {
                 return AfterJob::End;
             }
             let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
-            let records = bytes_to_vec(ffi::PyTuple_GetItem(result, 1)).unwrap_or_default();
-            let reply = u8::try_from(verdict)
-                .ok()
-                .and_then(|verdict| protocol::after_job_reply(verdict, records));
+            let records = if verdict == c_long::from(RETIRE_FAILED) {
+                bytes_to_vec(&self.py, ffi::PyTuple_GetItem(result, 1))
+            } else {
+                None
+            };
+            let reply = u8::try_from(verdict).ok().and_then(|verdict| {
+                protocol::after_job_reply(verdict, records.unwrap_or_default())
+            });
             let after = match reply {
                 Some(protocol::AfterJob::Keep) => AfterJob::Keep,
                 Some(protocol::AfterJob::Failed(records)) => {
@@ -514,11 +716,8 @@ impl Interpreter {
     }
 
     /// Whether the worker loop's `intact` vouches for the interpreter after an interrupt.
-    ///
-    /// # Safety
-    /// This interpreter's thread state must be attached.
-    unsafe fn intact(&self) -> bool {
-        // SAFETY: attached per the caller; the result is released here.
+    fn intact(&self) -> bool {
+        // SAFETY: attached (`self`); the result is released here.
         unsafe {
             let result = ffi::PyObject_CallNoArgs(self.intact);
             if result.is_null() {
@@ -534,15 +733,12 @@ impl Interpreter {
     /// The bytes in the arenas of this interpreter's own object allocator (what ending it would
     /// free, on 3.14; what 3.13 keeps), from `_PyObject_DebugMallocStats`. `None` if the
     /// allocator is not pymalloc or the figure cannot be read.
-    ///
-    /// # Safety
-    /// This interpreter's thread state must be attached.
-    unsafe fn allocator_bytes(&self) -> Option<u64> {
+    fn allocator_bytes(&self) -> Option<u64> {
         let mut buffer: *mut c_char = ptr::null_mut();
         let mut size: libc::size_t = 0;
         // SAFETY: open_memstream owns `buffer` until fclose, which sets it (and `size`) to the
         // text written; the text is copied out and the buffer freed with free(3) as it requires.
-        // The statistics are those of the attached interpreter (per the caller).
+        // The statistics are those of the attached interpreter (`self`).
         unsafe {
             let out = libc::open_memstream(&mut buffer, &mut size);
             if out.is_null() {
@@ -561,11 +757,8 @@ impl Interpreter {
     }
 
     /// A list of read-only memoryviews over `buffers` (rule 9), or NULL with an error set.
-    ///
-    /// # Safety
-    /// This interpreter's thread state must be attached.
-    unsafe fn caller_views(&self, buffers: &[Buffer]) -> *mut ffi::PyObject {
-        // SAFETY: attached per the caller; `caller_buffer` is this interpreter's CallerBuffer type,
+    fn caller_views(&self, buffers: &[Buffer]) -> *mut ffi::PyObject {
+        // SAFETY: attached (`self`); `caller_buffer` is this interpreter's CallerBuffer type,
         // whose instances are laid out as `CallerBufferObject`; each instance owns its clone of
         // the buffer from here until its dealloc.
         unsafe {
@@ -594,43 +787,42 @@ impl Interpreter {
     }
 
     /// Drops the results whose callers have copied them (rule 10).
-    ///
-    /// # Safety
-    /// This interpreter's thread state must be attached.
-    unsafe fn release_returned(&self) {
-        // SAFETY: attached per the caller; each token is a strong reference of this interpreter,
-        // given back once (`Loans`).
+    fn release_returned(&self) {
+        // SAFETY: attached (`self`); each token is a strong reference of this interpreter, given
+        // back once (`Loans`).
         self.loans
             .release_returned(|token| unsafe { ffi::Py_DECREF(token as *mut ffi::PyObject) });
     }
 
-    /// Releases everything and ends the interpreter; this thread is left with no thread state.
-    ///
-    /// # Safety
-    /// This interpreter's thread state must be attached, on the thread that created it.
-    unsafe fn end(self) {
-        // SAFETY: attached per the caller; references are dropped before the interpreter that
-        // owns them is ended (rule 1: same thread, own thread state). A lent result still read
-        // is copied into its loan first (rule 10).
+    /// Releases everything and ends the interpreter; this thread is left with no thread state,
+    /// so the guard is consumed without detaching.
+    fn end(self) {
+        let Self { interpreter, py } = self;
+        let objects = [
+            interpreter.intact,
+            interpreter.after_job,
+            interpreter.call,
+            interpreter.load,
+            interpreter.setup,
+            interpreter.module,
+            interpreter.caller_buffer,
+        ];
+        // SAFETY: attached (`py`) to this thread's own thread state (rule 1); references are
+        // dropped before the interpreter that owns them is ended, and Py_EndInterpreter leaves
+        // no thread state to detach. A lent result still read is copied into its loan first
+        // (rule 10).
         unsafe {
-            self.loans
+            interpreter
+                .loans
                 .take_back(|token| ffi::Py_DECREF(token as *mut ffi::PyObject));
-            let objects = [
-                self.intact,
-                self.after_job,
-                self.call,
-                self.load,
-                self.setup,
-                self.module,
-                self.caller_buffer,
-            ];
             for obj in objects {
                 if !obj.is_null() {
                     ffi::Py_DECREF(obj);
                 }
             }
-            ffi::Py_EndInterpreter(self.tstate);
+            ffi::Py_EndInterpreter(interpreter.tstate);
         }
+        std::mem::forget(py);
     }
 }
 
@@ -639,12 +831,9 @@ impl Interpreter {
 static WORKER_LOOP_MARSHALLED: OnceLock<Vec<u8>> = OnceLock::new();
 
 /// A new reference to the worker loop's code object, in the attached interpreter.
-///
-/// # Safety
-/// A thread state must be attached.
-unsafe fn worker_loop_code() -> Result<*mut ffi::PyObject, String> {
-    // SAFETY: attached per the caller; the code object is a new reference of its interpreter,
-    // and the marshal string is released before returning.
+fn worker_loop_code(py: &Attached<'_>) -> Result<*mut ffi::PyObject, String> {
+    // SAFETY: attached (`py`); the code object is a new reference of its interpreter, and the
+    // marshal string is released before returning.
     unsafe {
         if let Some(marshalled) = WORKER_LOOP_MARSHALLED.get() {
             let code = ffi::PyMarshal_ReadObjectFromString(
@@ -654,7 +843,7 @@ unsafe fn worker_loop_code() -> Result<*mut ffi::PyObject, String> {
             if code.is_null() {
                 return Err(format!(
                     "unmarshalling the worker loop failed: {}",
-                    take_error()
+                    take_error(py)
                 ));
             }
             return Ok(code);
@@ -668,7 +857,7 @@ unsafe fn worker_loop_code() -> Result<*mut ffi::PyObject, String> {
         if code.is_null() {
             return Err(format!(
                 "compiling the worker loop failed: {}",
-                take_error()
+                take_error(py)
             ));
         }
         // Not get_or_init: no thread waits on another here. Two first workers both compile, and
@@ -677,7 +866,7 @@ unsafe fn worker_loop_code() -> Result<*mut ffi::PyObject, String> {
         if marshalled.is_null() {
             ffi::PyErr_Clear(); // the next worker compiles again
         } else {
-            if let Some(bytes) = bytes_to_vec(marshalled) {
+            if let Some(bytes) = bytes_to_vec(py, marshalled) {
                 let _ = WORKER_LOOP_MARSHALLED.set(bytes);
             }
             ffi::Py_DECREF(marshalled);
@@ -686,10 +875,9 @@ unsafe fn worker_loop_code() -> Result<*mut ffi::PyObject, String> {
     }
 }
 
-/// # Safety
-/// A thread state must be attached.
-unsafe fn new_bytes(data: &[u8]) -> *mut ffi::PyObject {
-    // SAFETY: per the caller; CPython copies `data` into the attached interpreter's allocator.
+/// A new `bytes` of the attached interpreter holding a copy of `data`, or NULL with an error set.
+fn new_bytes(_py: &Attached<'_>, data: &[u8]) -> *mut ffi::PyObject {
+    // SAFETY: attached (`_py`); CPython copies `data` into the attached interpreter's allocator.
     unsafe {
         ffi::PyBytes_FromStringAndSize(
             data.as_ptr() as *const c_char,
@@ -703,7 +891,7 @@ unsafe fn new_bytes(data: &[u8]) -> *mut ffi::PyObject {
 #[repr(C)]
 struct CallerBufferObject {
     ob_base: ffi::PyObject,
-    /// Owned: made in [`Interpreter::caller_views`], dropped in [`caller_buffer_dealloc`].
+    /// Owned: made in [`AttachedWorker::caller_views`], dropped in [`caller_buffer_dealloc`].
     buffer: *mut Buffer,
 }
 
@@ -747,10 +935,7 @@ unsafe extern "C" fn caller_buffer_dealloc(obj: *mut ffi::PyObject) {
 
 /// Creates the `CallerBuffer` type of the attached interpreter (a heap type: one per
 /// interpreter), or NULL with an error set.
-///
-/// # Safety
-/// A thread state must be attached.
-unsafe fn new_caller_buffer_type() -> *mut ffi::PyObject {
+fn new_caller_buffer_type(_py: &Attached<'_>) -> *mut ffi::PyObject {
     let mut slots = [
         ffi::PyType_Slot {
             slot: ffi::Py_bf_getbuffer,
@@ -772,16 +957,17 @@ unsafe fn new_caller_buffer_type() -> *mut ffi::PyObject {
         flags: (ffi::Py_TPFLAGS_DEFAULT | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION) as _,
         slots: slots.as_mut_ptr(),
     };
-    // SAFETY: attached per the caller; CPython copies what it keeps of `spec` and `slots`.
+    // SAFETY: attached (`_py`); CPython copies what it keeps of `spec` and `slots`.
     unsafe { ffi::PyType_FromSpec(&mut spec) }
 }
 
 /// Copies the contiguous buffer `obj` exports into host memory (rule 10).
 ///
 /// # Safety
-/// A thread state must be attached, and `obj` must be a live object of its interpreter.
-unsafe fn copy_out_buffer(obj: *mut ffi::PyObject) -> Option<Buffer> {
-    // SAFETY: per the caller; the view is released before returning, after the copy.
+/// `obj` must be a live object of the attached interpreter.
+unsafe fn copy_out_buffer(_py: &Attached<'_>, obj: *mut ffi::PyObject) -> Option<Buffer> {
+    // SAFETY: attached (`_py`), `obj` per the caller; the view is released before returning,
+    // after the copy.
     unsafe {
         let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
         if ffi::PyObject_GetBuffer(obj, view.as_mut_ptr(), ffi::PyBUF_SIMPLE) != 0 {
@@ -801,12 +987,16 @@ unsafe fn copy_out_buffer(obj: *mut ffi::PyObject) -> Option<Buffer> {
 /// lent in place, anything else copied out (rule 10).
 ///
 /// # Safety
-/// A thread state must be attached and `list` must be a live object of its interpreter or NULL;
-/// `loans` is that interpreter's book.
-unsafe fn take_out_buffers(list: *mut ffi::PyObject, loans: &Arc<Loans>) -> Option<Vec<Buffer>> {
-    // SAFETY: per the caller; PyList_GetItem returns borrowed references. A lent `bytes` is
-    // immutable and its new reference keeps it (and its bytes) alive until the token comes back
-    // to this interpreter's thread (`Interpreter::release_returned`, `end`).
+/// `list` must be a live object of the attached interpreter, or NULL; `loans` is that
+/// interpreter's book.
+unsafe fn take_out_buffers(
+    py: &Attached<'_>,
+    list: *mut ffi::PyObject,
+    loans: &Arc<Loans>,
+) -> Option<Vec<Buffer>> {
+    // SAFETY: attached (`py`), `list` per the caller; PyList_GetItem returns borrowed references.
+    // A lent `bytes` is immutable and its new reference keeps it (and its bytes) alive until the
+    // token comes back to this interpreter's thread (`AttachedWorker::release_returned`, `end`).
     unsafe {
         if list.is_null() || list == ffi::Py_None() {
             return Some(Vec::new());
@@ -819,7 +1009,7 @@ unsafe fn take_out_buffers(list: *mut ffi::PyObject, loans: &Arc<Loans>) -> Opti
             .map(|i| {
                 let item = ffi::PyList_GetItem(list, i);
                 if ffi::PyBytes_CheckExact(item) == 0 {
-                    return copy_out_buffer(item);
+                    return copy_out_buffer(py, item);
                 }
                 let data = ffi::PyBytes_AsString(item).cast::<u8>().cast_const();
                 let size = ffi::PyBytes_Size(item) as usize;
@@ -843,18 +1033,19 @@ fn arena_bytes(text: &[u8]) -> Option<u64> {
 /// whether `after_job` must run.
 ///
 /// # Safety
-/// A thread state must be attached and `result` must be a live object of its interpreter.
+/// `result` must be a live object of the attached interpreter.
 unsafe fn parse_run_result(
+    py: &Attached<'_>,
     result: *mut ffi::PyObject,
     loans: &Arc<Loans>,
 ) -> Option<(Finished, bool)> {
-    // SAFETY: per the caller; PyTuple_GetItem returns borrowed references (or NULL with an error
-    // set, which the caller clears).
+    // SAFETY: attached (`py`), `result` per the caller; PyTuple_GetItem returns borrowed
+    // references (or NULL with an error set, which the caller clears).
     unsafe {
         let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
-        let data = bytes_to_vec(ffi::PyTuple_GetItem(result, 1))?;
+        let data = bytes_to_vec(py, ffi::PyTuple_GetItem(result, 1))?;
         let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
-        let buffers = take_out_buffers(ffi::PyTuple_GetItem(result, 3), loans)?;
+        let buffers = take_out_buffers(py, ffi::PyTuple_GetItem(result, 3), loans)?;
         protocol::job_reply(
             u8::try_from(kind).ok()?,
             u8::try_from(verdict).ok()?,
@@ -882,13 +1073,10 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
     // SAFETY: Python is initialized (start() checked it via prepare_main_interpreter) and this
     // fresh thread has no thread state.
     let created = unsafe { Interpreter::create() };
-    let (interpreter, startup_error) = match created {
-        Ok(interpreter) => {
-            // SAFETY: `create` left this thread attached to the new interpreter.
-            match unsafe { interpreter.setup(&config.setup) } {
-                Ok(()) => (Some(interpreter), None),
-                Err(broken) => (Some(interpreter), Some(broken)),
-            }
+    let (mut interpreter, startup_error) = match created {
+        Ok(mut interpreter) => {
+            let startup_error = interpreter.attach().setup(&config.setup).err();
+            (Some(interpreter), startup_error)
         }
         Err(reason) => (
             None,
@@ -898,11 +1086,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
             )),
         ),
     };
-    // SAFETY: attached to the new interpreter if it exists (see above); detaching hands its GIL
-    // back while we wait for jobs.
-    let mut saved = interpreter
-        .as_ref()
-        .map(|_| unsafe { ffi::PyEval_SaveThread() });
+    // Detached from here on, but while a job or the retire hook runs.
     if let (Some(interpreter), None) = (&interpreter, &startup_error) {
         *shared
             .interpreter
@@ -921,7 +1105,7 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
             Next::Run(job, completion) => (job, completion),
             Next::End => break,
         };
-        let (Some(interpreter), None, Some(tstate)) = (&interpreter, &startup_error, saved) else {
+        let (Some(interpreter), None) = (&mut interpreter, &startup_error) else {
             let error = startup_error
                 .clone()
                 .unwrap_or_else(|| broken(Stage::Start, "no interpreter"));
@@ -934,35 +1118,34 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         };
         let seq = shared.submitted_seq.load(Ordering::Acquire);
         jobs += 1;
-        // SAFETY: `tstate` is this thread's detached thread state of `interpreter` (rule 1).
-        let ran = unsafe {
-            ffi::PyEval_RestoreThread(tstate);
-            interpreter.release_returned();
+        let ran = {
+            let worker = interpreter.attach();
+            worker.release_returned();
             // Checked and set under this GIL, which interrupters also hold while they look at
             // `running_seq`: an interrupt claimed before (even while the interpreter was still
             // being created) is seen here; one claimed after finds the job running.
             let not_started = || {
-                let reason = "the job was interrupted before it started".to_owned();
+                let reason = "the job was interrupted before it started";
                 let finished = Finished {
                     outcome: Outcome::Broken(broken(Stage::Interrupted, reason)),
                     retire: Retire::Keep,
                 };
                 (finished, false)
             };
-            let ran = if completion.interrupt_claimed() {
+            let (finished, pending) = if completion.interrupt_claimed() {
                 not_started()
             } else {
                 // Loaded while `running_seq` says no job runs: an interrupt claimed meanwhile
                 // waits for the function to start, and so stops it before it does.
-                match interpreter.load_job(&job.payload, &job.buffers) {
+                match worker.load_job(&job.payload, &job.buffers) {
                     Loaded::Done(finished) => (finished, false),
                     Loaded::Job(loaded) if completion.interrupt_claimed() => {
-                        ffi::Py_DECREF(loaded);
+                        drop(loaded);
                         not_started()
                     }
                     Loaded::Job(loaded) => {
                         running_seq.store(seq, Ordering::Release);
-                        let ran = interpreter.call_job(loaded);
+                        let ran = worker.call_job(loaded);
                         running_seq.store(NO_JOB, Ordering::Release);
                         ran
                     }
@@ -970,15 +1153,10 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
             };
             // An interrupt that raced with the job's end is dropped here, under the GIL, so it
             // cannot hit a later job (rule 11; cpython#139622: 3.13 may deliver it late).
-            ffi::PyThreadState_SetAsyncExc(
-                ffi::PyThread_get_thread_ident() as c_long,
-                ptr::null_mut(),
-            );
+            worker.clear_pending_interrupt();
             // An interrupt claimed from now on cannot inject any more: checked only if one was
             // claimed before (rule 11).
-            let intact = !completion.interrupt_claimed() || interpreter.intact();
-            saved = Some(ffi::PyEval_SaveThread());
-            let (finished, pending) = ran;
+            let intact = !completion.interrupt_claimed() || worker.intact();
             Ran {
                 finished,
                 pending,
@@ -991,22 +1169,16 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
             Delivered::Idle => continue,
             Delivered::Ending => break,
             Delivered::Retiring => {
-                let tstate = saved.expect("attached above");
-                // SAFETY: as above: this thread's own thread state of `interpreter`.
-                unsafe {
-                    ffi::PyEval_RestoreThread(tstate);
-                    let after = if pending {
-                        interpreter.after_job(&shared)
-                    } else {
-                        AfterJob::Keep
-                    };
-                    let over_memory = |max| interpreter.allocator_bytes().is_some_and(|b| b > max);
-                    let after = match config.max_memory {
-                        Some(max) if after == AfterJob::Keep && over_memory(max) => AfterJob::End,
-                        _ => after,
-                    };
-                    saved = Some(ffi::PyEval_SaveThread());
-                    after
+                let worker = interpreter.attach();
+                let after = if pending {
+                    worker.after_job(&shared)
+                } else {
+                    AfterJob::Keep
+                };
+                let over_memory = |max| worker.allocator_bytes().is_some_and(|b| b > max);
+                match config.max_memory {
+                    Some(max) if after == AfterJob::Keep && over_memory(max) => AfterJob::End,
+                    _ => after,
                 }
             }
         };
@@ -1019,13 +1191,10 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         .interpreter
         .lock()
         .unwrap_or_else(PoisonError::into_inner) = None;
-    if let (Some(interpreter), Some(tstate)) = (interpreter, saved) {
+    if let Some(interpreter) = interpreter {
         // SAFETY: the interpreter handle is gone, so no interrupter is or will be attached
-        // (rule 6); `tstate` is this thread's own thread state of `interpreter`.
-        unsafe {
-            ffi::PyEval_RestoreThread(tstate);
-            interpreter.end();
-        }
+        // (rule 6).
+        unsafe { interpreter.end() };
     }
     shared.mark_ended();
 }
@@ -1069,8 +1238,8 @@ fn deliver(
             // Before it started (kept), or out of the loop itself (ends).
             Outcome::Broken(_) => {}
             _ => {
-                finished.outcome =
-                    Outcome::Broken(broken(Stage::Interrupted, "the job was interrupted"));
+                let reason = "the job was interrupted";
+                finished.outcome = Outcome::Broken(broken(Stage::Interrupted, reason));
                 finished.retire = if intact { Retire::Keep } else { Retire::Retire };
             }
         }
@@ -1125,24 +1294,22 @@ fn inject(shared: &Shared, seq: u64) -> bool {
         // Not created yet: the worker sees the claim before it runs the job. Or ending.
         return false;
     };
-    // SAFETY: the handle's interpreter is alive while we hold its lock (rule 6); the temporary
-    // thread state is created, attached, cleared and deleted on this thread. KeyboardInterrupt
-    // is a static immortal type shared by all interpreters (rule 3).
-    unsafe {
-        let tstate = ffi::PyThreadState_New(handle.interp);
-        if tstate.is_null() {
-            return false;
-        }
-        ffi::PyEval_RestoreThread(tstate);
-        let running = handle.running_seq.load(Ordering::Acquire) == seq;
-        if running {
+    // SAFETY: the handle's interpreter is alive while we hold its lock (rule 6), and this helper
+    // thread has no thread state of its own.
+    let Some(py) = (unsafe { Attached::temporary(handle.interp) }) else {
+        return false;
+    };
+    let running = handle.running_seq.load(Ordering::Acquire) == seq;
+    if running {
+        // SAFETY: attached (`py`) to the target interpreter, whose threads SetAsyncExc searches.
+        // KeyboardInterrupt is a static immortal type shared by all interpreters (rule 3).
+        unsafe {
             ffi::PyThreadState_SetAsyncExc(
                 handle.thread_ident as c_long,
                 ffi::PyExc_KeyboardInterrupt,
             );
         }
-        ffi::PyThreadState_Clear(tstate);
-        ffi::PyThreadState_DeleteCurrent();
-        running
     }
+    drop(py);
+    running
 }
