@@ -35,7 +35,8 @@ use std::{
 };
 
 use crate::{
-    protocol::AfterJob, Completion, Finished, Job, Outcome, Rejected, Retire, Verdict, WorkerConfig,
+    protocol::AfterJob, Broken, Completion, Finished, Job, Outcome, Rejected, Retire, Verdict,
+    WorkerConfig,
 };
 
 /// How long a worker spins for its next job before parking.
@@ -81,6 +82,19 @@ pub(crate) struct Ran {
     pub(crate) finished: Finished,
     /// The `retire` hook must run once the outcome is out.
     pub(crate) after_job: bool,
+}
+
+impl Ran {
+    /// A job broken by its worker, which ends with it (it could not start, or its process died).
+    pub(crate) fn ending(broken: Broken) -> Self {
+        Ran {
+            finished: Finished {
+                outcome: Outcome::Broken(broken),
+                retire: Retire::Retire,
+            },
+            after_job: false,
+        }
+    }
 }
 
 /// What a worker kind does in [`Mailbox::serve`].
@@ -340,27 +354,21 @@ impl Mailbox {
 
     /// Waits until the worker has ended, up to `timeout` (`None`: forever); true if it has.
     pub(crate) fn wait_ended(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
-        while ended.is_none() {
-            ended = match deadline {
-                None => self
-                    .ended_changed
-                    .wait(ended)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    self.ended_changed
-                        .wait_timeout(ended, d - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
-        }
-        true
+        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        let running = |ended: &mut Option<Option<i32>>| ended.is_none();
+        let ended = match timeout {
+            None => self
+                .ended_changed
+                .wait_while(ended, running)
+                .unwrap_or_else(PoisonError::into_inner),
+            Some(timeout) => {
+                self.ended_changed
+                    .wait_timeout_while(ended, timeout, running)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        };
+        ended.is_some()
     }
 }
 

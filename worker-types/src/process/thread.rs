@@ -21,7 +21,7 @@ use super::{
 use crate::{
     mailbox::{check_memory, Ran, Serve},
     protocol::{self, AfterJob, AFTER_JOB},
-    Broken, Completion, Finished, Job, Outcome, Retire, Stage, WorkerConfig,
+    Broken, Completion, Job, Stage, WorkerConfig,
 };
 
 /// How long the parent-side thread spins on a non-blocking read for an outcome before it polls.
@@ -106,14 +106,7 @@ impl<'a> Process<'a> {
     /// The job's outcome when the process is gone or must go: it is killed and reaped.
     fn died_during_job(&mut self) -> Ran {
         let code = self.reap(true);
-        let finished = Finished {
-            outcome: Outcome::Broken(died(self.shared, "during the job", code)),
-            retire: Retire::Retire,
-        };
-        Ran {
-            finished,
-            after_job: false,
-        }
+        Ran::ending(died(self.shared, "during the job", code))
     }
 
     /// Ends the process (end of file tells it to exit; the grace period is the host's:
@@ -147,14 +140,7 @@ impl Serve for Process<'_> {
                 .clone()
                 .err()
                 .unwrap_or_else(|| Broken::new(Stage::Start, "no worker process"));
-            let finished = Finished {
-                outcome: Outcome::Broken(broken),
-                retire: Retire::Retire,
-            };
-            return Ran {
-                finished,
-                after_job: false,
-            };
+            return Ran::ending(broken);
         };
         let sent = r.channel.send_job(&job);
         // The worker has its own copy of everything now: the caller's buffers are free.

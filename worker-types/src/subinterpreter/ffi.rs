@@ -104,9 +104,9 @@ use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
-    mailbox::Next,
-    protocol::{self, RETIRE_FAILED},
-    Broken, Buffer, Completion, Finished, Loans, Outcome, Retire, Stage, Verdict, WorkerConfig,
+    mailbox::{check_memory, Ran, Serve},
+    protocol::{self, AfterJob, RETIRE_FAILED},
+    Broken, Buffer, Completion, Finished, Job, Loans, Outcome, Retire, Stage, WorkerConfig,
 };
 
 extern "C" {
@@ -368,13 +368,6 @@ impl Drop for LoadedJob<'_> {
         // SAFETY: an owned reference of the interpreter that is attached while `'w` lasts.
         unsafe { ffi::Py_DECREF(self.tuple) }
     }
-}
-
-/// What the worker does after a job whose outcome it has published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AfterJob {
-    Keep,
-    End,
 }
 
 impl Interpreter {
@@ -677,9 +670,9 @@ impl AttachedWorker<'_> {
         }
     }
 
-    /// Runs the worker loop's `after_job` (the `retire` hook); a hook that raised leaves its
-    /// exception records in `shared`.
-    fn after_job(&self, shared: &Shared) -> AfterJob {
+    /// Runs the worker loop's `after_job` (the `retire` hook): its verdict, as
+    /// [`protocol::after_job_reply`] reads it.
+    fn after_job(&self) -> AfterJob {
         // SAFETY: attached (`self`); the result and its items are read and released here.
         unsafe {
             let result = ffi::PyObject_CallNoArgs(self.after_job);
@@ -687,7 +680,7 @@ impl AttachedWorker<'_> {
                 // An exception escaped the hook's own handler (an interrupt of the earlier job
                 // delivered late): the worker cannot vouch for its state.
                 ffi::PyErr_Clear();
-                return AfterJob::End;
+                return AfterJob::Retire;
             }
             let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
             let records = if verdict == c_long::from(RETIRE_FAILED) {
@@ -695,23 +688,12 @@ impl AttachedWorker<'_> {
             } else {
                 None
             };
-            let reply = u8::try_from(verdict).ok().and_then(|verdict| {
+            let after = u8::try_from(verdict).ok().and_then(|verdict| {
                 protocol::after_job_reply(verdict, records.unwrap_or_default())
             });
-            let after = match reply {
-                Some(protocol::AfterJob::Keep) => AfterJob::Keep,
-                Some(protocol::AfterJob::Failed(records)) => {
-                    *shared
-                        .retire_failure
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(records);
-                    AfterJob::End
-                }
-                Some(protocol::AfterJob::Retire) | None => AfterJob::End,
-            };
             ffi::PyErr_Clear();
             ffi::Py_DECREF(result);
-            after
+            after.unwrap_or(AfterJob::Retire)
         }
     }
 
@@ -1066,14 +1048,15 @@ fn broken_finished(stage: Stage, reason: impl Into<String>) -> Finished {
     }
 }
 
-/// The body of a worker thread: create, serve jobs until closed or idle, end.
+/// The body of a worker thread: create the interpreter, serve jobs through the mailbox's serve
+/// loop until closed, idle or ending, end the interpreter.
 pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
     shared.mailbox.register_worker_thread();
     let running_seq = Arc::new(AtomicU64::new(NO_JOB));
     // SAFETY: Python is initialized (start() checked it via prepare_main_interpreter) and this
     // fresh thread has no thread state.
     let created = unsafe { Interpreter::create() };
-    let (mut interpreter, startup_error) = match created {
+    let (interpreter, startup_error) = match created {
         Ok(mut interpreter) => {
             let startup_error = interpreter.attach().setup(&config.setup).err();
             (Some(interpreter), startup_error)
@@ -1099,93 +1082,15 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         });
     }
 
-    let mut jobs: u64 = 0;
-    loop {
-        let (job, completion) = match shared.mailbox.next(config.idle_timeout) {
-            Next::Run(job, completion) => (job, completion),
-            Next::End => break,
-        };
-        let (Some(interpreter), None) = (&mut interpreter, &startup_error) else {
-            let error = startup_error
-                .clone()
-                .unwrap_or_else(|| broken(Stage::Start, "no interpreter"));
-            shared.mailbox.job_done(true);
-            completion.complete(Finished {
-                outcome: Outcome::Broken(error),
-                retire: Retire::Retire,
-            });
-            break;
-        };
-        let seq = shared.submitted_seq.load(Ordering::Acquire);
-        jobs += 1;
-        let ran = {
-            let worker = interpreter.attach();
-            worker.release_returned();
-            // Checked and set under this GIL, which interrupters also hold while they look at
-            // `running_seq`: an interrupt claimed before (even while the interpreter was still
-            // being created) is seen here; one claimed after finds the job running.
-            let not_started = || {
-                let reason = "the job was interrupted before it started";
-                let finished = Finished {
-                    outcome: Outcome::Broken(broken(Stage::Interrupted, reason)),
-                    retire: Retire::Keep,
-                };
-                (finished, false)
-            };
-            let (finished, pending) = if completion.interrupt_claimed() {
-                not_started()
-            } else {
-                // Loaded while `running_seq` says no job runs: an interrupt claimed meanwhile
-                // waits for the function to start, and so stops it before it does.
-                match worker.load_job(&job.payload, &job.buffers) {
-                    Loaded::Done(finished) => (finished, false),
-                    Loaded::Job(loaded) if completion.interrupt_claimed() => {
-                        drop(loaded);
-                        not_started()
-                    }
-                    Loaded::Job(loaded) => {
-                        running_seq.store(seq, Ordering::Release);
-                        let ran = worker.call_job(loaded);
-                        running_seq.store(NO_JOB, Ordering::Release);
-                        ran
-                    }
-                }
-            };
-            // An interrupt that raced with the job's end is dropped here, under the GIL, so it
-            // cannot hit a later job (rule 11; cpython#139622: 3.13 may deliver it late).
-            worker.clear_pending_interrupt();
-            // An interrupt claimed from now on cannot inject any more: checked only if one was
-            // claimed before (rule 11).
-            let intact = !completion.interrupt_claimed() || worker.intact();
-            Ran {
-                finished,
-                pending,
-                intact,
-            }
-        };
-        drop(job);
-        let pending = ran.pending;
-        let after = match deliver(&shared, &config, jobs, ran, &completion) {
-            Delivered::Idle => continue,
-            Delivered::Ending => break,
-            Delivered::Retiring => {
-                let worker = interpreter.attach();
-                let after = if pending {
-                    worker.after_job(&shared)
-                } else {
-                    AfterJob::Keep
-                };
-                let over_memory = |max| worker.allocator_bytes().is_some_and(|b| b > max);
-                match config.max_memory {
-                    Some(max) if after == AfterJob::Keep && over_memory(max) => AfterJob::End,
-                    _ => after,
-                }
-            }
-        };
-        if !shared.mailbox.job_done(after == AfterJob::End) {
-            break;
-        }
-    }
+    let mut worker = WorkerThread {
+        shared: &shared,
+        interpreter,
+        startup_error,
+        running_seq,
+        intact: true,
+    };
+    shared.mailbox.serve(&config, &mut worker);
+    let interpreter = worker.interpreter.take();
 
     *shared
         .interpreter
@@ -1199,69 +1104,110 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
     shared.mark_ended();
 }
 
-/// A job's end as the worker thread saw it, under the interpreter's GIL.
-struct Ran {
-    finished: Finished,
-    /// `after_job` must run.
-    pending: bool,
-    /// No import was cut short (checked only after an interrupt).
+/// A worker thread and its interpreter, as the serve loop drives them.
+struct WorkerThread<'s> {
+    shared: &'s Shared,
+    /// `None` if it could not be created.
+    interpreter: Option<Interpreter>,
+    /// Why it cannot serve, if it did not start.
+    startup_error: Option<Broken>,
+    running_seq: Arc<AtomicU64>,
+    /// No import of the last job was cut short (checked only after an interrupt).
     intact: bool,
 }
 
-/// Where [`deliver`] left the worker.
-enum Delivered {
-    /// Ready for the next job.
-    Idle,
-    /// The outcome is out; the retire hook or the memory check runs before the next job.
-    Retiring,
-    /// The worker ends.
-    Ending,
-}
-
-/// Settles and hands a job's outcome over (`pending`: the retire hook must run after it;
-/// `intact`: no import was cut short, if the job was interrupted).
-fn deliver(
-    shared: &Shared,
-    config: &WorkerConfig,
-    jobs: u64,
-    ran: Ran,
-    completion: &Completion,
-) -> Delivered {
-    let Ran {
-        mut finished,
-        pending,
-        intact,
-    } = ran;
-    if completion.settle() == Verdict::Interrupted {
-        // Whatever it returned, the caller decided first (rule 11 says which interpreter stays).
-        match finished.outcome {
-            // Before it started (kept), or out of the loop itself (ends).
-            Outcome::Broken(_) => {}
-            _ => {
-                let reason = "the job was interrupted";
-                finished.outcome = Outcome::Broken(broken(Stage::Interrupted, reason));
-                finished.retire = if intact { Retire::Keep } else { Retire::Retire };
+impl Serve for WorkerThread<'_> {
+    fn run(&mut self, job: Job, completion: &Completion) -> Ran {
+        let (Some(interpreter), None) = (&mut self.interpreter, &self.startup_error) else {
+            let error = self
+                .startup_error
+                .clone()
+                .unwrap_or_else(|| broken(Stage::Start, "no interpreter"));
+            return Ran::ending(error);
+        };
+        let seq = self.shared.submitted_seq.load(Ordering::Acquire);
+        let worker = interpreter.attach();
+        worker.release_returned();
+        // Checked and set under this GIL, which interrupters also hold while they look at
+        // `running_seq`: an interrupt claimed before (even while the interpreter was still being
+        // created) is seen here; one claimed after finds the job running.
+        let not_started = || {
+            let reason = "the job was interrupted before it started";
+            let finished = Finished {
+                outcome: Outcome::Broken(broken(Stage::Interrupted, reason)),
+                retire: Retire::Keep,
+            };
+            (finished, false)
+        };
+        let (finished, after_job) = if completion.interrupt_claimed() {
+            not_started()
+        } else {
+            // Loaded while `running_seq` says no job runs: an interrupt claimed meanwhile waits
+            // for the function to start, and so stops it before it does.
+            match worker.load_job(&job.payload, &job.buffers) {
+                Loaded::Done(finished) => (finished, false),
+                Loaded::Job(loaded) if completion.interrupt_claimed() => {
+                    drop(loaded);
+                    not_started()
+                }
+                Loaded::Job(loaded) => {
+                    self.running_seq.store(seq, Ordering::Release);
+                    let ran = worker.call_job(loaded);
+                    self.running_seq.store(NO_JOB, Ordering::Release);
+                    ran
+                }
             }
+        };
+        // An interrupt that raced with the job's end is dropped here, under the GIL, so it cannot
+        // hit a later job (rule 11; cpython#139622: 3.13 may deliver it late).
+        worker.clear_pending_interrupt();
+        // An interrupt claimed from now on cannot inject any more: checked only if one was
+        // claimed before (rule 11).
+        self.intact = !completion.interrupt_claimed() || worker.intact();
+        drop(worker);
+        // The job's own clone of the caller's buffers goes now, detached, after the job returned
+        // and before the outcome is published (rule 9).
+        drop(job);
+        Ran {
+            finished,
+            after_job,
         }
     }
-    let abandoned = shared.abandoned.load(Ordering::Acquire);
-    let tasks_done = config.max_tasks.is_some_and(|max| jobs >= max);
-    let ending = finished.worker_ends() || abandoned || tasks_done;
-    if ending {
-        finished.retire = Retire::Retire;
+
+    fn interrupted(&mut self, ran: Ran) -> Ran {
+        // Whatever it returned, the caller decided first; rule 11 says which interpreter stays.
+        let retire = if self.intact {
+            Retire::Keep
+        } else {
+            Retire::Retire
+        };
+        let finished = Finished {
+            outcome: Outcome::Broken(broken(Stage::Interrupted, "the job was interrupted")),
+            retire,
+        };
+        Ran {
+            finished,
+            after_job: ran.after_job,
+        }
     }
-    // Idle, retiring or closed before the outcome is visible, so that a caller who sees it finds
-    // the worker in the state it is in.
-    let delivered = if !ending && (pending || config.max_memory.is_some()) {
-        shared.mailbox.retiring();
-        Delivered::Retiring
-    } else if shared.mailbox.job_done(ending) {
-        Delivered::Idle
-    } else {
-        Delivered::Ending
-    };
-    completion.complete(finished);
-    delivered
+
+    fn must_end(&self) -> bool {
+        self.shared.abandoned.load(Ordering::Acquire)
+    }
+
+    fn after_job(&mut self, hook: bool, ending: bool, max_memory: Option<u64>) -> AfterJob {
+        // A worker that ends anyway runs no hook: nothing it says would change that.
+        let (Some(interpreter), false) = (&mut self.interpreter, ending) else {
+            return AfterJob::Retire;
+        };
+        let worker = interpreter.attach();
+        let after = if hook {
+            worker.after_job()
+        } else {
+            AfterJob::Keep
+        };
+        check_memory(after, max_memory, || worker.allocator_bytes())
+    }
 }
 
 /// How often an interrupter injects `KeyboardInterrupt` again while the job still runs, and for

@@ -153,13 +153,9 @@ pub(crate) struct Shared {
     submitted_seq: AtomicU64,
     /// Set when nobody will read this worker's outcomes again.
     pub(crate) abandoned: AtomicBool,
-    /// The exception records of a `retire` hook that raised.
-    pub(crate) retire_failure: Mutex<Option<Vec<u8>>>,
     /// The interpreter while it exists, for interrupters (see `ffi::interrupt`).
     #[cfg(Py_3_13)]
     pub(crate) interpreter: Mutex<Option<ffi::InterpreterHandle>>,
-    ended: Mutex<bool>,
-    ended_changed: Condvar,
 }
 
 impl Shared {
@@ -170,11 +166,8 @@ impl Shared {
             mailbox: Mailbox::new(),
             submitted_seq: AtomicU64::new(0),
             abandoned: AtomicBool::new(false),
-            retire_failure: Mutex::new(None),
             #[cfg(Py_3_13)]
             interpreter: Mutex::new(None),
-            ended: Mutex::new(false),
-            ended_changed: Condvar::new(),
         }
     }
 
@@ -187,35 +180,7 @@ impl Shared {
             *live = live.saturating_sub(1);
             changed.notify_all();
         }
-        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.ended_changed.notify_all();
-    }
-
-    fn wait_ended(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*ended {
-            match deadline {
-                None => {
-                    ended = self
-                        .ended_changed
-                        .wait(ended)
-                        .unwrap_or_else(PoisonError::into_inner)
-                }
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    ended = self
-                        .ended_changed
-                        .wait_timeout(ended, d - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-            }
-        }
-        true
+        self.mailbox.mark_ended(None);
     }
 }
 
@@ -290,15 +255,11 @@ impl Worker for SubinterpreterWorker {
     }
 
     fn wait_ended(&self, timeout: Option<Duration>) -> bool {
-        self.shared.wait_ended(timeout)
+        self.shared.mailbox.wait_ended(timeout)
     }
 
     fn take_retire_failure(&self) -> Option<Vec<u8>> {
-        self.shared
-            .retire_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.shared.mailbox.take_retire_failure()
     }
 }
 
