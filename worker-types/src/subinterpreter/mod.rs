@@ -1,7 +1,9 @@
 //! Workers that are CPython subinterpreters with their own GIL (PEP 684).
 //!
 //! Each worker is one OS thread that owns one isolated interpreter for its whole life: it creates
-//! it, runs every job in it, and ends it (see [`ffi`] for the C-API rules this follows). Jobs and
+//! it, runs every job in it, and ends it (see [`ffi`] for the C-API rules this follows). The
+//! thread serves through the mailbox's serve loop (`crate::mailbox`), which every worker kind
+//! shares; `ffi` says only how a job runs in the interpreter. Jobs and
 //! outcomes cross as bytes; the loop that unpickles a job, calls it and pickles the outcome is plain
 //! Python (`worker_loop.py`) that runs inside the interpreter and never imports interpool itself.
 //!
