@@ -13,6 +13,7 @@ __all__ = [
     "LOAD_ERROR",
     "MAX_BUFFERS",
     "RAISED",
+    "SETUP_STAGES",
     "STAGE_DIED",
     "STAGE_INIT",
     "STAGE_INTERRUPTED",
@@ -22,6 +23,7 @@ __all__ = [
     "SUBINTERPRETER_REFUSALS",
     "VALUE",
     "VALUE_BUFFERS",
+    "Auto",
     "Cache",
     "Call",
     "HostBuffer",
@@ -29,8 +31,7 @@ __all__ = [
     "end_all_subinterpreters",
     "lent_buffers",
     "live_subinterpreters",
-    "prior_latency",
-    "rank",
+    "refusal",
     "release_buffers",
     "worker_type_info",
 ]
@@ -49,17 +50,15 @@ STAGE_DIED: int
 BUFFER_THRESHOLD: int
 MAX_BUFFERS: int
 SUBINTERPRETER_REFUSALS: list[str]
+SETUP_STAGES: list[str]
 
 def worker_type_info() -> list[tuple[str, bool, str | None, bool, bool]]: ...
-def rank(
-    candidates: list[tuple[str, bool, bool, bool, float | None]], need_hard_kill: bool
-) -> list[str]: ...
-def prior_latency(name: str) -> float: ...
 def end_all_subinterpreters(timeout_seconds: float) -> int: ...
 def live_subinterpreters() -> int: ...
 def configure_forkserver(preload: list[str]) -> bool: ...
 def release_buffers() -> int: ...
 def lent_buffers() -> int: ...
+def refusal(data: bytes) -> str | None: ...
 
 @final
 class HostBuffer(Buffer):
@@ -95,3 +94,26 @@ class Call:
     ) -> tuple[int, bytes | tuple[bytes, list[memoryview]], tuple[int, str] | None]: ...
     def interrupt(self) -> None: ...
     def abandon(self) -> None: ...
+
+@final
+class Auto:
+    def __new__(cls, caches: list[Cache]) -> Auto: ...
+    @property
+    def generation(self) -> int: ...
+    def choices(self) -> tuple[Cache, Cache, Cache | None, Cache | None, bool]: ...
+    def route(self, fn_: object, kill_on_cancel: bool) -> Cache: ...
+    def note_parked(self) -> bool: ...
+    def pin(self, target: object, worker_type: str | None) -> None: ...
+    def fallback(
+        self,
+        cache: Cache,
+        kind: int,
+        data: bytes,
+        reason: tuple[int, str] | None,
+        fn_: object,
+        kill_on_cancel: bool,
+    ) -> Cache | None: ...
+    def loaded_elsewhere(self, fn_: object, data: bytes) -> None: ...
+    def statistics(
+        self,
+    ) -> list[tuple[str, int, int, float | None, int, list[tuple[str, str]], list[str]]]: ...
