@@ -20,6 +20,9 @@ NO_CLOUDPICKLE_VENV := .venv-no-cloudpickle
 FIND_PYTHON := PYTHON="$(PYTHON)" PYTHONS="$(PYTHONS)" tools/find-python.sh
 IN_VENV := tools/in-venv.sh $(VENV)
 PY_SOURCES := $(wildcard python python-tests benches examples tests/python worker-types/src)
+# Every doc link must resolve. The module docs are written for maintainers and link private items
+# on purpose, so the private items are documented too and such links are allowed.
+RUSTDOC_LINT := -D warnings -A rustdoc::private_intra_doc_links
 
 section = @printf '\n==> %s [%s]\n' "$(1)" "$$(date +%T)"
 
@@ -91,13 +94,19 @@ test-old: ## Run test_availability.py and test_process.py on each Python < 3.13 
 		.venv-$$tag/bin/python -m pytest python-tests/test_availability.py python-tests/test_process.py -q); \
 	done
 
+# What each check is for: docs/contributing.md.
 .PHONY: lint
-lint: venv ## Lint Rust (rustfmt, clippy -D warnings) and Python (ruff)
+lint: venv ## Lint: rustfmt, clippy, rustdoc, the MSRV, ruff
 	$(call section,lint)
 	cargo fmt --all --check
 	$(IN_VENV) cargo clippy --workspace --all-targets --features python -- -D warnings
 	$(VENV)/bin/ruff check $(PY_SOURCES)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(call section,cargo doc (warnings denied))
+	RUSTDOCFLAGS="$(RUSTDOC_LINT)" $(IN_VENV) \
+		cargo doc --workspace --no-deps --features python --document-private-items --quiet
+	$(call section,MSRV (tools/check-msrv.sh))
+	tools/check-msrv.sh $(VENV)
 
 .PHONY: format
 format: venv ## Format Rust and Python code, and apply ruff's safe fixes

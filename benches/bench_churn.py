@@ -12,7 +12,7 @@ Two phases per worker type, each in a fresh worker context:
   ``kill_on_cancel=True`` once it runs; RSS growth over them (on SUBINTERPRETER, 3.13 leaks
   1.7 to 8.6 MiB per *ended* interpreter: interpool keeps an interrupted interpreter instead).
 
-The limiter is ``--width`` wide (2 by default, as in issue #11's measurements). RSS is the
+The limiter is ``--width`` wide (2 by default, as in docs/benchmarks.md's churn table). RSS is the
 host's (``/proc/self/status``): for process workers it does not include the workers.
 
     python benches/bench_churn.py [--types subinterpreter,forkserver,spawn,auto]

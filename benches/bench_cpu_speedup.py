@@ -12,7 +12,7 @@ import time
 import trio
 
 import interpool
-from interpool import _bench_jobs
+from interpool._bench import jobs
 
 
 async def main(iterations: int, repeats: int) -> None:
@@ -21,16 +21,16 @@ async def main(iterations: int, repeats: int) -> None:
         run = functools.partial(ctx.run_sync, limiter=limiter)
         async with trio.open_nursery() as nursery:  # start both workers first
             for _ in range(2):
-                nursery.start_soon(run, _bench_jobs.spin, 10)
+                nursery.start_soon(run, jobs.spin, 10)
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(4):
-                await run(_bench_jobs.spin, iterations)
+                await run(jobs.spin, iterations)
             sequential = time.perf_counter() - t0
             t0 = time.perf_counter()
             async with trio.open_nursery() as nursery:
                 for _ in range(4):
-                    nursery.start_soon(run, _bench_jobs.spin, iterations)
+                    nursery.start_soon(run, jobs.spin, iterations)
             parallel = time.perf_counter() - t0
             print(
                 f"sequential {sequential:.3f} s, two at a time {parallel:.3f} s, "

@@ -5,7 +5,7 @@ same LocalCluster, interleaved.
 
 One Dask worker process with ``--threads`` threads (default: the CPU count), the usual layout of
 one worker per machine. Each round runs the same batch of CPU-bound pure-Python tasks
-(``interpool._bench_jobs.spin``) once on the default executor and once annotated with
+(``interpool._bench.jobs.spin``) once on the default executor and once annotated with
 ``executor="interpool"`` (subinterpreters under AUTO). Printed: the median wall time of each,
 and the median of the per-round ratios.
 """
@@ -21,16 +21,16 @@ import dask
 import distributed
 
 import interpool.dask
-from interpool import _bench_jobs
+from interpool._bench import jobs
 
 
 def run_batch(client: distributed.Client, tasks: int, iterations: int, annotate: bool) -> float:
     t0 = time.perf_counter()
     if annotate:
         with dask.annotate(executor="interpool"):
-            futures = client.map(_bench_jobs.spin, [iterations] * tasks, pure=False)
+            futures = client.map(jobs.spin, [iterations] * tasks, pure=False)
     else:
-        futures = client.map(_bench_jobs.spin, [iterations] * tasks, pure=False)
+        futures = client.map(jobs.spin, [iterations] * tasks, pure=False)
     client.gather(futures)
     return time.perf_counter() - t0
 

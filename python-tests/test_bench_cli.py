@@ -12,7 +12,8 @@ import sys
 import pytest
 
 import interpool
-from interpool import _bench
+from interpool._bench import cli, peers, plot, report, settings
+from interpool._bench.results import Results
 
 pytestmark = pytest.mark.needs_subinterpreters
 
@@ -47,17 +48,17 @@ SUMMARY_KEYS = {"unit", "median", "p10", "p90", "p99", "n", "spread", "wide_spre
 
 def assert_schema(doc):
     assert doc["schema"] == "interpool-bench/1"
-    assert doc["mode"] in _bench.SETTINGS
+    assert doc["mode"] in settings.SETTINGS
     machine = doc["machine"]
     for key in ("cpu_count", "workers", "python", "platform", "interpool", "commit", "peers"):
         assert key in machine, key
-    assert set(doc["metrics"]) == set(_bench.METRICS)
+    assert set(doc["metrics"]) == set(settings.METRICS)
     assert doc["backends"], "no backend at all"
     for name, entry in doc["backends"].items():
         assert {"group", "available", "reason", "figures", "skipped"} <= set(entry), name
         if entry["available"]:
             # Every figure is either measured or skipped with a reason.
-            assert set(_bench.METRICS) <= set(entry["figures"]) | set(entry["skipped"]), name
+            assert set(settings.METRICS) <= set(entry["figures"]) | set(entry["skipped"]), name
         else:
             assert entry["reason"], name
         for key, summary in entry["figures"].items():
@@ -74,7 +75,7 @@ def assert_schema(doc):
 
 
 def parse(*argv):
-    return _bench.parse_args(list(argv))[1]
+    return cli.parse_args(list(argv))[1]
 
 
 def test_defaults():
@@ -111,7 +112,7 @@ def test_options_parse():
 )
 def test_bad_arguments_exit_2_with_a_clear_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
-        _bench.parse_args(argv)
+        cli.parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -135,34 +136,34 @@ def test_unknown_command_from_the_command_line():
 
 def made_up_document():
     candidates = [
-        _bench.Candidate("interpool subinterpreter", "interpool", backend=object()),
-        _bench.Candidate(_bench.REFERENCE_PEER, "trio-parallel", backend=object()),
-        _bench.Candidate("loky", "peer", reason="loky is not installed"),
+        peers.Candidate("interpool subinterpreter", "interpool", backend=object()),
+        peers.Candidate(settings.REFERENCE_PEER, "trio-parallel", backend=object()),
+        peers.Candidate("loky", "peer", reason="loky is not installed"),
     ]
-    results = _bench.Results()
-    for name, scale in (("interpool subinterpreter", 1.0), (_bench.REFERENCE_PEER, 5.0)):
-        for key in _bench.METRICS:
+    results = Results()
+    for name, scale in (("interpool subinterpreter", 1.0), (settings.REFERENCE_PEER, 5.0)):
+        for key in settings.METRICS:
             if key == "map_jobs_per_s":
                 results.skip(name, key, "interpool.amap is not in this build")
                 continue
             for i in range(5):
                 results.add(name, key, scale * (10 + i))
         results.rounds.setdefault(name, {})["warm_call_us"] = [scale * 10, scale * 100]
-    return _bench.build_document(candidates, results, _bench.SETTINGS["smoke"], 2)
+    return report.build_document(candidates, results, settings.SETTINGS["smoke"], 2)
 
 
 def test_document_schema_ratios_and_table():
     doc = made_up_document()
     assert_schema(doc)
-    assert doc["reference"] == _bench.REFERENCE_PEER
+    assert doc["reference"] == settings.REFERENCE_PEER
     ratios = doc["ratios_vs_reference"]["interpool subinterpreter"]
     # Lower is better for times, higher for rates: 5x slower peer, 5x faster peer.
     assert ratios["cold_start_ms"] == pytest.approx(5.0)
     assert ratios["throughput_jobs_per_s"] == pytest.approx(0.2)
     # A wide spread of the round medians is flagged, and said in a note.
-    assert doc["backends"][_bench.REFERENCE_PEER]["figures"]["warm_call_us"]["wide_spread"]
+    assert doc["backends"][settings.REFERENCE_PEER]["figures"]["warm_call_us"]["wide_spread"]
     assert any("wide spread" in note for note in doc["notes"])
-    table = _bench.render_table(doc)
+    table = report.render_table(doc)
     assert "interpool subinterpreter" in table
     assert "vs trio-parallel spawn" in table
     assert "skipped loky: loky is not installed" in table
@@ -172,7 +173,7 @@ def test_document_schema_ratios_and_table():
 def test_plot_is_written(tmp_path):
     pytest.importorskip("matplotlib")
     path = tmp_path / "bench.png"
-    _bench.write_plot(made_up_document(), path)
+    plot.write_plot(made_up_document(), path)
     assert path.read_bytes().startswith(b"\x89PNG")
 
 
@@ -182,7 +183,7 @@ def test_plot_is_written(tmp_path):
 def test_smoke_run_writes_json_and_plot(tmp_path):
     out = tmp_path / "results" / "latest.json"
     argv = ["bench", "--smoke", "--no-peers", "--no-progress", "--json", str(out)]
-    has_matplotlib = _bench._importable("matplotlib") is None
+    has_matplotlib = peers.why_missing("matplotlib") is None
     if has_matplotlib:
         argv += ["--plot", str(tmp_path / "results" / "latest.png")]
     proc = run_cli(*argv, cwd=tmp_path)

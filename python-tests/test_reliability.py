@@ -1,4 +1,4 @@
-"""Reliability under cancellation churn, on every worker type (issue #11).
+"""Reliability under cancellation churn, on every worker type.
 
 - a cancellation that arrives after the job completed interrupts nothing: the worker is reused,
   its outcome stands, and closing reports nothing;

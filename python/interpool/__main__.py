@@ -7,6 +7,6 @@ they import this file as ``__mp_main__``: it does nothing unless it is ``__main_
 if __name__ == "__main__":
     import sys
 
-    from interpool._bench import main
+    from interpool._bench.cli import main
 
     sys.exit(main())
