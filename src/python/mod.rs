@@ -158,9 +158,10 @@ fn lent_buffers() -> usize {
 }
 
 /// `(pickle, [buffer, ...])` for a value with out-of-band buffers: a `memoryview` of a
-/// [`HostBuffer`](python_buffers::HostBuffer) for host memory, or a `bytes` copied straight from memory a worker lent (the
-/// one copy of a returned `bytes`: its pickle rebuilds it with `bytes(buffer)`, which returns a
-/// `bytes` as it is). Dropping the lent buffer hands it back to its worker.
+/// [`HostBuffer`](python_buffers::HostBuffer) for host memory, or a `bytes` copied straight from
+/// memory a worker lent (the one copy of a returned `bytes`: its pickle rebuilds it with
+/// `bytes(buffer)`, which returns a `bytes` as it is). Dropping the lent buffer hands it back to
+/// its worker.
 fn value_with_buffers<'py>(
     py: Python<'py>,
     data: &[u8],
@@ -222,7 +223,7 @@ impl Cache {
 
     /// Runs the pickled job on the hottest idle worker or a new one; never blocks on a worker.
     /// `payload` is the pickle (`bytes`), or `(pickle, buffers)` with its out-of-band buffers
-    /// (contiguous `"B"` memoryviews, read in place: see [`pinned`]).
+    /// (contiguous `"B"` memoryviews, read in place: see [`python_buffers::pin`]).
     fn submit(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<Call> {
         python_buffers::release_pinned(py);
         let job = match payload.cast::<PyBytes>() {
