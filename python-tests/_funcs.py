@@ -12,6 +12,7 @@ bytes (see ``signal_started``), so the parent also learns which interpreter
 picked the job up.
 """
 
+import importlib
 import os
 import struct
 import sys
@@ -331,6 +332,13 @@ def segfault():
 
 def in_a_worker():
     return "_interpool_worker" in sys.modules
+
+
+def interpool_modules(also_import=None):
+    """The interpool modules imported in this interpreter, after importing ``also_import``."""
+    if also_import is not None:
+        importlib.import_module(also_import)
+    return sorted(m for m in sys.modules if m == "interpool" or m.startswith("interpool."))
 
 
 def raise_in_worker(message):

@@ -27,7 +27,7 @@ import _helpers
 import pytest
 
 import interpool
-from interpool import WorkerType, _impl, _interpool
+from interpool import WorkerType, _context, _impl, _interpool
 
 CONTRACT_TYPES = [
     WorkerType.SUBINTERPRETER,
@@ -136,13 +136,14 @@ def _contract_default_context_and_leak_check(request):
         yield
         return
     before = (_interpool_threads(), _interpool.live_subinterpreters(), _worker_processes())
-    context = _impl.WorkerContext._create(worker_type=request.getfixturevalue("worker_type"))
+    options = _context.ContextOptions(worker_type=request.getfixturevalue("worker_type"))
+    context = _context.WorkerContext._create(options)
     saved, _impl._default_context = _impl._default_context, context
     try:
         yield
     finally:
         _impl._default_context = saved
-        context._close_blocking(context.grace_period)
+        _context.core_of(context).close_blocking(context.grace_period)
     _helpers.assert_no_workers(context)
     deadline = time.monotonic() + _helpers.HANG_GUARD
     while (leaks := _leaks(before)) and time.monotonic() < deadline:

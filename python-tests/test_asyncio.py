@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import interpool
+from interpool import _context
 
 SUB = interpool.WorkerType.SUBINTERPRETER
 pytestmark = pytest.mark.needs_subinterpreters
@@ -343,7 +344,7 @@ def test_context_closing_in_one_loop_waits_for_a_call_in_another_thread():
                 )
                 thread.start()
                 await started.wait_started()
-                exiting = asyncio.create_task(ctx._aclose())
+                exiting = asyncio.create_task(_context.core_of(ctx).aclose())
                 await _helpers.yield_a_few()
                 assert not exiting.done()
                 release.send()

@@ -1,11 +1,16 @@
 """What ``import interpool`` imports: neither trio nor asyncio until a program runs on one, so an
 asyncio program never imports trio and a trio program never imports asyncio. Each check runs in a
-fresh interpreter, where ``sys.modules`` shows exactly what was imported."""
+fresh interpreter, where ``sys.modules`` shows exactly what was imported. And what a worker
+imports: the worker-side package ``interpool._worker``, never the front end."""
 
 import textwrap
 
+import _funcs
 import pytest
 from _helpers import run_script
+
+import interpool
+from interpool import WorkerType
 
 pytestmark = pytest.mark.needs_subinterpreters
 
@@ -119,3 +124,21 @@ def test_trio_types_in_the_asyncio_api_still_arrive_when_needed(tmp_path):
         print("ok")
         """,
     )
+
+
+@pytest.mark.parametrize(
+    "worker_type",
+    [WorkerType.SUBINTERPRETER, WorkerType.FORKSERVER, WorkerType.SPAWN],
+    ids=lambda t: t.value,
+)
+async def test_a_worker_imports_the_worker_side_package_and_no_front_end_module(worker_type):
+    # A map chunk makes the worker import interpool._worker.chunks by reference; the job imports
+    # the Dask task's module too.
+    async with interpool.open_worker_context(worker_type=worker_type) as ctx:
+        job = ["interpool._worker.dask_job"]
+        async with interpool.amap(_funcs.interpool_modules, job, context=ctx) as results:
+            [loaded] = [modules async for modules in results]
+    assert {"interpool._worker.chunks", "interpool._worker.dask_job"} <= set(loaded), loaded
+    shared = ("interpool", "interpool._types")
+    front_end = [m for m in loaded if m not in shared and not m.startswith("interpool._worker")]
+    assert front_end == [], loaded

@@ -27,6 +27,7 @@ import trio
 import trio.testing
 
 import interpool
+from interpool import _context
 
 PROCESS_TYPES = [interpool.WorkerType.SPAWN, interpool.WorkerType.FORKSERVER]
 SCRIPT_TIMEOUT = 120
@@ -157,7 +158,7 @@ def test_processes_can_be_killed_and_survive_crashes(worker_type):
 
 def test_fork_is_refused_with_the_reason_and_the_alternative(worker_type):
     with pytest.raises(ValueError, match="multi-threaded") as excinfo:
-        interpool.WorkerContext._create(worker_type="fork")
+        _context.ContextOptions(worker_type="fork")
     assert "FORKSERVER" in str(excinfo.value)
 
 

@@ -27,7 +27,7 @@ import trio.testing
 from test_process import Fifo, workers_left
 
 import interpool
-from interpool import _interpool, _outcome
+from interpool import _context, _interpool, _outcome
 
 pytestmark = pytest.mark.needs_subinterpreters
 
@@ -49,7 +49,8 @@ def worker_threads():
 async def test_an_interrupt_after_the_job_completed_leaves_its_worker_in_service(worker_type):
     async with interpool.open_worker_context(worker_type=worker_type) as ctx:
         warm = await ctx.run_sync(_funcs.pid_and_interpreter)
-        call = ctx._cache.submit(_outcome.dumps((_funcs.pid_and_interpreter, ())))
+        cache = _context.core_of(ctx).cache
+        call = cache.submit(_outcome.dumps((_funcs.pid_and_interpreter, ())))
         fd = call.arm()
         if fd is not None:
             await trio.lowlevel.wait_readable(fd)

@@ -19,7 +19,7 @@ if "_interpool_worker" in sys.modules:
     # Inside a worker, a user script that does ``import interpool`` at the top is being loaded as
     # ``__mp_main__``. The extension module refuses to load in a subinterpreter, and trio is not
     # needed there: offer the same names, usable only in the parent.
-    from ._in_worker import (
+    from ._worker.api import (
         AsyncioCapacityLimiter,
         Executor,
         MapResults,
@@ -40,12 +40,11 @@ if "_interpool_worker" in sys.modules:
     )
 else:
     from ._backends import CapacityLimiter as AsyncioCapacityLimiter
+    from ._context import WorkerContext, available_worker_types
     from ._executor import Executor, get_reusable_executor
     from ._forkserver import configure_forkserver
     from ._impl import (
-        WorkerContext,
         atexit_shutdown_grace_period,
-        available_worker_types,
         cache_scope,
         configure_default_context,
         current_default_worker_limiter,

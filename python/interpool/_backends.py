@@ -1,11 +1,12 @@
 """What interpool needs from the running async library, for trio and for asyncio.
 
-The front end (``_impl.py``, ``_map.py``) waits for a job in one way whatever the library:
+The call paths (``_call.py``, ``_map.py``) wait for a job in one way whatever the library:
 spin with the GIL released, then park on the call's file descriptor. What differs is how to
-check for cancellation, park on an fd, shield a wait, make a thread-safe event, run a blocking
-call in a thread, and which capacity limiter is the default. Each library gets one object with
-the same attributes (a ``_Trio``, made on first use, and :data:`ASYNCIO`); :func:`current` picks
-the running one (anyio runs on either, and is served by the one it runs on).
+check for cancellation, whether to yield right after submitting, how to take a token of the
+default capacity limiter (and which one that is), park on an fd, shield a wait, make a
+thread-safe event and run a blocking call in a thread. Each library gets one object with the
+same attributes (a ``_Trio``, made on first use, and :data:`ASYNCIO`); :func:`current` picks the
+running one (anyio runs on either, and is served by the one it runs on).
 
 Cancellation differs at the root: trio's is level-triggered (a cancelled scope raises at every
 checkpoint until it is left), asyncio's is edge-triggered (``Task.cancel`` throws one
@@ -27,7 +28,7 @@ import sys
 import time
 import types
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import sniffio
@@ -90,15 +91,71 @@ class _Trio:
     """Made on the first use under trio (trio is imported then)."""
 
     name = "trio"
+    # A cancellation raises again at every checkpoint until its scope is left: a wait can be
+    # shielded and the cancellation still reaches the caller afterwards.
+    level_triggered = True
 
     def __init__(self) -> None:
         self.checkpoint = trio.lowlevel.checkpoint
+        # Before a job is submitted: raises a cancellation already requested, yields otherwise
+        # never (the call's schedule point comes later, see try_take_token).
+        self.check_cancelled = trio.lowlevel.checkpoint_if_cancelled
+        # The schedule point of a call alone: one yield while its job runs, shielded so that it
+        # does not cancel a job that already started.
+        self.after_submit: Callable[[], Awaitable[None]] | None = (
+            trio.lowlevel.cancel_shielded_checkpoint
+        )
+        self.limiter_type = trio.CapacityLimiter
         self.wait_readable = trio.lowlevel.wait_readable
+        self._default_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
+            "interpool_default_limiter"
+        )
+
+    def default_limiter(self) -> trio.CapacityLimiter:
+        """The default worker limiter of this ``trio.run`` (``os.cpu_count()`` tokens)."""
+        try:
+            return self._default_limiter.get()
+        except LookupError:
+            limiter = trio.CapacityLimiter(os.cpu_count() or 1)
+            self._default_limiter.set(limiter)
+            return limiter
+
+    @staticmethod
+    def try_take_token(limiter: trio.CapacityLimiter) -> bool:
+        """Takes a token of ``limiter`` without yielding, if no other call holds one (``async
+        with`` costs ~5 µs); False otherwise: the call is in a burst, see :meth:`take_token`."""
+        if limiter.borrowed_tokens:
+            return False
+        try:
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            return False
+        return True
+
+    @staticmethod
+    async def take_token(limiter: trio.CapacityLimiter) -> None:
+        """Takes a token among other calls: yields before taking it, and once more before
+        parking on the limiter. Yielding with a token held makes every call that runs meanwhile
+        park on the limiter, and trio wakes those one per pass of its loop, several times what a
+        trivial job costs; calls that merely yielded all take a token in turn in the next pass."""
+        await trio.lowlevel.checkpoint()
+        try:
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await trio.lowlevel.checkpoint()
+            try:
+                limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await limiter.acquire()
 
     @staticmethod
     async def wait_readable_shielded(fd: int, timeout: float = math.inf) -> None:
         """Waits, immune to cancellation, until ``fd`` is readable or ``timeout`` passes.
         Returns None: trio re-delivers a cancellation at the next checkpoint by itself."""
+        if timeout == math.inf:
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.wait_readable(fd)
+            return
         with trio.move_on_after(timeout, shield=True):
             await trio.lowlevel.wait_readable(fd)
 
@@ -124,7 +181,7 @@ class _Trio:
 
 
 @types.coroutine
-def _yield_once():  # the body of asyncio.sleep(0), without its wrapper coroutine
+def _yield_once() -> Generator[None, None, None]:  # asyncio.sleep(0) without its wrapper
     yield
 
 
@@ -158,12 +215,39 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 class _Asyncio:
     name = "asyncio"
+    # A cancellation is thrown into one suspension: a shielded wait must hand it back.
+    level_triggered = False
+    # No yield after submitting: asyncio cannot shield one, and a cancellation delivered there
+    # would be lost for a job that already started.
+    after_submit: Callable[[], Awaitable[None]] | None = None
 
     @staticmethod
     async def checkpoint() -> None:
         """One pass through the event loop: a cancellation requested before it (or while it
         waits, such as ``asyncio.timeout(0)``'s) is raised here."""
         await _yield_once()
+
+    # Before a job is submitted, a full pass through the event loop: asyncio delivers a
+    # cancellation only at a suspension, so this is where an already-requested one stops the job
+    # from ever running.
+    check_cancelled = checkpoint
+
+    limiter_type: type[CapacityLimiter]  # set below, once the class exists
+
+    @staticmethod
+    def default_limiter() -> CapacityLimiter:
+        """The default worker limiter of the running event loop (``os.cpu_count()`` tokens)."""
+        return asyncio_default_limiter()
+
+    @staticmethod
+    def try_take_token(limiter: CapacityLimiter) -> bool:
+        """Takes a token of ``limiter`` if one is free and nobody waits; never yields."""
+        return limiter.try_acquire()
+
+    @staticmethod
+    async def take_token(limiter: CapacityLimiter) -> None:
+        """Waits for a token of ``limiter``, first come first served."""
+        await limiter.acquire()
 
     @staticmethod
     async def wait_readable(fd: int, timeout: float | None = None) -> None:
@@ -227,7 +311,10 @@ class _Asyncio:
         async def wait() -> None:
             await future
 
-        return wait, lambda: loop.call_soon_threadsafe(_wake, future)
+        def set_from_any_thread() -> None:
+            loop.call_soon_threadsafe(_wake, future)
+
+        return wait, set_from_any_thread
 
     @staticmethod
     async def run_in_thread(fn: Callable[..., Any], *args: object) -> Any:
@@ -328,6 +415,8 @@ class CapacityLimiter:
     async def __aexit__(self, *exc_info: object) -> None:
         self.release()
 
+
+_Asyncio.limiter_type = CapacityLimiter
 
 _asyncio_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, CapacityLimiter] = (
     weakref.WeakKeyDictionary()

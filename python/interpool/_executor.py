@@ -2,7 +2,7 @@
 ``get_reusable_executor``. See docs/executor.md.
 
 An executor is a thin shell over a :class:`WorkerContext` of its own: calls go to the same Rust
-worker caches, AUTO's choice and fallbacks (``WorkerContext._cache_for`` / ``_failed``), running
+worker caches, AUTO's choice and fallbacks (``ContextCore.cache_for`` / ``failed``), running
 counts and statistics as ``run_sync``'s. What this module adds is waiting without an event loop:
 
 - ``max_workers`` bounds the calls a worker has; the others wait, already pickled, in a FIFO
@@ -42,14 +42,11 @@ from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pickle import loads as pickle_loads
 from typing import Any, TypeVar
 
-from . import _auto, _chunks, _outcome
-from ._impl import (
-    _SPIN_MICROSECONDS,
-    ABANDON_AFTER,
-    WorkerContext,
-    _raise_shutdown_failures,
-)
+from . import _auto, _outcome
+from ._call import ABANDON_AFTER, SPIN_MICROSECONDS
+from ._context import ContextCore, ContextOptions
 from ._types import BrokenWorkerError, WorkerContextStatistics, WorkerType
+from ._worker.chunks import ChunkError, run_chunk
 
 T = TypeVar("T")
 
@@ -137,7 +134,7 @@ class _Engine:
     reference to the :class:`Executor`, so that an executor dropped without ``shutdown()`` is
     collected, and then shut down)."""
 
-    def __init__(self, ctx: WorkerContext, max_workers: int, kill_on_cancel: bool) -> None:
+    def __init__(self, ctx: ContextCore, max_workers: int, kill_on_cancel: bool) -> None:
         self.ctx = ctx
         self.max_workers = max_workers
         self.kill_on_cancel = kill_on_cancel
@@ -190,7 +187,7 @@ class _Engine:
                 self.queued.append(fut)
             elif error is None:
                 # The job first, the future while it runs.
-                cache = self.ctx._cache_for(route, self.kill_on_cancel)
+                cache = self.ctx.cache_for(route, self.kill_on_cancel)
                 try:
                     call = cache.submit(payload)
                 except BaseException as exc:  # noqa: BLE001, the future carries it
@@ -200,7 +197,7 @@ class _Engine:
                 if call is not None:
                     fut._call, fut._cache = call, cache
                     self.running.add(fut)
-                    self.ctx._call_started()
+                    self.ctx.call_started()
             else:
                 fut = Future(self, route, payload)
         if error is not None:
@@ -219,14 +216,14 @@ class _Engine:
 
     def start_locked(self, fut: Future[Any]) -> BaseException | None:
         """Hands a RUNNING future's job to a worker; the error if none could take it."""
-        cache = self.ctx._cache_for(fut._fn, self.kill_on_cancel)
+        cache = self.ctx.cache_for(fut._fn, self.kill_on_cancel)
         try:
             fut._call = cache.submit(fut._payload)
         except BaseException as exc:  # noqa: BLE001, the future carries it
             return exc
         fut._cache = cache
         self.running.add(fut)
-        self.ctx._call_started()
+        self.ctx.call_started()
         return None
 
     def fill_locked(self) -> tuple[list[tuple[Future[Any], BaseException]], list[Any]]:
@@ -261,9 +258,9 @@ class _Engine:
                 return _NO_VALUE, timeout
             fut._spinning = True
         if timeout is None:
-            spin = _SPIN_MICROSECONDS
+            spin = SPIN_MICROSECONDS
         else:
-            spin = max(0, min(_SPIN_MICROSECONDS, int(timeout * 1e6)))
+            spin = max(0, min(SPIN_MICROSECONDS, int(timeout * 1e6)))
             started = time.monotonic()
         done = False
         try:
@@ -355,7 +352,7 @@ class _Engine:
             else:
                 kind, data, reason = call.result()
                 if fut._load_error is not None:
-                    ctx._loaded_elsewhere(fut._fn, kind, fut._load_error)
+                    ctx.loaded_elsewhere(fut._fn, kind, fut._load_error)
                     fut._load_error = None
                 if fut._killed:
                     pass
@@ -367,9 +364,7 @@ class _Engine:
                     error = _outcome.rebuild_exception(data)
                 else:
                     broke = kind == _outcome.BROKEN and reason == _INIT_FAILED
-                    retry = ctx._failed(
-                        fut._cache, kind, data, reason, fut._fn, self.kill_on_cancel
-                    )
+                    retry = ctx.failed(fut._cache, kind, data, reason, fut._fn, self.kill_on_cancel)
                     # Re-run once where AUTO says; a second load error there is the call's.
                     fut._load_error = data if kind == _outcome.LOAD_ERROR else None
         except BaseException as exc:  # noqa: BLE001, the future carries it
@@ -388,7 +383,7 @@ class _Engine:
                     item = self.watch_locked(fut)
                     return _NO_VALUE, [item] if item else []
             self.running.discard(fut)
-            ctx._call_ended()
+            ctx.call_ended()
             if broke or self.queued or self.is_shutdown:
                 failed, ready = self.slot_freed_locked(broke)
         fut._payload = None
@@ -507,11 +502,8 @@ class _Engine:
         """Ends the workers within the grace period (in the watcher thread, once no call is
         left); the failure report goes to ``shutdown(wait=True)``, or to stderr."""
         ctx = self.ctx
-        ctx._closed = True
         try:
-            for cache in ctx._caches():
-                cache.close()
-            _raise_shutdown_failures(*ctx._wait_closed(ctx.grace_period))
+            ctx.close_blocking(ctx.options.grace_period)
         except BaseException as exc:  # noqa: BLE001
             self.close_error = exc
         finally:
@@ -623,17 +615,23 @@ class Executor(concurrent.futures.Executor):
             raise RuntimeError("cannot create an Executor after interpreter shutdown")
         # max_tasks_per_child is the context's max_tasks_per_worker: counted by the worker before
         # it publishes an outcome, so the next call never races with a retire hook.
-        ctx = WorkerContext._create(
-            idle_timeout, init, bool, grace_period, worker_type, max_tasks_per_child
+        ctx = ContextCore(
+            ContextOptions(
+                idle_timeout=idle_timeout,
+                init=init,
+                grace_period=grace_period,
+                worker_type=worker_type,
+                max_tasks_per_worker=max_tasks_per_child,
+            )
         )
         self._engine = _Engine(ctx, max_workers, kill_on_cancel)
         self._options = {
-            "worker_type": ctx.worker_type,
+            "worker_type": ctx.options.worker_type,
             "initializer": initializer,
             "initargs": initargs,
             "max_tasks_per_child": max_tasks_per_child,
-            "idle_timeout": ctx.idle_timeout,
-            "grace_period": ctx.grace_period,
+            "idle_timeout": ctx.options.idle_timeout,
+            "grace_period": ctx.options.grace_period,
             "kill_on_cancel": kill_on_cancel,
         }
         # Dropped without shutdown(): the calls already submitted finish, then the workers end.
@@ -641,7 +639,8 @@ class Executor(concurrent.futures.Executor):
 
     max_workers = property(lambda self: self._engine.max_workers, doc="How many calls run at once.")
     worker_type = property(
-        lambda self: self._engine.ctx.worker_type, doc="The :class:`WorkerType` of the workers."
+        lambda self: self._engine.ctx.options.worker_type,
+        doc="The :class:`WorkerType` of the workers.",
     )
 
     def __repr__(self) -> str:
@@ -660,6 +659,13 @@ class Executor(concurrent.futures.Executor):
             BrokenWorkerError: after an initializer failed.
         """
         return self._engine.submit(fn, args, kwargs)  # type: ignore[no-any-return]
+
+    def _submit_routed(
+        self, route: Callable[..., Any] | None, fn: Callable[..., Any], *args: Any
+    ) -> Future[Any]:
+        """:meth:`submit` of ``fn(*args)`` that AUTO routes by ``route`` (None: by ``fn``): for
+        jobs that run another callable, such as a map chunk or a Dask task (``interpool.dask``)."""
+        return self._engine.submit(fn, args, {}, route)  # type: ignore[no-any-return]
 
     def map(
         self,
@@ -691,9 +697,8 @@ class Executor(concurrent.futures.Executor):
         if chunksize == 1:
             jobs = (self.submit(fn, *args) for args in items)
         else:
-            submit = self._engine.submit
             jobs = (
-                submit(_chunks.run_chunk, (fn, True, chunk), {}, fn)  # AUTO routes by fn
+                self._submit_routed(fn, run_chunk, fn, True, chunk)
                 for chunk in _batched(items, chunksize)
             )
         if buffersize is None:
@@ -750,7 +755,7 @@ def _map_results(
             error: BaseException | None = None
             try:
                 results = fut.result(left)
-            except _chunks.ChunkError as exc:  # an item raised: the results before it count
+            except ChunkError as exc:  # an item raised: the results before it count
                 results = exc.args[1]
                 error = exc.__cause__ if exc.__cause__ is not None else exc
             yield from results

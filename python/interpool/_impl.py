@@ -1,23 +1,9 @@
-"""The front end: worker contexts, the default context, and ``run_sync``, for trio and asyncio.
+"""The default context and the module-level API: ``run_sync``, ``open_worker_context``,
+``cache_scope``, ``configure_default_context``, ``pin``, the default limiter and what happens at
+exit and fork.
 
-A call's path under trio, which decides interpool's latency (see docs/architecture.md):
-
-1. a cancellation point, then the job is pickled here, in the caller's interpreter;
-2. the limiter is taken (``acquire_nowait`` first: ``async with`` costs ~5 µs);
-3. the Rust cache hands the job to the hottest idle worker, which is usually still spinning;
-4. one schedule point (shielded, so it does not cancel a job that already started) overlaps
-   the job, if no other call holds a token of the limiter; among other calls (a burst), the
-   schedule point comes before step 2 instead, so no task yields while holding a token (for a
-   ``trio.CapacityLimiter``; other limiters always overlap);
-5. the caller spins a few microseconds with the GIL released, and only then parks in trio on
-   a file descriptor that the worker writes only if somebody parked.
-
-Under asyncio (``sniffio`` tells which library runs; anyio runs on either) the path is the same
-except for step 1, which is a pass through the event loop *before* the job is submitted: asyncio
-delivers a cancellation only at a suspension, so this is where an already-requested one (such as
-``asyncio.timeout(0)``'s) stops the job from ever running. Cancellation afterwards follows trio's
-rules as far as asyncio allows (see ``_wait_asyncio`` and docs/asyncio.md). The library-specific
-pieces (parking on an fd, shielding, the default limiter) live in ``_backends.py``.
+A context and its settings are ``_context.py``'s; the call path of ``run_sync`` is
+``_call.py``'s, for trio and asyncio alike.
 """
 
 from __future__ import annotations
@@ -25,597 +11,53 @@ from __future__ import annotations
 import atexit
 import contextvars
 import datetime  # noqa: F401, 3.13.0: concurrent first imports of _datetime in subinterpreters crash
-import math
 import os
 import sys
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from pickle import loads as pickle_loads
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _auto, _backends, _interpool, _outcome
-from ._types import (
-    BrokenWorkerError,
-    WorkerContextStatistics,
-    WorkerType,
-    WorkerTypeInfo,
-    WorkerTypeStatistics,
-    WorkerTypeUnavailableError,
+from . import _backends, _call, _interpool
+from ._context import (
+    ContextOptions,
+    WorkerContext,
+    check_seconds,
+    core_of,
+    takes_options,
 )
+from ._types import BrokenWorkerError, WorkerContextStatistics, WorkerType
 
 if TYPE_CHECKING:
     import trio
-else:  # imported on first use: an asyncio program never imports trio
-    trio = _backends.DeferredModule("trio", globals())
 
 T = TypeVar("T")
-
-_sniffio_local = _backends.sniffio_thread_local
-
-# How long a caller spins for the outcome before parking in trio. Warm trivial jobs come back in
-# a few microseconds, so this saves the two cross-thread wake-ups that parking costs; longer jobs
-# pay at most this much CPU once.
-_SPIN_MICROSECONDS = 30
-# After interrupting a job on cancellation, how long to wait before abandoning its worker (the
-# interrupt needs the worker's GIL, which takes up to a switch interval, 5 ms).
-ABANDON_AFTER = 1.0
 
 # Results may name classes of the parent's main script as ``__mp_main__`` (workers load the
 # script under that name), as multiprocessing arranges too.
 sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
-
-_default_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] | None = None  # made under trio
 
 
 def current_default_worker_limiter() -> trio.CapacityLimiter | _backends.CapacityLimiter:
     """The limiter ``run_sync`` uses by default: one per ``trio.run`` (a ``trio.CapacityLimiter``)
     or per asyncio event loop (an :class:`interpool.AsyncioCapacityLimiter`), with
     ``os.cpu_count()`` tokens, shared by all worker contexts of that run or loop."""
-    if _backends.current_library() != "trio":
-        return _backends.asyncio_default_limiter()
-    return _trio_default_limiter()
-
-
-def _trio_default_limiter() -> trio.CapacityLimiter:
-    global _default_limiter
-    if _default_limiter is None:
-        _default_limiter = trio.lowlevel.RunVar("interpool_default_limiter")
-    try:
-        return _default_limiter.get()
-    except LookupError:
-        limiter = trio.CapacityLimiter(os.cpu_count() or 1)
-        _default_limiter.set(limiter)
-        return limiter
-
-
-def available_worker_types() -> list[WorkerTypeInfo]:
-    """Every worker type with its availability here (and the reason if unavailable)."""
-    return [
-        WorkerTypeInfo(WorkerType(name), available, reason, hard_kill, crash_isolation)
-        for name, available, reason, hard_kill, crash_isolation in _interpool.worker_type_info()
-    ]
-
-
-def _check_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 (math.inf for no limit), not {value!r}")
-    return float(value)
-
-
-def _check_limit(name: str, value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int or None, not {type(value).__name__}")
-    if not 1 <= value < 2**64:
-        raise ValueError(f"{name} must be >= 1 (None for no limit), not {value!r}")
-    return value
-
-
-def _check_worker_type(worker_type: object) -> WorkerType:
-    if worker_type == "fork":
-        raise ValueError(
-            "there is no 'fork' worker type: forking a multi-threaded process (interpool's host "
-            "always has threads) can deadlock or corrupt the child; use "
-            "WorkerType.FORKSERVER (fast starts, preloaded modules) or WorkerType.SPAWN"
-        )
-    try:
-        worker_type = WorkerType(worker_type)
-    except ValueError:
-        choices = ", ".join(repr(t.value) for t in WorkerType)
-        raise ValueError(f"unknown worker type {worker_type!r}; choose one of {choices}") from None
-    if worker_type is WorkerType.AUTO:
-        return worker_type
-    for info in available_worker_types():
-        if info.worker_type is worker_type and not info.available:
-            raise WorkerTypeUnavailableError(info.reason)
-    return worker_type
-
-
-class WorkerContext:
-    """A cache of workers with its own settings. Made by :func:`open_worker_context`; the default
-    one serves :func:`run_sync`."""
-
-    __slots__ = (
-        "_auto",
-        "_cache",
-        "_closed",
-        "_grace_period",
-        "_idle_timeout",
-        "_init",
-        "_max_tasks_per_worker",
-        "_max_worker_memory",
-        "_on_drained",
-        "_retire",
-        "_running",
-        "_setup_hooks",
-        "_worker_type",
-    )
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        raise TypeError(
-            f"{type(self).__name__} has no public constructor; use interpool.open_worker_context()"
-        )
-
-    @classmethod
-    def _create(
-        cls,
-        idle_timeout: float = 600.0,
-        init: Callable[[], object] = bool,
-        retire: Callable[[], object] = bool,
-        grace_period: float = 30.0,
-        worker_type: WorkerType | str = WorkerType.AUTO,
-        max_tasks_per_worker: int | None = None,
-        max_worker_memory: int | None = None,
-    ) -> WorkerContext:
-        idle_timeout = _check_seconds("idle_timeout", idle_timeout)
-        grace_period = _check_seconds("grace_period", grace_period)
-        max_tasks_per_worker = _check_limit("max_tasks_per_worker", max_tasks_per_worker)
-        max_worker_memory = _check_limit("max_worker_memory", max_worker_memory)
-        for name, hook in (("init", init), ("retire", retire)):
-            if not callable(hook):
-                raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
-        worker_type = _check_worker_type(worker_type)
-        self = object.__new__(cls)
-        self._idle_timeout, self._grace_period = idle_timeout, grace_period
-        self._init, self._retire, self._worker_type = init, retire, worker_type
-        self._max_tasks_per_worker = max_tasks_per_worker
-        self._max_worker_memory = max_worker_memory
-        self._setup_hooks = (_outcome.dumps(init), _outcome.dumps(retire))
-        if worker_type is WorkerType.AUTO:
-            # One cache per available type; the AUTO decision picks one per call.
-            self._auto = _auto.Auto(available_worker_types(), self._make_cache)
-            self._cache = None
-        else:
-            self._auto = None
-            self._cache = self._make_cache(worker_type)
-        self._closed = False
-        # One entry per call in progress. Event loops in several threads may share a context:
-        # list.append/pop are atomic, ``+= 1`` on an attribute is not.
-        self._running: list[None] = []
-        # Set by _aclose while it waits for running calls; callable from any thread.
-        self._on_drained: Callable[[], None] | None = None
-        return self
-
-    idle_timeout = property(
-        lambda self: self._idle_timeout,
-        doc="Seconds an idle worker waits for a job before it ends.",
-    )
-    init = property(lambda self: self._init, doc="Called once in each worker before its first job.")
-    retire = property(
-        lambda self: self._retire, doc="Called after each job; truthy ends the worker."
-    )
-    grace_period = property(
-        lambda self: self._grace_period, doc="Seconds workers get to end when the context closes."
-    )
-    worker_type = property(
-        lambda self: self._worker_type, doc="The :class:`WorkerType` of the workers."
-    )
-    max_tasks_per_worker = property(
-        lambda self: self._max_tasks_per_worker,
-        doc="Jobs after which a worker is replaced by a fresh one (None: never).",
-    )
-    max_worker_memory = property(
-        lambda self: self._max_worker_memory,
-        doc="Bytes of memory above which a worker is replaced after a job (None: no limit).",
-    )
-
-    def __repr__(self) -> str:
-        return (
-            f"<WorkerContext {self._worker_type.value} idle_timeout={self._idle_timeout} "
-            f"grace_period={self._grace_period}{' closed' if self._closed else ''}>"
-        )
-
-    def _make_cache(self, worker_type: WorkerType) -> Any:
-        return _interpool.Cache(
-            worker_type.value,
-            self._idle_timeout,
-            self._worker_setup,
-            self._max_tasks_per_worker,
-            self._max_worker_memory,
-        )
-
-    def _caches(self) -> list[Any]:
-        return [self._cache] if self._auto is None else list(self._auto.caches.values())
-
-    def _cache_for(self, sync_fn: object, kill_on_cancel: bool) -> Any:
-        """The cache that serves this call: the context's own, or AUTO's choice."""
-        auto = self._auto
-        if auto is None:
-            return self._cache
-        if auto.routes:
-            return auto.route(sync_fn, kill_on_cancel)
-        return auto.best[kill_on_cancel]
-
-    def pin(self, target: object, worker_type: WorkerType | str | None) -> None:
-        """Sends every call of ``target`` (a callable, or a module name: its submodules too) to
-        ``worker_type`` in this AUTO context, overriding AUTO's choice and its fallback
-        (``None`` removes the pin). For packages that load in a subinterpreter but misbehave
-        later there (polars, PyYAML's silent pure-Python mode): ``ctx.pin("polars",
-        WorkerType.FORKSERVER)``.
-
-        Raises:
-            RuntimeError: this context is not AUTO (its type is already explicit).
-            WorkerTypeUnavailableError: the type cannot run here.
-        """
-        if self._auto is None:
-            raise RuntimeError(
-                f"pinning needs a WorkerType.AUTO context; this one is {self._worker_type.value}"
-            )
-        if worker_type is not None:
-            worker_type = _check_worker_type(worker_type)
-            if worker_type is WorkerType.AUTO:
-                worker_type = None
-        self._auto.pin(target, worker_type)
-
-    def _failed(
-        self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object, kill: bool
-    ) -> Any:
-        """A LOAD_ERROR or BROKEN outcome: the cache where AUTO re-runs the job; else raises it
-        (with a hint, when a module refused to load in a subinterpreter)."""
-        if self._auto is not None:
-            retry = self._auto.fallback(cache, kind, data, reason, fn, kill)
-            if retry is not None:
-                return retry
-        if kind == _outcome.LOAD_ERROR:
-            exc = _outcome.load_error(data)
-            if self._is_subinterpreter(cache) and _auto.refusal(exc) is not None:
-                exc.add_note(_auto.HINT)
-            raise exc
-        return _outcome.unwrap(kind, data, reason)  # type: ignore[return-value]
-
-    def _loaded_elsewhere(self, fn: object, kind: int, load_error: bytes) -> None:
-        """The outcome (``kind``) of a job re-run after a subinterpreter's ``load_error``."""
-        if kind != _outcome.LOAD_ERROR and kind != _outcome.BROKEN:
-            self._auto.loaded_elsewhere(fn, load_error)  # type: ignore[union-attr]
-
-    def _is_subinterpreter(self, cache: Any) -> bool:
-        if self._auto is None:
-            return self._worker_type is WorkerType.SUBINTERPRETER
-        return cache is self._auto.caches.get(WorkerType.SUBINTERPRETER)
-
-    def _worker_setup(self) -> bytes:
-        """A new worker's setup: the parent's sys.path, argv and main script as of now, and its
-        multiprocessing authkey once multiprocessing is in use (as its children inherit it)."""
-        main_kind, main_ref = _outcome.main_reference()
-        init, retire = self._setup_hooks
-        process = sys.modules.get("multiprocessing.process")
-        authkey = None if process is None else bytes(process.current_process().authkey)
-        return _outcome.dumps(
-            (list(sys.path), list(sys.argv), main_kind, main_ref, init, retire, None, authkey)
-        )
-
-    def statistics(self) -> WorkerContextStatistics:
-        """How many workers are idle and how many calls are running, in all, and ``by_type``:
-        per worker type, the same counts plus AUTO's latency estimate, fallbacks, modules routed
-        away and pins."""
-        if self._auto is None:
-            idle, running = self._cache.statistics()
-            one = WorkerTypeStatistics(
-                self._worker_type, idle, running, self._cache.latency_estimate()
-            )
-            by_type = {self._worker_type: one}
-        else:
-            by_type = self._auto.statistics()
-        return WorkerContextStatistics(
-            idle_workers=sum(s.idle_workers for s in by_type.values()),
-            running_workers=sum(s.running_workers for s in by_type.values()),
-            by_type=by_type,
-        )
-
-    async def run_sync(
-        self,
-        sync_fn: Callable[..., T],
-        *args: object,
-        kill_on_cancel: bool = False,
-        cancellable: bool = False,
-        limiter: Any = None,
-    ) -> T:
-        """Runs ``sync_fn(*args)`` in one of this context's workers.
-
-        The same contract as :func:`interpool.run_sync`, plus ``trio.ClosedResourceError`` once
-        the context has closed."""
-        if self._closed:
-            raise trio.ClosedResourceError("this worker context is closed")
-        if _sniffio_local.name != "trio" and _backends.current_library() != "trio":
-            return await self._run_sync_asyncio(
-                sync_fn, args, kill_on_cancel or cancellable, limiter
-            )
-        await trio.lowlevel.checkpoint_if_cancelled()
-        payload = _outcome.dumps_job(sync_fn, args)
-        kill_on_cancel = kill_on_cancel or cancellable
-        # The AUTO decision, inlined: no route known, one list read (see _auto.py).
-        auto = self._auto
-        if auto is None:
-            cache = self._cache
-        elif auto.routes:
-            cache = auto.route(sync_fn, kill_on_cancel)
-        else:
-            cache = auto.best[kill_on_cancel]
-        if limiter is None:
-            limiter = _trio_default_limiter()
-        if type(limiter) is trio.CapacityLimiter:
-            # The call's schedule point. Alone, it yields while its job runs (see _run). Among
-            # other calls (a token is out), it yields before taking a token instead, and once
-            # more before it parks on the limiter: yielding with a token held makes every call
-            # that runs meanwhile park on the limiter, and trio wakes those one per pass of its
-            # loop, several times what a trivial job costs, while the calls that merely yielded
-            # all take a token in turn in the next pass.
-            overlap = limiter.borrowed_tokens == 0
-            if overlap:
-                try:
-                    limiter.acquire_nowait()
-                except trio.WouldBlock:
-                    await limiter.acquire()
-                    overlap = False
-            else:
-                await trio.lowlevel.checkpoint()
-                try:
-                    limiter.acquire_nowait()
-                except trio.WouldBlock:
-                    await trio.lowlevel.checkpoint()
-                    try:
-                        limiter.acquire_nowait()
-                    except trio.WouldBlock:
-                        await limiter.acquire()
-            try:
-                return await self._run(cache, payload, kill_on_cancel, sync_fn, overlap)
-            finally:
-                limiter.release()
-        async with limiter:
-            return await self._run(cache, payload, kill_on_cancel, sync_fn, True)
-
-    async def _run(
-        self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object, overlap: bool
-    ) -> Any:
-        """Submits the job and waits for its outcome. ``overlap``: yield to trio once right
-        after submitting, while the job runs (the call has made its schedule point otherwise)."""
-        if self._closed:
-            raise trio.ClosedResourceError("this worker context is closed")
-        running = self._running
-        running.append(None)
-        load_error = None  # the records of a subinterpreter's load error being retried
-        try:
-            while True:
-                call = cache.submit(payload)
-                if overlap:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                if not call.spin(_SPIN_MICROSECONDS):
-                    if self._auto is not None:
-                        self._auto.note_parked()
-                    await _wait(call, kill_on_cancel)
-                kind, data, reason = call.result()
-                if load_error is not None:
-                    self._loaded_elsewhere(fn, kind, load_error)
-                    load_error = None
-                if kind == _outcome.VALUE:
-                    return pickle_loads(data)
-                if kind == _outcome.VALUE_BUFFERS:
-                    return pickle_loads(data[0], buffers=data[1])
-                if kind == _outcome.RAISED:
-                    break
-                retry = self._failed(cache, kind, data, reason, fn, kill_on_cancel)
-                if retry is None:
-                    break
-                # Re-run once on a process, still counted as running (a closing context waits
-                # for it); a second load error there is the call's.
-                load_error = data if kind == _outcome.LOAD_ERROR else None
-                cache = retry
-        finally:
-            running.pop()
-            if self._on_drained is not None and not running:
-                self._on_drained()
-        return _outcome.unwrap(kind, data, reason)
-
-    async def _run_sync_asyncio(
-        self,
-        sync_fn: Callable[..., T],
-        args: tuple[object, ...],
-        kill_on_cancel: bool,
-        limiter: Any,
-    ) -> T:
-        aio = _backends.ASYNCIO
-        await aio.checkpoint()  # before anything runs: see the module docstring
-        payload = _outcome.dumps_job(sync_fn, args)
-        cache = self._cache_for(sync_fn, kill_on_cancel)
-        if limiter is None:
-            limiter = _backends.asyncio_default_limiter()
-        if type(limiter) is _backends.CapacityLimiter:
-            if not limiter.try_acquire():
-                await limiter.acquire()
-            try:
-                return await self._run_asyncio(cache, payload, kill_on_cancel, sync_fn)
-            finally:
-                limiter.release()
-        async with limiter:
-            return await self._run_asyncio(cache, payload, kill_on_cancel, sync_fn)
-
-    async def _run_asyncio(self, cache: Any, payload: Any, kill_on_cancel: bool, fn: object) -> Any:
-        if self._closed:
-            raise trio.ClosedResourceError("this worker context is closed")
-        running = self._running
-        running.append(None)
-        load_error = None  # the records of a subinterpreter's load error being retried
-        try:
-            while True:
-                call = cache.submit(payload)
-                if not call.spin(_SPIN_MICROSECONDS):
-                    if self._auto is not None:
-                        self._auto.note_parked()
-                    await _wait_asyncio(call, kill_on_cancel)
-                kind, data, reason = call.result()
-                if load_error is not None:
-                    self._loaded_elsewhere(fn, kind, load_error)
-                    load_error = None
-                if kind == _outcome.VALUE:
-                    return pickle_loads(data)
-                if kind == _outcome.VALUE_BUFFERS:
-                    return pickle_loads(data[0], buffers=data[1])
-                if kind == _outcome.RAISED:
-                    break
-                retry = self._failed(cache, kind, data, reason, fn, kill_on_cancel)
-                if retry is None:
-                    break
-                load_error = data if kind == _outcome.LOAD_ERROR else None
-                cache = retry
-        finally:
-            running.pop()
-            if self._on_drained is not None and not running:
-                self._on_drained()
-        return _outcome.unwrap(kind, data, reason)
-
-    def _call_started(self) -> None:
-        self._running.append(None)
-
-    def _call_ended(self) -> None:
-        self._running.pop()
-        if self._on_drained is not None and not self._running:
-            self._on_drained()
-
-    async def _aclose(self) -> None:
-        """Waits for running calls, then ends the workers within the grace period; immune to
-        cancellation (under asyncio a ``CancelledError`` that arrived meanwhile is raised after)."""
-        self._closed = True
-        backend = _backends.current()
-        report = await backend.shielded(self._drain_and_close, backend)
-        _raise_shutdown_failures(*report)
-
-    async def _drain_and_close(self, backend: Any) -> tuple[list[bytes], int, int, list[int]]:
-        if self._running:
-            # The last call may end in another thread's event loop: the signal is thread-safe.
-            wait, self._on_drained = backend.threadsafe_event()
-            if not self._running:  # it ended before the signal was in place
-                self._on_drained()
-            await wait()
-        for cache in self._caches():
-            cache.close()
-        return await backend.run_in_thread(self._wait_closed, self._grace_period)
-
-    def _wait_closed(self, grace_period: float) -> tuple[list[bytes], int, int, list[int]]:
-        """Every cache's shutdown report, summed; the caches share the grace period."""
-        failures: list[bytes] = []
-        not_ended = killed = 0
-        codes: list[int] = []
-        deadline = time.monotonic() + grace_period
-        for cache in self._caches():
-            left = max(0.0, deadline - time.monotonic()) if math.isfinite(grace_period) else None
-            f, n, k, c = cache.wait_closed(left)
-            failures += f
-            not_ended += n
-            killed += k
-            codes += c
-        return failures, not_ended, killed, codes
-
-    def _close_blocking(self, grace_period: float) -> None:
-        """Closes without trio (atexit). Running calls cannot exist then."""
-        self._closed = True
-        for cache in self._caches():
-            cache.close()
-        _raise_shutdown_failures(*self._wait_closed(grace_period))
-
-
-async def _wait(call: Any, kill_on_cancel: bool) -> None:
-    """Parks until the outcome of ``call`` is in. Without ``kill_on_cancel`` the wait is shielded:
-    the job finishes and its outcome is delivered, and the cancellation hits at the caller's next
-    checkpoint. With it, a cancellation interrupts the job, waits up to ABANDON_AFTER for the
-    worker to stop, abandons it otherwise, and re-raises."""
-    fd = call.arm()
-    if fd is None:
-        return
-    if not kill_on_cancel:
-        with trio.CancelScope(shield=True):
-            await trio.lowlevel.wait_readable(fd)
-        return
-    try:
-        await trio.lowlevel.wait_readable(fd)
-    except BaseException:
-        call.interrupt()
-        with trio.move_on_after(ABANDON_AFTER, shield=True):
-            await trio.lowlevel.wait_readable(fd)
-        if call.done():
-            call.result()  # hands the (retiring) worker back; the outcome is moot
-        else:
-            call.abandon()
-        raise
-
-
-async def _wait_asyncio(call: Any, kill_on_cancel: bool) -> None:
-    """``_wait`` under asyncio. A cancellation arrives once (asyncio has no cancelled scopes
-    that raise again at the next checkpoint), so without ``kill_on_cancel`` the job runs to
-    completion, its outcome is discarded (the worker stays in the cache) and ``CancelledError``
-    is raised then: the caller cannot both get the value and see the cancellation. With it, as
-    under trio: interrupt, wait up to ABANDON_AFTER, abandon, re-raise."""
-    fd = call.arm()
-    if fd is None:
-        return
-    aio = _backends.ASYNCIO
-    try:
-        await aio.wait_readable(fd)
-    except BaseException:
-        if kill_on_cancel:
-            call.interrupt()
-            await aio.wait_readable_shielded(fd, ABANDON_AFTER)
-        else:
-            await aio.wait_readable_shielded(fd)
-        if call.done():
-            call.result()  # hands the worker back (retiring, if interrupted); the outcome is moot
-        else:
-            call.abandon()
-        raise
-
-
-def _raise_shutdown_failures(
-    failures: list[bytes], not_ended: int, killed: int = 0, exit_codes: Sequence[int] = ()
-) -> None:
-    problems = []
-    if failures:
-        problems.append(f"{len(failures)} worker(s) had a retire hook that raised")
-    if exit_codes:
-        codes = ", ".join(map(str, exit_codes))
-        problems.append(f"{len(exit_codes)} worker process(es) exited non-zero ({codes})")
-    if killed:
-        problems.append(f"{killed} worker(s) were killed after the grace period")
-    if not_ended:
-        problems.append(f"{not_ended} worker(s) did not end within the grace period")
-    if problems:
-        cause = _outcome.rebuild_exception(failures[0]) if failures else None
-        raise BrokenWorkerError("graceful shutdown failed: " + "; ".join(problems)) from cause
+    return _backends.current().default_limiter()
 
 
 @asynccontextmanager
-async def open_worker_context(
-    idle_timeout: float = 600.0,
-    init: Callable[[], object] = bool,
-    retire: Callable[[], object] = bool,
-    grace_period: float = 30.0,
-    worker_type: WorkerType | str = WorkerType.AUTO,
-    max_tasks_per_worker: int | None = None,
-    max_worker_memory: int | None = None,
-) -> AsyncIterator[WorkerContext]:
+async def _opened(make_options: Callable[[], ContextOptions]) -> AsyncIterator[WorkerContext]:
+    ctx = WorkerContext._create(make_options())
+    try:
+        yield ctx
+    finally:
+        await core_of(ctx).aclose()
+
+
+@takes_options(ContextOptions)
+def open_worker_context(
+    make_options: Callable[[], ContextOptions],
+) -> AbstractAsyncContextManager[WorkerContext]:
     """Opens a worker context with its own workers and settings.
 
     Args:
@@ -643,25 +85,13 @@ async def open_worker_context(
         WorkerTypeUnavailableError: the worker type cannot run here (the message says why).
         BrokenWorkerError: on exit, if workers failed to shut down cleanly.
     """
-    ctx = WorkerContext._create(
-        idle_timeout,
-        init,
-        retire,
-        grace_period,
-        worker_type,
-        max_tasks_per_worker,
-        max_worker_memory,
-    )
-    try:
-        yield ctx
-    finally:
-        await ctx._aclose()
+    return _opened(make_options)
 
 
 _default_context: WorkerContext | None = None
 _default_context_lock = threading.Lock()
 # Settings of the default context made on first use (configure_default_context changes them).
-_default_settings: dict[str, Any] = {}
+_default_options = ContextOptions()
 # Default contexts replaced by configure_default_context, closed at exit.
 _replaced_contexts: list[WorkerContext] = []
 # atexit_shutdown_grace_period (1.2 API): the default context's grace period at exit, if set.
@@ -674,7 +104,7 @@ def _get_default_context() -> WorkerContext:
     if _default_context is None:
         with _default_context_lock:
             if _default_context is None:
-                _default_context = WorkerContext._create(**_default_settings)
+                _default_context = WorkerContext._create(_default_options)
     return _default_context
 
 
@@ -694,7 +124,8 @@ def _scoped_context() -> WorkerContext | None:
     """The innermost :func:`cache_scope`'s context here, or None."""
     if _trio_scopes:
         try:
-            return _scope_tree.get()
+            scoped: WorkerContext | None = _scope_tree.get()
+            return scoped
         except RuntimeError:  # no trio here (asyncio in a trio worker thread): contextvars
             pass
     return _scope_var.get()
@@ -712,15 +143,8 @@ def _check_main_thread(name: str) -> None:
         raise RuntimeError(f"{name} must be called from the main thread")
 
 
-def configure_default_context(
-    idle_timeout: float = 600.0,
-    init: Callable[[], object] = bool,
-    retire: Callable[[], object] = bool,
-    grace_period: float = 30.0,
-    worker_type: WorkerType | str = WorkerType.AUTO,
-    max_tasks_per_worker: int | None = None,
-    max_worker_memory: int | None = None,
-) -> None:
+@takes_options(ContextOptions)
+def configure_default_context(make_options: Callable[[], ContextOptions]) -> None:
     """Replaces the default context (of :func:`run_sync`, :func:`amap`, ...) with one of these
     settings; the arguments are :func:`open_worker_context`'s. Meant to be called once, before
     the first call. A previous default context that still has workers is left to finish (with a
@@ -730,20 +154,12 @@ def configure_default_context(
         RuntimeError: called off the main thread.
         ValueError, TypeError, WorkerTypeUnavailableError: as :func:`open_worker_context`.
     """
-    global _default_context, _default_settings
+    global _default_context, _default_options
     _check_main_thread("configure_default_context")
-    settings = {
-        "idle_timeout": idle_timeout,
-        "init": init,
-        "retire": retire,
-        "grace_period": grace_period,
-        "worker_type": worker_type,
-        "max_tasks_per_worker": max_tasks_per_worker,
-        "max_worker_memory": max_worker_memory,
-    }
-    context = WorkerContext._create(**settings)  # validates
+    options = make_options()
+    context = WorkerContext._create(options)
     with _default_context_lock:
-        old, _default_context, _default_settings = _default_context, context, settings
+        old, _default_context, _default_options = _default_context, context, options
     if old is not None:
         stats = old.statistics()
         if stats.idle_workers or stats.running_workers:
@@ -768,7 +184,7 @@ def atexit_shutdown_grace_period(grace_period: float = 30.0) -> None:
     global _atexit_grace_period
     import warnings
 
-    grace_period = _check_seconds("grace_period", grace_period)
+    grace_period = check_seconds("grace_period", grace_period)
     warnings.warn(
         "atexit_shutdown_grace_period() is trio-parallel 1.2's API; use "
         "configure_default_context(grace_period=...)",
@@ -778,16 +194,9 @@ def atexit_shutdown_grace_period(grace_period: float = 30.0) -> None:
     _atexit_grace_period = grace_period
 
 
+@takes_options(ContextOptions)
 @asynccontextmanager
-async def cache_scope(
-    idle_timeout: float = 600.0,
-    init: Callable[[], object] = bool,
-    retire: Callable[[], object] = bool,
-    grace_period: float = 30.0,
-    worker_type: WorkerType | str = WorkerType.AUTO,
-    max_tasks_per_worker: int | None = None,
-    max_worker_memory: int | None = None,
-) -> AsyncIterator[None]:
+async def cache_scope(make_options: Callable[[], ContextOptions]) -> AsyncIterator[None]:
     """Within this block, and in the tasks started in it, :func:`run_sync` (and ``amap``) use a
     new worker context of these settings (:func:`open_worker_context`'s) instead of the default
     one; it closes on exit as ``open_worker_context``'s does. Explicit ``ctx.run_sync`` calls are
@@ -800,15 +209,7 @@ async def cache_scope(
     asyncio, which has no task tree, the scope follows contextvars: tasks created inside the
     block use it."""
     global _scope_tree
-    async with open_worker_context(
-        idle_timeout,
-        init,
-        retire,
-        grace_period,
-        worker_type,
-        max_tasks_per_worker,
-        max_worker_memory,
-    ) as ctx:
+    async with _opened(make_options) as ctx:
         if _backends.current_library() != "trio":
             token = _scope_var.set(ctx)
             try:
@@ -866,8 +267,8 @@ async def run_sync(
     """
     scoped = _scope_var.get() if not _trio_scopes else _scoped_context()
     ctx = _get_default_context() if scoped is None else scoped
-    return await ctx.run_sync(
-        sync_fn, *args, kill_on_cancel=kill_on_cancel, cancellable=cancellable, limiter=limiter
+    return await _call.run_sync(
+        ctx, sync_fn, *args, kill_on_cancel=kill_on_cancel, cancellable=cancellable, limiter=limiter
     )
 
 
@@ -913,16 +314,16 @@ def _end_workers_at_exit() -> None:
     stuck in C code makes the process exit without finalizing (``os._exit(1)``) rather than
     abort."""
     for context in [*_replaced_contexts, _default_context]:
-        if context is None or context._closed:
+        if context is None or core_of(context).closed:
             continue
         grace = context.grace_period
         if context is _default_context and _atexit_grace_period is not None:
             grace = _atexit_grace_period
         try:
-            context._close_blocking(grace)
+            core_of(context).close_blocking(grace)
         except BrokenWorkerError as error:
             print(f"interpool: default worker context: {error}", file=sys.stderr)
-    stuck = _interpool.end_all_subinterpreters(ABANDON_AFTER)
+    stuck = _interpool.end_all_subinterpreters(_call.ABANDON_AFTER)
     if stuck:
         print(
             f"interpool: {stuck} subinterpreter worker(s) are stuck in C code at exit; "

@@ -17,8 +17,11 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import _backends, _chunks, _outcome
-from ._impl import _SPIN_MICROSECONDS, ABANDON_AFTER, WorkerContext, _current_default_context
+from . import _backends, _outcome
+from ._call import ABANDON_AFTER, SPIN_MICROSECONDS, settle
+from ._context import WorkerContext, core_of
+from ._impl import _current_default_context
+from ._worker.chunks import ChunkError, run_chunk
 
 if TYPE_CHECKING:
     import trio
@@ -88,7 +91,7 @@ class MapResults(Generic[T]):
         # Only an explicit True makes AUTO pick a hard-killable (process) type; the default
         # (None) interrupts the chunks of whatever type AUTO picked.
         self._need_hard_kill = kill_on_cancel is True
-        self._ctx = context if context is not None else _current_default_context()
+        self._ctx = core_of(context if context is not None else _current_default_context())
         self._backend: Any = None
         self._entries: collections.deque[_Entry] = collections.deque()
         self._ready: collections.deque[T] = collections.deque()
@@ -102,11 +105,11 @@ class MapResults(Generic[T]):
     async def __aenter__(self) -> MapResults[T]:
         if self._state != "new":
             raise RuntimeError("a map can be entered only once")
-        if self._ctx._closed:
+        if self._ctx.closed:
             raise trio.ClosedResourceError("this worker context is closed")
         self._backend = _backends.current()
         self._state = "open"
-        self._ctx._call_started()  # closing the context waits for the map to end
+        self._ctx.call_started()  # closing the context waits for the map to end
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -175,20 +178,20 @@ class MapResults(Generic[T]):
 
     def _submit(self, items: list[Any]) -> None:
         try:
-            payload = _outcome.dumps_job(_chunks.run_chunk, (self._fn, self._star, items), self._fn)
+            payload = _outcome.dumps_job(run_chunk, (self._fn, self._star, items), self._fn)
         except Exception as exc:  # noqa: BLE001, an item (or fn) that cannot be pickled
             self._entries.append(_Entry(error=exc))
             self._input_done = True
             return
-        cache = self._ctx._cache_for(self._fn, self._need_hard_kill)
+        cache = self._ctx.cache_for(self._fn, self._need_hard_kill)
         # AUTO may re-run a chunk that could not load: keep its payload until it is taken.
-        kept = payload if self._ctx._auto is not None else None
+        kept = payload if self._ctx.may_fall_back else None
         self._entries.append(_Entry(call=cache.submit(payload), cache=cache, payload=kept))
 
     async def _next_in_order(self) -> _Entry:
         entry = self._entries[0]
         call = entry.call
-        if call is not None and not call.spin(_SPIN_MICROSECONDS):
+        if call is not None and not call.spin(SPIN_MICROSECONDS):
             fd = call.arm()
             if fd is not None:
                 await self._backend.wait_readable(fd)
@@ -201,7 +204,7 @@ class MapResults(Generic[T]):
                 if entry.call is None or entry.call.done():
                     del entries[i]
                     return entry
-            if entries[0].call.spin(_SPIN_MICROSECONDS):
+            if entries[0].call.spin(SPIN_MICROSECONDS):
                 return entries.popleft()
             if self._epoll is None:
                 self._epoll = select.epoll()
@@ -226,11 +229,10 @@ class MapResults(Generic[T]):
             entry.fd = None
         kind, data, reason = entry.call.result()
         if entry.load_error is not None:
-            self._ctx._loaded_elsewhere(self._fn, kind, entry.load_error)
+            self._ctx.loaded_elsewhere(self._fn, kind, entry.load_error)
             entry.load_error = None
         if (kind == _outcome.LOAD_ERROR or kind == _outcome.BROKEN) and entry.payload is not None:
-            auto = self._ctx._auto
-            retry = auto.fallback(  # type: ignore[union-attr]
+            retry = self._ctx.fallback(
                 entry.cache, kind, data, reason, self._fn, self._need_hard_kill
             )
             if retry is not None:
@@ -241,7 +243,7 @@ class MapResults(Generic[T]):
                 return False
         try:
             self._ready.extend(_outcome.unwrap(kind, data, reason))  # type: ignore[arg-type]
-        except _chunks.ChunkError as exc:
+        except ChunkError as exc:
             self._ready.extend(exc.args[1])
             self._error = exc.__cause__ if exc.__cause__ is not None else exc
         except BaseException as exc:  # noqa: BLE001, raised at this chunk's position
@@ -276,12 +278,9 @@ class MapResults(Generic[T]):
                 if fd is not None:
                     left = max(0.0, deadline - time.monotonic())
                     cancelled = await self._backend.wait_readable_shielded(fd, left) or cancelled
-                if call.done():
-                    call.result()  # hands the worker back; the outcome is moot
-                else:
-                    call.abandon()
+                settle(call)
         finally:
-            self._ctx._call_ended()
+            self._ctx.call_ended()
         return cancelled
 
 

@@ -8,7 +8,7 @@ run on that machine's subinterpreters, falling back per call to processes under 
 How a task gets there: a Dask worker runs a task in a non-thread executor as
 ``loop.run_in_executor(executor, _run_task_simple, task, data, delay)``. ``distributed`` itself
 does not load in a subinterpreter (psutil refuses), so the executor installed here ships only
-``(task, data)`` to its worker (``interpool._dask_job.run_task``; a dask graph node loads
+``(task, data)`` to its worker (``interpool._worker.dask_job.run_task``; a dask graph node loads
 there), and builds ``distributed``'s result message in the Dask worker, with the task's own
 timings. AUTO routes each task by its function (``task.func``), not by that wrapper.
 
@@ -30,9 +30,9 @@ try:
 except ImportError as exc:  # pragma: no cover, the extra is not installed
     raise ImportError("interpool.dask needs distributed: pip install 'interpool[dask]'") from exc
 
-from . import _dask_job
 from ._executor import Executor
 from ._types import WorkerType
+from ._worker.dask_job import run_task
 
 __all__ = ["InterpoolPlugin", "register", "unregister"]
 
@@ -66,7 +66,7 @@ class DaskExecutor(Executor):
             return super().submit(fn, *args, **kwargs)
         task, data, delay = args
         route = getattr(task, "func", None)
-        inner = self._engine.submit(_dask_job.run_task, (task, data), {}, route)
+        inner = self._submit_routed(route, run_task, task, data)
         outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def finished(inner: concurrent.futures.Future[Any]) -> None:

@@ -171,7 +171,9 @@ fn value_with_buffers<'py>(
         .into_iter()
         .map(|buffer| {
             if buffer.is_lent() {
-                return Ok(buffer.read(|bytes| PyBytes::new(py, bytes)).into_any());
+                return Ok(buffer
+                    .read(|bytes| python_buffers::new_bytes(py, bytes))?
+                    .into_any());
             }
             Ok(python_buffers::host_view(py, buffer)?.into_any())
         })

@@ -10,7 +10,9 @@
 //!   [`pin`] makes the views its buffers' owner.
 //! - **Out:** an outcome's buffers are host memory that the caller gets as a `memoryview` of a
 //!   [`HostBuffer`], without another copy. Exporting memory through the buffer protocol needs
-//!   PyO3's `unsafe fn __getbuffer__` (it fills a raw `Py_buffer`).
+//!   PyO3's `unsafe fn __getbuffer__` (it fills a raw `Py_buffer`). Memory a worker lent is
+//!   copied once into a `bytes` of the caller's ([`new_bytes`]), written in place: PyO3's safe
+//!   `PyBytes::new_with` would zero it first.
 
 #![allow(unsafe_code)]
 
@@ -25,9 +27,9 @@ use std::{
 use pyo3::{
     buffer::PyBuffer,
     exceptions::{PyBufferError, PyValueError},
-    ffi,
+    ffi, intern,
     prelude::*,
-    types::{PyList, PyMemoryView},
+    types::{PyBytes, PyList, PyMemoryView},
 };
 
 use crate::{Buffer, Owner};
@@ -95,17 +97,44 @@ pub fn pin(views: &Bound<'_, PyList>) -> PyResult<Vec<Buffer>> {
                 "a job's out-of-band buffers must be contiguous",
             ));
         }
-        spans.push((buffer.buf_ptr() as *const u8, buffer.len_bytes()));
+        // A view of a whole `bytes` is rebuilt as one (`_outcome._OutOfBand`).
+        let base = view.getattr(intern!(view.py(), "obj"))?;
+        let as_bytes = base.is_exact_instance_of::<PyBytes>() && base.len()? == buffer.len_bytes();
+        spans.push((buffer.buf_ptr() as *const u8, buffer.len_bytes(), as_bytes));
         owners.push(view.unbind());
     }
     let owner: Arc<dyn Owner> = Arc::new(Pinned::new(owners));
     Ok(spans
         .into_iter()
-        // SAFETY: each memoryview holds its own export of the memory (a bytearray cannot resize,
-        // nothing is freed) for as long as it lives, and `owner` keeps every one of them alive
-        // for as long as any of these buffers does.
-        .map(|(ptr, len)| unsafe { Buffer::from_raw(ptr, len, owner.clone()) })
+        .map(|(ptr, len, as_bytes)| {
+            // SAFETY: each memoryview holds its own export of the memory (a bytearray cannot
+            // resize, nothing is freed) for as long as it lives, and `owner` keeps every one of
+            // them alive for as long as any of these buffers does.
+            let buffer = unsafe { Buffer::from_raw(ptr, len, owner.clone()) };
+            if as_bytes {
+                buffer.rebuilt_as_bytes()
+            } else {
+                buffer
+            }
+        })
         .collect())
+}
+
+/// A new `bytes` holding a copy of `data`, in memory advised to use huge pages when large (a
+/// copy into fresh memory costs its first touch: see [`crate::advise_huge_pages`]).
+pub fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    // SAFETY: attached (`py`); a `bytes` made from NULL has `len` uninitialized bytes of its own,
+    // all written here before anyone sees the object, whose new reference we then own.
+    unsafe {
+        let bytes = ffi::PyBytes_FromStringAndSize(std::ptr::null(), data.len() as ffi::Py_ssize_t);
+        if bytes.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let start = ffi::PyBytes_AsString(bytes).cast::<u8>();
+        crate::advise_huge_pages(start, data.len());
+        std::ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
+        Ok(Bound::from_owned_ptr(py, bytes).cast_into_unchecked())
+    }
 }
 
 /// An outcome buffer in host memory, exported to the caller without a copy: writable when the

@@ -1,8 +1,8 @@
 """The job that runs one chunk of a map in a worker.
 
-Workers import this module by name (``interpool._chunks``), so it must import nothing but the
-standard library: inside a worker ``import interpool`` gives the stub of ``_in_worker.py``, with
-neither trio nor the extension module.
+Workers import this module by name (``interpool._worker.chunks``), so it must import nothing but
+the standard library: inside a worker ``import interpool`` gives the stand-ins of
+``_worker/api.py``, with neither trio nor the extension module.
 """
 
 from __future__ import annotations
