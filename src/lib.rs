@@ -49,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auto;
 mod cache;
 mod error;
 mod pool;
@@ -57,6 +58,7 @@ mod python;
 pub mod scheduler;
 mod wire;
 
+pub use auto::TypeStatistics;
 pub use cache::{Lease, Recycling, ShutdownReport, Statistics, WorkerCache};
 pub use error::{Error, PythonError, Result};
 pub use interpool_worker_types::{
