@@ -21,14 +21,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use interpool_worker_types::{process, Availability, Buffer, Finished, Job, Outcome, WorkerType};
+use interpool_worker_types::{
+    embed, process, Availability, Buffer, Finished, Job, Outcome, WorkerType,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
     auto::{Auto, CallableKey, Failure, TypeStatistics},
     cache::{Lease, Recycling, Statistics, WorkerCache},
-    embed,
     wire::{self, Target},
     Error, Result,
 };

@@ -16,16 +16,40 @@
 //! - [`process`]: worker processes running the same Python loop, either spawned afresh
 //!   ([`process::Spawn`]) or forked from a preloaded server ([`process::Forkserver`]). They can be
 //!   killed and survive crashes. Unix only.
+//!
+//! # Where the unsafe code is
+//!
+//! All of interpool's CPython FFI is in this crate, behind safe functions, so that the crate
+//! above it (the worker cache, the Rust `Pool`, the extension module) forbids unsafe code. That
+//! keeps one vocabulary for the C API's contracts (which thread state is attached, which
+//! interpreter owns an object, who keeps memory alive) and one place to review them. Unsafe code
+//! is denied here too, except in these modules, each of which opens with the rules its `unsafe`
+//! blocks keep (every block names the rule it relies on):
+//! - `attached`: the `Attached` guard, proof that a thread state is attached; dropping it
+//!   detaches. Every C-API call goes through one.
+//! - `subinterpreter::ffi`: every C-API call of subinterpreter workers (creating, running,
+//!   interrupting and ending interpreters).
+//! - [`embed`]: initializing CPython for a Rust host, and asking it where its installation is.
+//! - `python_buffers` (feature `pyo3`): out-of-band buffers to and from objects of the main
+//!   interpreter, for the extension module: pinning the caller's `memoryview`s, and exporting
+//!   host memory through the buffer protocol (PyO3's `__getbuffer__` is an `unsafe fn`).
+//! - `buffer`: [`Buffer`], raw memory plus an owner that keeps it valid.
+//! - `process::sys`: every `libc` call of process workers.
+//! - `subinterpreter` itself: one `Py_GetVersion`, needed on every CPython.
 
 #![deny(unsafe_code)]
 
 use std::{fmt, sync::Arc, time::Duration};
 
+mod attached;
 mod buffer;
 mod completion;
+pub mod embed;
 mod mailbox;
 pub mod process;
 pub mod protocol;
+#[cfg(feature = "pyo3")]
+pub mod python_buffers;
 pub mod subinterpreter;
 
 pub use buffer::{advise_huge_pages, lent_blocks, Buffer, Loans, Owner};

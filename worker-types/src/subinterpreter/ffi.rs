@@ -4,16 +4,17 @@
 //!
 //! Whether this thread has a thread state attached, and to which interpreter, is what most C-API
 //! calls depend on, so it is carried by a value rather than by comments: an [`Attached`] guard
-//! proves that a thread state is attached for as long as it lives, and detaches when dropped. It
-//! is `!Send`, so it is dropped on the thread that attached. Every function here that calls into
-//! an interpreter takes `&Attached` (named `py`) or is a method of [`AttachedWorker`]: a worker
-//! thread attached to its own interpreter, made only by [`Interpreter::attach`], which borrows
-//! the interpreter mutably so that it cannot be attached twice. There are three ways to attach,
-//! one per situation: a worker's own thread state, kept between jobs (rule 1); a temporary
-//! thread state of a given interpreter, deleted on drop (creating an interpreter, interrupting
-//! one: rules 4 and 6); and the main interpreter through `PyGILState_Ensure` (rule 5). What a
-//! type cannot say stays a `# Safety` contract: that a raw object pointer is a live object of the
-//! attached interpreter, and the cross-thread rules below.
+//! (`crate::attached`, shared with the embedding code, which runs on every CPython) proves that a
+//! thread state is attached for as long as it lives, and detaches when dropped. It is `!Send`, so
+//! it is dropped on the thread that attached. Every function here that calls into an interpreter
+//! takes `&Attached` (named `py`) or is a method of [`AttachedWorker`]: a worker thread attached
+//! to its own interpreter, made only by [`Interpreter::attach`], which borrows the interpreter
+//! mutably so that it cannot be attached twice. The guard's three ways to attach serve these
+//! rules: a worker's own thread state, kept between jobs (rule 1); a temporary thread state of a
+//! given interpreter, deleted on drop (creating an interpreter, interrupting one: rules 4 and 6);
+//! and the main interpreter through `PyGILState_Ensure` (rule 5). What a type cannot say stays a
+//! `# Safety` contract: that a raw object pointer is a live object of the attached interpreter,
+//! and the cross-thread rules below.
 //!
 //! # Lifetime / threading requirements
 //!
@@ -57,7 +58,7 @@
 //!    interpreter when its last view is gone: normally when the job returns, later if the job kept
 //!    a view (a global): then the caller's memory outlives the job, never the other way round.
 //!    Dropping the last clone on this thread must not touch the caller's objects: owners only
-//!    queue them for release by their own interpreter (`src/python/mod.rs`, `Pinned`).
+//!    queue them for release by their own interpreter (`crate::python_buffers`, `Pinned`).
 //!    A job cannot write the caller's memory (read-only exports). A caller that writes it during
 //!    the call races with the job, which may read old, new or mixed bytes.
 //! 10. **An outcome's `bytes` buffers are lent, every other outcome buffer is copied once into
@@ -104,6 +105,7 @@ use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
+    attached::Attached,
     buffer::advise_huge_pages,
     mailbox::{check_memory, Ran, Serve},
     protocol::{self, AfterJob, RETIRE_FAILED},
@@ -119,98 +121,6 @@ extern "C" {
 /// `running_seq` when no job runs. `running_seq` is written by the worker and read by interrupters,
 /// both only while holding that worker's GIL.
 const NO_JOB: u64 = 0;
-
-/// Proof that this thread has a thread state attached (it holds that interpreter's GIL) for as
-/// long as `'a`; dropping it detaches, the way it attached. Every function here that calls into
-/// an interpreter takes one (`py`) or is a method of [`AttachedWorker`], so a call made detached
-/// does not compile. `!Send` and `!Sync` (raw pointers): a thread state is attached and detached
-/// on one OS thread (rule 1).
-pub(crate) struct Attached<'a> {
-    detach: Detach,
-    _interpreter: PhantomData<&'a ()>,
-}
-
-/// How an [`Attached`] hands its thread state back.
-enum Detach {
-    /// Kept for the next attach (`PyEval_SaveThread`): a worker's own thread state.
-    Save,
-    /// Cleared and deleted: a temporary thread state of this guard's own.
-    Delete(*mut ffi::PyThreadState),
-    /// `PyGILState_Release` of what `PyGILState_Ensure` did.
-    GilState(ffi::PyGILState_STATE),
-}
-
-impl Attached<'_> {
-    /// Attaches `tstate` until the guard is dropped, which detaches it and keeps it.
-    ///
-    /// # Safety
-    /// This thread has no thread state attached; `tstate` is a detached thread state made on this
-    /// thread, and its interpreter outlives the guard.
-    unsafe fn restore(tstate: *mut ffi::PyThreadState) -> Self {
-        // SAFETY: per the caller.
-        unsafe { ffi::PyEval_RestoreThread(tstate) };
-        Self {
-            detach: Detach::Save,
-            _interpreter: PhantomData,
-        }
-    }
-
-    /// Attaches a new thread state of `interp` until the guard is dropped, which deletes it;
-    /// `None` if none could be allocated.
-    ///
-    /// # Safety
-    /// This thread has no thread state attached, and `interp` outlives the guard.
-    unsafe fn temporary(interp: *mut ffi::PyInterpreterState) -> Option<Self> {
-        // SAFETY: per the caller; the thread state is made for this thread and used on it only.
-        unsafe {
-            let tstate = ffi::PyThreadState_New(interp);
-            if tstate.is_null() {
-                return None;
-            }
-            ffi::PyEval_RestoreThread(tstate);
-            Some(Self {
-                detach: Detach::Delete(tstate),
-                _interpreter: PhantomData,
-            })
-        }
-    }
-}
-
-impl Attached<'static> {
-    /// Attaches this thread to the main interpreter through `PyGILState_Ensure` (or finds it
-    /// attached there), undone when the guard is dropped. The main interpreter is never
-    /// finalized while interpool runs (rule 7).
-    ///
-    /// # Safety
-    /// Python is initialized, and this thread has no thread state of another interpreter attached.
-    pub(crate) unsafe fn main() -> Self {
-        // SAFETY: per the caller.
-        let state = unsafe { ffi::PyGILState_Ensure() };
-        Self {
-            detach: Detach::GilState(state),
-            _interpreter: PhantomData,
-        }
-    }
-}
-
-impl Drop for Attached<'_> {
-    fn drop(&mut self) {
-        // SAFETY: the guard's thread state is attached on this thread (the guard cannot leave it)
-        // and is handed back the way it was taken.
-        unsafe {
-            match self.detach {
-                Detach::Save => {
-                    ffi::PyEval_SaveThread();
-                }
-                Detach::Delete(tstate) => {
-                    ffi::PyThreadState_Clear(tstate);
-                    ffi::PyThreadState_DeleteCurrent();
-                }
-                Detach::GilState(state) => ffi::PyGILState_Release(state),
-            }
-        }
-    }
-}
 
 /// What an interrupter needs to reach a live interpreter.
 #[derive(Debug)]
@@ -435,9 +345,9 @@ unsafe fn new_isolated_interpreter() -> Result<*mut ffi::PyThreadState, String> 
     // SAFETY: per the caller; the main interpreter is never finalized while interpool runs.
     let main = unsafe { Attached::temporary(ffi::PyInterpreterState_Main()) }
         .ok_or("could not allocate a thread state")?;
-    let Detach::Delete(main_tstate) = main.detach else {
-        unreachable!("a temporary thread state")
-    };
+    let main_tstate = main
+        .temporary_thread_state()
+        .expect("a temporary thread state");
     let config = ffi::PyInterpreterConfig {
         use_main_obmalloc: 0,
         allow_fork: 0,
