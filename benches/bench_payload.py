@@ -1,4 +1,5 @@
-"""Payload round trips (echo) per worker type against trio-parallel, interleaved round by round.
+"""Payload round trips (echo) per worker type against trio-parallel (and, on CPython 3.14+, the
+stdlib's ``InterpreterPoolExecutor``), interleaved round by round.
 
     .venv/bin/python benches/bench_payload.py [--rounds 5] [--sizes 1KiB,1MiB,16MiB,64MiB]
                                               [--kinds bytes,numpy]
@@ -7,12 +8,15 @@ Each round runs every (peer, payload) pair in turn (one untimed warm-up call, th
 ``--calls``), so a load spike hits every peer alike; each figure is the median over rounds. The
 echo is ``bytes`` (identity on a ``bytes``) or ``numpy.asarray`` (identity on an array). ``numpy``
 payloads (float64 arrays) run on process workers and trio-parallel only: numpy refuses
-subinterpreters. The ratio column divides trio-parallel's time by each peer's.
+subinterpreters (and InterpreterPoolExecutor). The ratio columns divide trio-parallel's (and
+InterpreterPoolExecutor's) time by each peer's. InterpreterPoolExecutor runs with one worker, its
+future awaited through a done-callback that wakes the trio task (no thread hop).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import statistics
 import time
 
@@ -31,6 +35,21 @@ except ImportError:  # pragma: no cover
     numpy = None
 
 UNITS = {"KiB": 1024, "MiB": 1024 * 1024}
+IPE = "InterpreterPoolExecutor"
+
+
+def awaiting(executor: concurrent.futures.Executor):
+    """A ``run_sync`` for ``executor``: submit, then wait for the future's done-callback."""
+
+    async def run_sync(fn, *args):
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        future = executor.submit(fn, *args)
+        future.add_done_callback(lambda _: token.run_sync_soon(done.set))
+        await done.wait()
+        return future.result()
+
+    return run_sync
 
 
 def parse_size(text: str) -> int:
@@ -66,6 +85,10 @@ async def main() -> None:
             tp_ctx = trio_parallel.open_worker_context()
             tp = await tp_ctx.__aenter__()
             peers["trio-parallel"] = (tp.run_sync, "process")
+        ipe = None
+        if hasattr(concurrent.futures, IPE) and "subinterpreter" in options.types.split(","):
+            ipe = concurrent.futures.InterpreterPoolExecutor(max_workers=1)
+            peers[IPE] = (awaiting(ipe), "subinterpreter")
         times: dict[tuple[str, str, str], list[float]] = {}
         payloads = {}
         for kind in kinds:
@@ -93,10 +116,18 @@ async def main() -> None:
                     times.setdefault((kind, size, peer), []).append(min(samples))
         if trio_parallel is not None:
             await tp_ctx.__aexit__(None, None, None)
-    print(f"{'payload':<16}{'peer':<28}{'median ms':>10}{'MB/s':>9}{'vs trio-parallel':>18}")
+        if ipe is not None:
+            ipe.shutdown()
+    header = f"{'payload':<16}{'peer':<28}{'median ms':>10}{'MB/s':>9}{'vs trio-parallel':>18}"
+    print(header + (f"{'vs ' + IPE:>30}" if ipe is not None else ""))
+
+    def median_ms(kind: str, size: str, peer: str) -> float | None:
+        values = times.get((kind, size, peer))
+        return statistics.median(values) * 1e3 if values else None
+
     for kind, size in payloads:
-        base = times.get((kind, size, "trio-parallel"))
-        base_ms = statistics.median(base) * 1e3 if base else None
+        base_ms = median_ms(kind, size, "trio-parallel")
+        ipe_ms = median_ms(kind, size, IPE)
         for peer in peers:
             values = times.get((kind, size, peer))
             if not values:
@@ -105,7 +136,10 @@ async def main() -> None:
             nbytes = parse_size(size)
             rate = 2 * nbytes / (ms / 1e3) / 1e6
             ratio = f"{base_ms / ms:.2f}x" if base_ms else "-"
-            print(f"{kind + ' ' + size:<16}{peer:<28}{ms:>10.3f}{rate:>9.0f}{ratio:>18}")
+            line = f"{kind + ' ' + size:<16}{peer:<28}{ms:>10.3f}{rate:>9.0f}{ratio:>18}"
+            if ipe is not None:
+                line += f"{ipe_ms / ms:>29.2f}x" if ipe_ms else f"{'-':>30}"
+            print(line)
 
 
 if __name__ == "__main__":

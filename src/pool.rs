@@ -533,7 +533,7 @@ impl Pool {
     {
         let payload = Target::parse(callable)
             .and_then(|target| wire::job(&target, &args))
-            .map(Job::new);
+            .map(|(payload, buffers)| Job { payload, buffers });
         Call::new(
             self.clone(),
             payload,

@@ -5,6 +5,11 @@
 //!   `args` is serde-pickle's encoding of the Rust arguments, spliced in without its `PROTO` header
 //!   and `STOP`. serde-pickle writes no memo and no frame opcodes, so the splice cannot clash with
 //!   anything; the stream says protocol 4 so that dotted qualnames (`mod:Class.method`) resolve.
+//!   A large byte string among the arguments (`serde_bytes`) travels out of band, as the Python
+//!   front end's do: its bytes go into a [`Buffer`] of the job, read in place by a subinterpreter
+//!   or passed in shared memory to a process, and the stream holds `bytes(NEXT_BUFFER)` instead
+//!   (see [`ArgumentSink`]). It still says protocol 4: the unpickler takes any opcode, and a
+//!   protocol-4 job gets its value in band, which is what [`value`] reads.
 //! - Already pickled arguments ([`crate::Pool::call_pickled`]) are not spliced: the job holds them as
 //!   `bytes` and unpickles them with `pickle.loads` while it is being loaded (a `REDUCE`), so any
 //!   protocol, memo or frame inside them is fine.
@@ -14,6 +19,7 @@
 //!   serde-pickle's `Value`: a list of `(pickled_exc, pickling_error, type_name, message,
 //!   formatted_traceback, cause_index, context_index, suppress_context)`.
 
+use interpool_worker_types::Buffer;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_pickle::{DeOptions, SerOptions, Value};
 
@@ -97,11 +103,78 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
     out.extend(s.as_bytes());
 }
 
-/// `pickle((fn, args))` with `args` encoded by serde-pickle. `args` should be a tuple (`()` for
-/// none, `(x,)` for one); a sequence works too, as Python calls `fn(*args)`.
-pub(crate) fn job<A: Serialize>(target: &Target<'_>, args: &A) -> Result<Vec<u8>> {
-    let encoded = serde_pickle::to_vec(args, SerOptions::new())
+/// `bytes` arguments from this size on travel beside the job as out-of-band buffers, at most
+/// [`MAX_BUFFERS`] of them: the same rule as the Python front end's (`_outcome.py`).
+const BUFFER_THRESHOLD: usize = 256 * 1024;
+const MAX_BUFFERS: usize = 64;
+
+/// `BINBYTES` and its little-endian `u32` length: what serde-pickle writes before a byte string
+/// of 256 bytes or more.
+const BINBYTES_HEADER: usize = 5;
+
+/// serde-pickle's output, with each large byte string (a `serde_bytes` argument) taken out of
+/// band as it is written: its `BINBYTES len` header becomes `builtins.bytes(NEXT_BUFFER)`, and its
+/// bytes go into a [`Buffer`] of their own instead of the stream. serde-pickle writes a byte
+/// string's data in one call right after its header, and nothing else of that size (a string's
+/// data follows a `BINUNICODE` header).
+struct ArgumentSink {
+    out: Vec<u8>,
+    buffers: Vec<Buffer>,
+}
+
+impl ArgumentSink {
+    /// Whether `data` is a byte string whose `BINBYTES` header was the last thing written.
+    fn follows_binbytes_header(&self, data: &[u8]) -> bool {
+        let Some(start) = self.out.len().checked_sub(BINBYTES_HEADER) else {
+            return false;
+        };
+        let header = &self.out[start..];
+        header[0] == BINBYTES
+            && u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize
+                == data.len()
+    }
+}
+
+impl std::io::Write for ArgumentSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if data.len() >= BUFFER_THRESHOLD
+            && self.buffers.len() < MAX_BUFFERS
+            && self.follows_binbytes_header(data)
+        {
+            self.out.truncate(self.out.len() - BINBYTES_HEADER);
+            Target {
+                module: "builtins",
+                qualname: "bytes",
+            }
+            .push(&mut self.out);
+            self.out.extend([NEXT_BUFFER, TUPLE1, REDUCE]);
+            // The one copy of the argument: the call may outlive the caller's borrow.
+            let mut copy = Vec::with_capacity(data.len());
+            interpool_worker_types::advise_huge_pages(copy.as_mut_ptr(), data.len());
+            copy.extend_from_slice(data);
+            self.buffers.push(Buffer::from_vec(copy).rebuilt_as_bytes());
+        } else {
+            self.out.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `pickle((fn, args))` with `args` encoded by serde-pickle, and the out-of-band buffers of its
+/// large byte strings. `args` should be a tuple (`()` for none, `(x,)` for one); a sequence works
+/// too, as Python calls `fn(*args)`.
+pub(crate) fn job<A: Serialize>(target: &Target<'_>, args: &A) -> Result<(Vec<u8>, Vec<Buffer>)> {
+    let mut sink = ArgumentSink {
+        out: Vec::new(),
+        buffers: Vec::new(),
+    };
+    serde_pickle::to_writer(&mut sink, args, SerOptions::new())
         .map_err(|e| Error::Arguments(e.to_string()))?;
+    let encoded = sink.out;
     // serde-pickle's stream: PROTO 3, the value's opcodes, STOP.
     let body = encoded
         .strip_prefix(&[PROTO, 3])
@@ -117,7 +190,7 @@ pub(crate) fn job<A: Serialize>(target: &Target<'_>, args: &A) -> Result<Vec<u8>
         out.extend(body);
     }
     out.extend([TUPLE2, STOP]);
-    Ok(out)
+    Ok((out, sink.buffers))
 }
 
 /// `pickle((fn, pickle.loads(pickled_args)))`: the arguments are unpickled in the worker.
@@ -320,7 +393,8 @@ mod tests {
     #[test]
     fn a_job_is_one_pickle_stream_with_a_global_and_the_spliced_arguments() {
         let target = Target::parse("operator:add").unwrap();
-        let payload = job(&target, &(2i64, 3i64)).unwrap();
+        let (payload, buffers) = job(&target, &(2i64, 3i64)).unwrap();
+        assert!(buffers.is_empty());
         assert_eq!(&payload[..2], &[PROTO, 4]);
         assert_eq!(payload[2..].first(), Some(&SHORT_BINUNICODE));
         assert!(payload.ends_with(&[TUPLE2, STOP]));
@@ -340,8 +414,49 @@ mod tests {
     #[test]
     fn unit_arguments_become_an_empty_tuple() {
         let target = Target::parse("m:f").unwrap();
-        let payload = job(&target, &()).unwrap();
+        let (payload, _) = job(&target, &()).unwrap();
         assert!(payload.ends_with(&[STACK_GLOBAL, EMPTY_TUPLE, TUPLE2, STOP]));
+    }
+
+    /// What `serde_bytes` does: a byte string, not a list of integers.
+    struct Bytes<'a>(&'a [u8]);
+
+    impl Serialize for Bytes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    #[test]
+    fn large_byte_strings_travel_out_of_band_and_small_ones_in_band() {
+        let target = Target::parse("m:f").unwrap();
+        let large = vec![7u8; BUFFER_THRESHOLD];
+        let small = vec![9u8; BUFFER_THRESHOLD - 1];
+        let (payload, buffers) = job(
+            &target,
+            &(Bytes(&large), 5i64, Bytes(&small), Bytes(&large)),
+        )
+        .unwrap();
+        assert_eq!(buffers.len(), 2, "each large byte string is a buffer");
+        assert!(buffers.iter().all(|b| b.as_slice() == large.as_slice()));
+        assert!(
+            payload.len() < small.len() + 200,
+            "only the small one is in the stream"
+        );
+        // Each is `bytes(NEXT_BUFFER)` in the stream.
+        let bytes_of_buffer = [
+            &[SHORT_BINUNICODE, 8][..],
+            b"builtins",
+            &[SHORT_BINUNICODE, 5],
+            b"bytes",
+            &[STACK_GLOBAL, NEXT_BUFFER, TUPLE1, REDUCE],
+        ]
+        .concat();
+        let found = payload
+            .windows(bytes_of_buffer.len())
+            .filter(|w| *w == bytes_of_buffer.as_slice())
+            .count();
+        assert_eq!(found, 2);
     }
 
     #[test]

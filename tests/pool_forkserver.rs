@@ -25,6 +25,13 @@ async fn buffers_cross_both_ways_through_shared_memory() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_arguments_arrive_as_bytes() {
+    let pool = support::pool(KIND, 1);
+    support::bytes_arguments_arrive_as_bytes(&pool).await;
+    pool.shutdown(support::GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_come_back_with_their_traceback() {
     support::errors_come_back_with_their_traceback(KIND).await;
 }

@@ -66,6 +66,13 @@ async fn buffers_cross_both_ways_read_in_place() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_arguments_arrive_as_bytes() {
+    let Some(pool) = pool(1) else { return };
+    support::bytes_arguments_arrive_as_bytes(&pool).await;
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_cross_both_ways() {
     let Some(pool) = pool(2) else { return };
     let text: String = pool.call("builtins:str.upper", ("héllo",)).await.unwrap();

@@ -23,7 +23,7 @@ use std::{
 use pyo3::{
     buffer::PyBuffer,
     exceptions::{PyBufferError, PyRuntimeError, PyValueError},
-    ffi,
+    ffi, intern,
     prelude::*,
     types::{PyBytes, PyList, PyMemoryView, PyTuple},
 };
@@ -221,16 +221,26 @@ fn pinned(views: &Bound<'_, PyList>) -> PyResult<Vec<Buffer>> {
                 "a job's out-of-band buffers must be contiguous",
             ));
         }
-        spans.push((buffer.buf_ptr() as *const u8, buffer.len_bytes()));
+        // A view of a whole `bytes` is rebuilt as one (`_outcome._OutOfBand`).
+        let base = view.getattr(intern!(view.py(), "obj"))?;
+        let as_bytes = base.is_exact_instance_of::<PyBytes>() && base.len()? == buffer.len_bytes();
+        spans.push((buffer.buf_ptr() as *const u8, buffer.len_bytes(), as_bytes));
         owners.push(view.unbind());
     }
     let owner: Arc<dyn worker_types::Owner> = Arc::new(Pinned::new(owners));
     Ok(spans
         .into_iter()
-        // SAFETY: each memoryview holds its own export of the memory (a bytearray cannot resize,
-        // nothing is freed) for as long as it lives, and `owner` keeps every one of them alive
-        // for as long as any of these buffers does.
-        .map(|(ptr, len)| unsafe { Buffer::from_raw(ptr, len, owner.clone()) })
+        .map(|(ptr, len, as_bytes)| {
+            // SAFETY: each memoryview holds its own export of the memory (a bytearray cannot
+            // resize, nothing is freed) for as long as it lives, and `owner` keeps every one of
+            // them alive for as long as any of these buffers does.
+            let buffer = unsafe { Buffer::from_raw(ptr, len, owner.clone()) };
+            if as_bytes {
+                buffer.rebuilt_as_bytes()
+            } else {
+                buffer
+            }
+        })
         .collect())
 }
 
@@ -284,6 +294,24 @@ impl HostBuffer {
     }
 }
 
+/// A new `bytes` holding a copy of `data`, in memory advised to use huge pages when large (a
+/// copy into fresh memory costs its first touch: see `worker_types::advise_huge_pages`).
+#[allow(unsafe_code)]
+fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    // SAFETY: attached (`py`); a `bytes` made from NULL has `len` uninitialized bytes of its own,
+    // all written here before anyone sees the object, whose new reference we then own.
+    unsafe {
+        let bytes = ffi::PyBytes_FromStringAndSize(std::ptr::null(), data.len() as ffi::Py_ssize_t);
+        if bytes.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        let start = ffi::PyBytes_AsString(bytes).cast::<u8>();
+        worker_types::advise_huge_pages(start, data.len());
+        std::ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
+        Ok(Bound::from_owned_ptr(py, bytes).cast_into_unchecked())
+    }
+}
+
 /// `(pickle, [buffer, ...])` for a value with out-of-band buffers: a `memoryview` of a
 /// [`HostBuffer`] for host memory, or a `bytes` copied straight from memory a worker lent (the
 /// one copy of a returned `bytes`: its pickle rebuilds it with `bytes(buffer)`, which returns a
@@ -297,7 +325,7 @@ fn value_with_buffers<'py>(
         .into_iter()
         .map(|buffer| {
             if buffer.is_lent() {
-                return Ok(buffer.read(|bytes| PyBytes::new(py, bytes)).into_any());
+                return Ok(buffer.read(|bytes| new_bytes(py, bytes))?.into_any());
             }
             let host = Bound::new(py, HostBuffer { buffer })?;
             Ok(PyMemoryView::from(&host.into_any())?.into_any())

@@ -110,6 +110,12 @@ def single_phase_lazily():
     return os.getpid()
 
 
+def bytes_summary(*blobs):
+    """``call`` with ``serde_bytes`` arguments: each arrives as a ``bytes`` (large ones out of
+    band), whose type, size and last byte come back."""
+    return [(type(blob).__name__, len(blob), blob[-1]) for blob in blobs]
+
+
 def reverse(view):
     """``call_pickled_with_buffers``: the argument arrives as a buffer; a large value leaves as
     one. Also says how the argument arrived (its exporter's type)."""

@@ -453,6 +453,31 @@ pub(crate) async fn buffers_cross_both_ways(pool: &Pool, exporter: &str) {
     );
 }
 
+/// `call` with `serde_bytes`-style arguments: a large one travels out of band (one copy into
+/// the job's buffer, then the worker's own `bytes`), a small one in band; the job gets `bytes`.
+pub(crate) async fn bytes_arguments_arrive_as_bytes(pool: &Pool) {
+    struct Bytes<'a>(&'a [u8]);
+    impl serde::Serialize for Bytes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+    let large: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let small = [3u8; 10];
+    let summary: Vec<(String, usize, u8)> = pool
+        .call(
+            "pool_fixtures:bytes_summary",
+            (Bytes(&large), Bytes(&small), Bytes(&large)),
+        )
+        .await
+        .unwrap();
+    let large_one = ("bytes".to_owned(), large.len(), *large.last().unwrap());
+    assert_eq!(
+        summary,
+        [large_one.clone(), ("bytes".to_owned(), 10, 3), large_one]
+    );
+}
+
 /// `max_tasks_per_worker(2)`: each worker serves two calls, then a fresh one takes over.
 pub(crate) async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls(kind: WorkerKind) {
     let pool = Pool::builder()

@@ -27,7 +27,7 @@ mod mailbox;
 pub mod process;
 pub mod subinterpreter;
 
-pub use buffer::{lent_blocks, Buffer, Loans, Owner};
+pub use buffer::{advise_huge_pages, lent_blocks, Buffer, Loans, Owner};
 pub use completion::{Completion, Verdict};
 
 /// The result type of this crate.

@@ -55,9 +55,9 @@ def _copies_note() -> str | None:
     out = [label for label, size in PAYLOADS.items() if size >= threshold]
     return (
         f"payloads of {threshold // KiB} KiB and more ({', '.join(out)}, {NUMPY_PAYLOAD[0]}) "
-        "travel beside the pickle: interpool on subinterpreters copies a bytes echo 3 times "
-        "(not 9), a numpy echo on processes twice (into each memfd), and never pickles their "
-        "data (docs/payloads.md)."
+        "travel beside the pickle: interpool on subinterpreters copies a bytes echo twice "
+        "(not 9: into the worker's bytes, then straight from it into yours), a numpy echo on "
+        "processes twice (into each memfd), and never pickles their data (docs/payloads.md)."
     )
 
 

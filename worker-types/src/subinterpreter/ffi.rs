@@ -104,8 +104,8 @@ use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
-    mailbox::Next, Broken, Buffer, Completion, Finished, Loans, Outcome, Retire, Verdict,
-    WorkerConfig,
+    buffer::advise_huge_pages, mailbox::Next, Broken, Buffer, Completion, Finished, Loans, Outcome,
+    Retire, Verdict, WorkerConfig,
 };
 
 extern "C" {
@@ -757,6 +757,16 @@ impl AttachedWorker<'_> {
                 return list;
             }
             for (i, buffer) in buffers.iter().enumerate() {
+                if buffer.is_rebuilt_as_bytes() {
+                    // Its one copy, which `bytes(buffer)` in the pickle would make anyway.
+                    let bytes = new_bytes(&self.py, buffer.as_slice());
+                    if bytes.is_null() {
+                        ffi::Py_DECREF(list);
+                        return ptr::null_mut();
+                    }
+                    ffi::PyList_SET_ITEM(list, i as ffi::Py_ssize_t, bytes);
+                    continue;
+                }
                 let exporter = ffi::PyType_GenericAlloc(self.caller_buffer.cast(), 0);
                 if exporter.is_null() {
                     ffi::Py_DECREF(list);
@@ -865,14 +875,19 @@ fn worker_loop_code(py: &Attached<'_>) -> Result<*mut ffi::PyObject, String> {
     }
 }
 
-/// A new `bytes` of the attached interpreter holding a copy of `data`, or NULL with an error set.
+/// A new `bytes` of the attached interpreter holding a copy of `data` (in memory advised to use
+/// huge pages, when large), or NULL with an error set.
 fn new_bytes(_py: &Attached<'_>, data: &[u8]) -> *mut ffi::PyObject {
-    // SAFETY: attached (`_py`); CPython copies `data` into the attached interpreter's allocator.
+    // SAFETY: attached (`_py`); a `bytes` made from NULL has `len` uninitialized bytes of its
+    // own, all written here before anyone sees the object.
     unsafe {
-        ffi::PyBytes_FromStringAndSize(
-            data.as_ptr() as *const c_char,
-            data.len() as ffi::Py_ssize_t,
-        )
+        let bytes = ffi::PyBytes_FromStringAndSize(ptr::null(), data.len() as ffi::Py_ssize_t);
+        if !bytes.is_null() {
+            let start = ffi::PyBytes_AsString(bytes).cast::<u8>();
+            advise_huge_pages(start, data.len());
+            ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
+        }
+        bytes
     }
 }
 
@@ -966,6 +981,7 @@ unsafe fn copy_out_buffer(_py: &Attached<'_>, obj: *mut ffi::PyObject) -> Option
         let mut view = view.assume_init();
         let len = view.len as usize;
         let mut data = Vec::<u8>::with_capacity(len);
+        advise_huge_pages(data.as_mut_ptr(), len);
         ptr::copy_nonoverlapping(view.buf as *const u8, data.as_mut_ptr(), len);
         data.set_len(len);
         ffi::PyBuffer_Release(&mut view);
