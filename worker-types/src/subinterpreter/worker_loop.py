@@ -369,9 +369,10 @@ def setup(config):
 def run(payload, buffers=None):
     """Runs one job; returns ``(kind, data, retire, buffers)``: ``retire`` is KEEP, or
     RETIRE_PENDING if ``after_job`` must run once the outcome is delivered; ``buffers`` are the
-    value's out-of-band buffers (None or a list), to be copied out before anything else runs here.
-    Only a job pickled with protocol 5 (the Python front end's) gets any: the Rust ``Pool``'s
-    protocol-4 jobs read values in band."""
+    value's out-of-band buffers (None or a list: memoryviews, to be copied out before anything else
+    runs here, and whole ``bytes``, which a subinterpreter lends: ffi.rs, rule 10). Only a job
+    pickled with protocol 5 (the Python front end's) gets any: the Rust ``Pool``'s protocol-4 jobs
+    read values in band."""
     job = load(payload, buffers)
     return job if len(job) == 4 else call(*job)
 
