@@ -19,7 +19,7 @@ VENV := .venv
 NO_CLOUDPICKLE_VENV := .venv-no-cloudpickle
 FIND_PYTHON := PYTHON="$(PYTHON)" PYTHONS="$(PYTHONS)" tools/find-python.sh
 IN_VENV := tools/in-venv.sh $(VENV)
-PY_SOURCES := $(wildcard python python-tests benches examples tests/python worker-types/src)
+PY_SOURCES := $(wildcard python python-tests benches examples tests/python worker-types/src typings)
 # Every doc link must resolve. The module docs are written for maintainers and link private items
 # on purpose, so the private items are documented too and such links are allowed.
 RUSTDOC_LINT := -D warnings -A rustdoc::private_intra_doc_links
@@ -94,9 +94,10 @@ test-old: ## Run test_availability.py and test_process.py on each Python < 3.13 
 		.venv-$$tag/bin/python -m pytest python-tests/test_availability.py python-tests/test_process.py -q); \
 	done
 
-# What each check is for: docs/contributing.md.
+# What each check is for: docs/contributing.md. It builds the extension first: stubtest checks
+# _interpool.pyi against the built module.
 .PHONY: lint
-lint: venv ## Lint: rustfmt, clippy, rustdoc, the MSRV, ruff
+lint: build ## Lint: rustfmt, clippy, rustdoc, the MSRV, ruff, mypy, stubtest
 	$(call section,lint)
 	cargo fmt --all --check
 	$(IN_VENV) cargo clippy --workspace --all-targets --features python -- -D warnings
@@ -107,6 +108,9 @@ lint: venv ## Lint: rustfmt, clippy, rustdoc, the MSRV, ruff
 		cargo doc --workspace --no-deps --features python --document-private-items --quiet
 	$(call section,MSRV (tools/check-msrv.sh))
 	tools/check-msrv.sh $(VENV)
+	$(call section,mypy --strict and stubtest)
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m mypy.stubtest interpool._interpool
 
 .PHONY: format
 format: venv ## Format Rust and Python code, and apply ruff's safe fixes
@@ -146,6 +150,6 @@ demo: build ## Build, then run examples/hello.py
 
 .PHONY: clean
 clean: ## Remove build outputs, caches and the virtual environments
-	rm -rf target $(VENV) $(VENV)-py3* $(NO_CLOUDPICKLE_VENV) .pytest_cache .ruff_cache
+	rm -rf target $(VENV) $(VENV)-py3* $(NO_CLOUDPICKLE_VENV) .pytest_cache .ruff_cache .mypy_cache
 	find python -name '*.so' -delete
 	find . -name __pycache__ -not -path './.git/*' -prune -exec rm -rf {} +

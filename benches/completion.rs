@@ -145,6 +145,9 @@ impl WorkerType for Echo {
             crash_isolation: true,
         }
     }
+    fn latency_prior(&self) -> Duration {
+        Duration::from_micros(1)
+    }
     fn start(
         &self,
         _config: Arc<WorkerConfig>,

@@ -19,7 +19,7 @@ import trio
 from test_process import assert_reaped, cancel_when_started, fifos  # noqa: F401
 
 import interpool
-from interpool import WorkerType, _auto
+from interpool import WorkerType
 
 pytestmark = pytest.mark.needs_subinterpreters
 
@@ -318,81 +318,8 @@ async def test_pin_checks_its_arguments(actx):
             ctx.pin(_funcs.pid, FORK)
 
 
-# --- ranking with injected latencies -------------------------------------------
-
-
-class FakeCache:
-    def __init__(self, latency=None):
-        self.latency = latency
-
-    def latency_estimate(self):
-        return self.latency
-
-    def statistics(self):
-        return 0, 0
-
-
-def make_auto(latencies):
-    infos = [i for i in interpool.available_worker_types()]
-    caches = {t: FakeCache(latencies.get(t)) for t in WorkerType if t is not WorkerType.AUTO}
-    auto = _auto.Auto(infos, caches.__getitem__)
-    names = {id(c): t for t, c in caches.items()}
-    return auto, caches, lambda cache: names[id(cache)]
-
-
-def test_ranking_starts_from_the_expected_order():
-    auto, _, name = make_auto({})
-    assert name(auto.best[False]) is SUB
-    assert name(auto.best[True]) is FORK  # kill_on_cancel needs a killable type
-    assert name(auto.away[False]) is FORK
-    assert auto.order(False) == [SUB, FORK, SPAWN]
-
-
-def test_ranking_follows_the_estimates():
-    auto, caches, name = make_auto({SUB: 12e-6, FORK: 90e-6, SPAWN: 40e-6})
-    assert name(auto.best[False]) is SUB
-    assert name(auto.best[True]) is SPAWN
-    caches[SUB].latency = 200e-6  # this machine's subinterpreters got slow
-    auto.rerank()
-    assert auto.order(False) == [SPAWN, FORK, SUB]
-    assert name(auto.best[False]) is SPAWN
-
-
-def test_ranking_is_recomputed_after_enough_parked_calls():
-    auto, caches, name = make_auto({FORK: 90e-6, SPAWN: 40e-6})
-    caches[FORK].latency = 10e-6
-    for _ in range(_auto._RERANK_EVERY - 1):
-        auto.note_parked()
-    assert name(auto.best[True]) is SPAWN
-    auto.note_parked()
-    assert name(auto.best[True]) is FORK
-
-
-@pytest.mark.parametrize(
-    ("exc", "module"),
-    [
-        (
-            ImportError("module _testsinglephase does not support loading in subinterpreters"),
-            "_testsinglephase",
-        ),
-        (ImportError("cannot load module more than once per process"), "?"),
-        (ImportError("PyO3 modules do not yet support subinterpreters, see ...", name="pc"), "pc"),
-        (ImportError("Interpreter change detected - this module can only be loaded ..."), "?"),
-    ],
-)
-def test_refusal_messages(exc, module):
-    assert _auto.refusal(exc) == module
-
-
-def test_refusal_is_found_in_the_chain():
-    inner = ImportError("module numpy._core._x does not support loading in subinterpreters")
-    outer = ImportError("Unable to import required dependency numpy")
-    outer.__cause__ = inner
-    wrapped = RuntimeError("while loading")
-    wrapped.__context__ = outer
-    assert _auto.refusal(wrapped) == "numpy._core._x"
-    assert _auto.refusal(ImportError("No module named 'nope'")) is None
-    assert _auto.refusal(ValueError("does not support loading in subinterpreters")) is None
+# The ranking with injected latencies, the rerank after parked calls and the refusal classifier
+# are unit tests of src/auto.rs, where that logic lives.
 
 
 # --- default context configuration ------------------------------------------------

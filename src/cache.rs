@@ -199,7 +199,6 @@ impl WorkerCache {
     /// setup payload (see [`WorkerConfig::setup`]); it is called only when a worker starts, and
     /// never while a lock of the cache is held.
     pub fn submit(&self, job: Job, setup: &dyn Fn() -> Result<Vec<u8>, String>) -> Result<Lease> {
-        let submitted = Instant::now();
         let mut job = job;
         // Workers still busy after their last job (retire hook): skipped now, kept for later.
         let mut not_ready = Vec::new();
@@ -222,6 +221,8 @@ impl WorkerCache {
                     }
                 },
             };
+            // Measured from the hand-over: a worker's start is no dispatch latency.
+            let submitted = Instant::now();
             match worker.submit(job) {
                 Ok(completion) => {
                     break Ok(Lease {
@@ -272,10 +273,21 @@ impl WorkerCache {
         Ok(self.inner.worker_type.start(Arc::new(config))?)
     }
 
+    /// The type of this cache's workers.
+    pub fn worker_type(&self) -> &Arc<dyn WorkerType> {
+        &self.inner.worker_type
+    }
+
     /// The running estimate of this cache's dispatch latency (see [`crate::scheduler`]), or
     /// `None` before a quick call measured it.
     pub fn latency_estimate(&self) -> Option<Duration> {
         self.inner.latency.get()
+    }
+
+    /// Feeds `latency` into the estimate, as a quick call that took that long would.
+    #[cfg(test)]
+    pub(crate) fn observe(&self, latency: Duration) {
+        self.inner.latency.observe(latency);
     }
 
     /// Current counts. Workers that ended themselves are pruned first.
@@ -382,11 +394,18 @@ impl Lease {
         &self.completion
     }
 
-    /// Feeds the time since submission into the cache's latency estimate. The caller calls this
-    /// for a quick call only (its outcome came back while the caller spun), so that job time does
-    /// not count as dispatch latency.
-    pub fn observe_quick_return(&self) {
-        self.cache.latency.observe(self.submitted.elapsed());
+    /// Feeds the time since the job was handed to its worker into the cache's latency
+    /// estimate, if the call was quick: the caller calls this when the outcome came back while
+    /// it spun, with its spin budget `spin`, so that job time does not count as dispatch latency.
+    /// A sample longer than twice `spin` (room for the hand-over and the caller's own steps
+    /// before it spun) is dropped: the outcome came back while the caller was descheduled (a
+    /// loaded machine stretches a spin), or the job waited for a new worker to start; either
+    /// would make the type look slow for no fault of its dispatch.
+    pub fn observe_quick_return(&self, spin: Duration) {
+        let elapsed = self.submitted.elapsed();
+        if elapsed <= spin.saturating_mul(2) {
+            self.cache.latency.observe(elapsed);
+        }
     }
 
     /// The id of the worker running the job.
@@ -484,6 +503,9 @@ mod tests {
                 hard_kill: true,
                 crash_isolation: true,
             }
+        }
+        fn latency_prior(&self) -> Duration {
+            Duration::from_micros(1)
         }
         fn start(
             &self,

@@ -43,6 +43,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod auto;
 mod cache;
 mod embed;
 mod error;
@@ -52,6 +53,7 @@ mod python;
 pub mod scheduler;
 mod wire;
 
+pub use auto::TypeStatistics;
 pub use cache::{Lease, Recycling, ShutdownReport, Statistics, WorkerCache};
 pub use error::{Error, PythonError, Result};
 pub use interpool_worker_types::{

@@ -5,19 +5,18 @@
 //! submits the job to the hottest idle worker, spins briefly for the outcome and otherwise parks
 //! on the completion's waker; the futures need no particular async runtime.
 //!
-//! A [`WorkerKind::Auto`] pool on subinterpreters also has a second cache of process workers, the
-//! *fallback*: a job that fails to load in a subinterpreter (its module refuses to load there,
-//! at import or while the function runs, or anything else fails while loading it) runs again
-//! there once, and later calls to that module go there directly once it loaded there.
+//! Every pool runs on an [`Auto`] (`src/auto.rs`, the same AUTO as the Python front end's): a
+//! pool of one kind is AUTO over that one type, a [`WorkerKind::Auto`] pool over every available
+//! type, ranked by measured latency, with pins ([`PoolBuilder::pin`]) and the fallback of jobs
+//! that fail to load in a subinterpreter.
 
 use std::{
-    collections::HashSet,
     fmt,
     future::Future,
     marker::PhantomData,
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, Condvar, Mutex, PoisonError, RwLock},
+    sync::{Arc, Condvar, Mutex, PoisonError},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -27,10 +26,11 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
+    auto::{Auto, CallableKey, Failure, TypeStatistics},
     cache::{Lease, Recycling, Statistics, WorkerCache},
     embed,
     wire::{self, Target},
-    Error, PythonError, Result,
+    Error, Result,
 };
 
 /// How long a call spins for its outcome before it parks, by default.
@@ -61,23 +61,23 @@ pub enum WorkerKind {
     /// A freshly started Python process per worker (~30–70 ms plus imports). Unix only; otherwise
     /// as [`WorkerKind::Forkserver`].
     Spawn,
-    /// The first available of `Subinterpreter`, `Forkserver`, `Spawn`, in that order, plus a
-    /// per-call fallback: on subinterpreters, a call whose job fails to load ([`Error::Load`])
-    /// runs once more on the first available process kind (`Forkserver`, then `Spawn`), whose
-    /// outcome is the call's. A load error is also a module refusing subinterpreters while the
-    /// function runs (an `import numpy` in its body: the function may have done things before
-    /// it, and does them again on the process). When a module refused (numpy, most PyO3 and
-    /// Cython packages; the chain says "does not support loading in subinterpreters", "cannot
-    /// load module more than once per process", "PyO3 modules do not yet support
-    /// subinterpreters" or "Interpreter change detected"), or when the process loaded the job,
-    /// later calls to the same module go there directly. An exception raised by the function
-    /// itself is never retried.
+    /// Every available kind of `Subinterpreter`, `Forkserver`, `Spawn`, ranked per call: by
+    /// capability, then by their measured dispatch latency (before any measurement, in that
+    /// order), with pins ([`PoolBuilder::pin`]) and a per-call fallback: on subinterpreters, a
+    /// call whose job fails to load ([`Error::Load`]) runs once more on the fastest process kind
+    /// (`Forkserver`, then `Spawn`, until measured), whose outcome is the call's. A load error
+    /// is also a module refusing subinterpreters while the function runs (an `import numpy` in
+    /// its body: the function may have done things before it, and does them again on the
+    /// process). When a module refused (numpy, most PyO3 and Cython packages; an `ImportError`
+    /// in the chain says "does not support loading in subinterpreters", "cannot load module more
+    /// than once per process", "PyO3 modules do not yet support subinterpreters" or "Interpreter
+    /// change detected"), or when the process loaded the job, later calls to the same module go
+    /// there directly. An `init` that refuses sends the whole pool to processes. An exception
+    /// raised by the function itself is never retried, nor is a pinned callable. See
+    /// docs/auto.md.
     #[default]
     Auto,
 }
-
-/// A process worker type that [`WorkerKind::Auto`] falls back to.
-type ProcessFallback = Arc<dyn WorkerType>;
 
 impl WorkerKind {
     /// The stable lowercase name, as in the Python API (`"subinterpreter"`, …, `"auto"`).
@@ -115,14 +115,14 @@ impl WorkerKind {
         }
     }
 
-    /// The worker type this kind stands for here and, for `Auto` on subinterpreters, the
-    /// process type of its fallback (if one is available); or why there is none.
+    /// The worker types this kind stands for here (`Auto`: every available one, in the order of
+    /// preference; the others: that one), or why there is none.
     fn resolve(
         self,
         python: &dyn Fn() -> Result<PathBuf, String>,
-    ) -> Result<(Arc<dyn WorkerType>, Option<ProcessFallback>)> {
+    ) -> Result<Vec<Arc<dyn WorkerType>>> {
         if self != Self::Auto {
-            return Ok((self.worker_type(python)?, None));
+            return Ok(vec![self.worker_type(python)?]);
         }
         let mut reasons = Vec::new();
         let mut available = Vec::new();
@@ -136,17 +136,13 @@ impl WorkerKind {
                 Err(other) => return Err(other),
             }
         }
-        let mut available = available.into_iter();
-        let first = available.next().ok_or_else(|| Error::Unavailable {
-            worker_type: self.name(),
-            reason: format!("no worker type is available ({})", reasons.join("; ")),
-        })?;
-        let fallback = if first.name() == Self::Subinterpreter.name() {
-            available.next()
-        } else {
-            None
-        };
-        Ok((first, fallback))
+        if available.is_empty() {
+            return Err(Error::Unavailable {
+                worker_type: self.name(),
+                reason: format!("no worker type is available ({})", reasons.join("; ")),
+            });
+        }
+        Ok(available)
     }
 }
 
@@ -161,6 +157,7 @@ pub struct PoolBuilder {
     python_executable: Option<PathBuf>,
     spin: Duration,
     recycling: Recycling,
+    pins: Vec<(String, WorkerKind)>,
 }
 
 impl Default for PoolBuilder {
@@ -174,6 +171,7 @@ impl Default for PoolBuilder {
             python_executable: None,
             spin: DEFAULT_SPIN,
             recycling: Recycling::default(),
+            pins: Vec::new(),
         }
     }
 }
@@ -275,6 +273,23 @@ impl PoolBuilder {
         self
     }
 
+    /// Sends every call of `target` to `kind` on a [`WorkerKind::Auto`] pool, overriding AUTO's
+    /// ranking and its fallback: `target` is a callable (`"module:qualname"`, as given to
+    /// [`Pool::call`]) or a module (its submodules too). For packages that load in a
+    /// subinterpreter but misbehave later there: `.pin("polars", WorkerKind::Forkserver)`. A
+    /// pinned callable's load error is the call's, on whatever kind it is pinned to. A later pin
+    /// of the same target replaces an earlier one; [`WorkerKind::Auto`] removes it. The pins are
+    /// in [`Pool::statistics_by_type`].
+    ///
+    /// # Errors
+    /// [`PoolBuilder::build`] answers [`Error::Setup`] for a pool that is not `Auto`,
+    /// [`Error::InvalidTarget`] for an empty target, [`Error::Unavailable`] for a kind that
+    /// cannot run here.
+    pub fn pin(mut self, target: impl Into<String>, kind: WorkerKind) -> Self {
+        self.pins.push((target.into(), kind));
+        self
+    }
+
     /// Builds the pool: picks the worker type, initializes the embedded interpreter if nobody
     /// has (see the crate docs), and prepares the workers' setup. Workers start on demand.
     ///
@@ -282,7 +297,8 @@ impl PoolBuilder {
     /// [`Error::Unavailable`] when the worker type cannot run here, with the reason (for the
     /// process kinds: no Python executable, see [`PoolBuilder::python_executable`]);
     /// [`Error::InvalidTarget`] for a malformed `init`; [`Error::Setup`] for a `python_path`
-    /// entry that is not UTF-8 or cannot be made absolute, or a recycling limit of 0.
+    /// entry that is not UTF-8 or cannot be made absolute, or a recycling limit of 0; the
+    /// errors of [`PoolBuilder::pin`].
     pub fn build(self) -> Result<Pool> {
         for (name, value) in [
             ("max_tasks_per_worker", self.recycling.max_tasks),
@@ -311,46 +327,42 @@ impl PoolBuilder {
             Some(path) => Ok(path.clone()),
             None => process::python_executable().map_or_else(embed::python_executable, Ok),
         };
-        let (worker_type, fallback) = self.kind.resolve(&python)?;
-        let uses_processes =
-            worker_type.name() != WorkerKind::Subinterpreter.name() || fallback.is_some();
+        if self.kind != WorkerKind::Auto && !self.pins.is_empty() {
+            return Err(Error::Setup(format!(
+                "pinning needs a WorkerKind::Auto pool; this one is {}",
+                self.kind.name()
+            )));
+        }
+        let worker_types = self.kind.resolve(&python)?;
+        let uses_processes = worker_types
+            .iter()
+            .any(|t| t.name() != WorkerKind::Subinterpreter.name());
         let python_executable = uses_processes.then(|| python().ok()).flatten();
-        let cache = WorkerCache::new(worker_type.clone(), self.idle_timeout, self.recycling)?;
-        let fallback = fallback
-            .map(|kind| -> Result<_> {
-                Ok(Fallback {
-                    worker_type: kind.name(),
-                    cache: WorkerCache::new(kind, self.idle_timeout, self.recycling)?,
-                    modules: RwLock::new(HashSet::new()),
-                })
-            })
-            .transpose()?;
+        let caches = worker_types
+            .into_iter()
+            .map(|kind| WorkerCache::new(kind, self.idle_timeout, self.recycling))
+            .collect::<Result<Vec<_>>>()?;
+        let auto = Auto::new(caches)?;
+        for (target, kind) in &self.pins {
+            auto.pin(target, (*kind != WorkerKind::Auto).then(|| kind.name()))?;
+        }
         let max_workers = self.max_workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
-        Ok(Pool {
-            inner: Arc::new(Inner {
-                cache,
-                worker_type: worker_type.name(),
-                fallback,
-                limiter: Arc::new(Semaphore::new(max_workers)),
-                max_workers,
-                setup,
-                spin: self.spin,
-                python_executable,
-                running: Mutex::new(0),
-                running_changed: Condvar::new(),
-            }),
-        })
+        Ok(Pool::over(
+            auto,
+            max_workers,
+            setup,
+            self.spin,
+            python_executable,
+        ))
     }
 }
 
 #[derive(Debug)]
 struct Inner {
-    cache: WorkerCache,
-    worker_type: &'static str,
-    /// `Auto` on subinterpreters: the process workers for modules that refuse subinterpreters.
-    fallback: Option<Fallback>,
+    /// The caches, and which one serves a call (one cache unless the pool is `Auto`).
+    auto: Auto,
     limiter: Arc<Semaphore>,
     max_workers: usize,
     setup: Vec<u8>,
@@ -362,50 +374,17 @@ struct Inner {
     running_changed: Condvar,
 }
 
-/// [`WorkerKind::Auto`]'s process workers, and the modules whose calls go to them.
-#[derive(Debug)]
-struct Fallback {
-    worker_type: &'static str,
-    cache: WorkerCache,
-    /// Modules that refused to load in a subinterpreter, or failed to load there and loaded in a
-    /// process: their calls skip the subinterpreters.
-    modules: RwLock<HashSet<String>>,
-}
-
-impl Fallback {
-    fn takes(&self, module: &str) -> bool {
-        self.modules
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains(module)
-    }
-
-    fn remember(&self, module: String) {
-        self.modules
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(module);
-    }
-}
-
-/// Whether a load error says that a module refuses to load in a subinterpreter (anywhere in its
-/// chain: numpy, for one, wraps the refusal in an `ImportError` of its own).
-fn refuses_subinterpreters(error: &PythonError) -> bool {
-    interpool_worker_types::subinterpreter::REFUSALS
-        .iter()
-        .any(|marker| error.message.contains(marker) || error.traceback.contains(marker))
-}
-
 impl Inner {
     fn caches(&self) -> impl Iterator<Item = &WorkerCache> {
-        std::iter::once(&self.cache).chain(self.fallback.as_ref().map(|f| &f.cache))
+        self.auto.caches()
     }
 
-    /// Runs `payload` on a worker of `cache` and waits for it. Dropping the future cancels it.
-    async fn attempt(&self, cache: &WorkerCache, job: Job) -> Result<Finished> {
+    /// Runs `payload` on a worker of slot `i`'s cache and waits for it. Dropping the future
+    /// cancels it.
+    async fn attempt(&self, i: usize, job: Job) -> Result<Outcome> {
         let setup = || Ok(self.setup.clone());
-        let lease = cache.submit(job, &setup)?;
-        Ok(InFlight::new(self, lease).await)
+        let lease = self.auto.cache(i).submit(job, &setup)?;
+        Ok(InFlight::new(self, lease).await.outcome)
     }
 }
 
@@ -495,6 +474,27 @@ pub struct Pool {
 }
 
 impl Pool {
+    fn over(
+        auto: Auto,
+        max_workers: usize,
+        setup: Vec<u8>,
+        spin: Duration,
+        python_executable: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                auto,
+                limiter: Arc::new(Semaphore::new(max_workers)),
+                max_workers,
+                setup,
+                spin,
+                python_executable,
+                running: Mutex::new(0),
+                running_changed: Condvar::new(),
+            }),
+        }
+    }
+
     /// A builder with the defaults: [`WorkerKind::Auto`], one worker per CPU, 600 s idle
     /// timeout, no extra `sys.path`, no `init`.
     pub fn builder() -> PoolBuilder {
@@ -537,7 +537,7 @@ impl Pool {
         Call::new(
             self.clone(),
             payload,
-            self.module_to_route(callable),
+            self.callable_to_route(callable),
             |pickled| wire::value::<R>(&pickled.data),
         )
     }
@@ -548,9 +548,12 @@ impl Pool {
         let payload = Target::parse(callable)
             .and_then(|target| wire::job_pickled(&target, pickled_args.as_ref()))
             .map(Job::new);
-        Call::new(self.clone(), payload, self.module_to_route(callable), |p| {
-            Ok(p.data)
-        })
+        Call::new(
+            self.clone(),
+            payload,
+            self.callable_to_route(callable),
+            |p| Ok(p.data),
+        )
     }
 
     /// Like [`Pool::call_pickled`], with pickle protocol 5 out-of-band buffers both ways:
@@ -573,15 +576,12 @@ impl Pool {
                 wire::job_pickled_with_buffers(&target, pickled_args.as_ref(), buffers.len())
             })
             .map(|payload| Job { payload, buffers });
-        Call::new(self.clone(), payload, self.module_to_route(callable), Ok)
+        Call::new(self.clone(), payload, self.callable_to_route(callable), Ok)
     }
 
-    /// The callable's module, where `Auto`'s fallback may have to route it.
-    fn module_to_route(&self, callable: &str) -> Option<String> {
-        self.inner.fallback.as_ref()?;
-        callable
-            .split_once(':')
-            .map(|(module, _)| module.to_owned())
+    /// The callable, where AUTO chooses among several types and so may have to route it.
+    fn callable_to_route(&self, callable: &str) -> Option<String> {
+        self.inner.auto.chooses().then(|| callable.to_owned())
     }
 
     /// Stops the pool: new calls fail with [`Error::Closed`], calls waiting for a slot too;
@@ -639,7 +639,7 @@ impl Pool {
         }
     }
 
-    /// Counts of idle workers and running calls (`Auto`: its fallback's included).
+    /// Counts of idle workers and running calls (`Auto`: of every type).
     pub fn statistics(&self) -> Statistics {
         self.inner
             .caches()
@@ -650,17 +650,30 @@ impl Pool {
             })
     }
 
-    /// The name of the worker type the pool runs on (`"subinterpreter"`, …), after
-    /// [`WorkerKind::Auto`] was resolved.
+    /// Per worker type of the pool (`Auto`: every available one, in the order of preference):
+    /// its counts, its measured dispatch latency, and what AUTO learnt: fallbacks, modules
+    /// routed away from subinterpreters, pins. As the Python API's `statistics().by_type`.
+    pub fn statistics_by_type(&self) -> Vec<TypeStatistics> {
+        self.inner.auto.statistics()
+    }
+
+    /// The name of the worker type a call without a route runs on now (`"subinterpreter"`, …):
+    /// a [`WorkerKind::Auto`] pool's best ranked type.
     pub fn worker_type(&self) -> &'static str {
-        self.inner.worker_type
+        let auto = &self.inner.auto;
+        auto.name(auto.best(false))
     }
 
     /// The process worker type (`"forkserver"` or `"spawn"`) that a [`WorkerKind::Auto`] pool on
-    /// subinterpreters falls back to for modules that refuse subinterpreters; `None` for other
-    /// pools, or where no process type is available.
+    /// subinterpreters falls back to for modules that refuse subinterpreters, as ranked now;
+    /// `None` for other pools, or where no process type is available.
     pub fn fallback_worker_type(&self) -> Option<&'static str> {
-        self.inner.fallback.as_ref().map(|f| f.worker_type)
+        let auto = &self.inner.auto;
+        let best = auto.best(false);
+        if !auto.may_fall_back(best, CallableKey::default()) {
+            return None;
+        }
+        auto.away(false).map(|i| auto.name(i))
     }
 
     /// How many calls may run at once.
@@ -675,9 +688,9 @@ impl Pool {
         self.inner.python_executable.as_deref()
     }
 
-    /// Runs one job: takes a slot, submits, waits; on an `Auto` pool, routes it by `module` and
-    /// falls back to a process worker. Not generic, so it is compiled once.
-    async fn run(self, payload: Result<Job>, module: Option<String>) -> Result<Pickled> {
+    /// Runs one job: takes a slot, submits, waits; on an `Auto` pool, routes it by `callable`
+    /// and falls back as [`Auto::fallback`] says. Not generic, so it is compiled once.
+    async fn run(self, payload: Result<Job>, callable: Option<String>) -> Result<Pickled> {
         let payload = payload?;
         let limiter = self.inner.limiter.clone();
         // Held across a fallback's second attempt too; dropped after the attempt in flight (the
@@ -690,29 +703,36 @@ impl Pool {
             }
         };
         let inner = &*self.inner;
-        let Some((fallback, module)) = inner.fallback.as_ref().zip(module) else {
-            return into_result(inner.attempt(&inner.cache, payload).await?.outcome);
-        };
-        if fallback.takes(&module) {
-            return into_result(inner.attempt(&fallback.cache, payload).await?.outcome);
+        let auto = &inner.auto;
+        let key = callable
+            .as_deref()
+            .map(CallableKey::parse)
+            .unwrap_or_default();
+        let first = auto.choose(key, false);
+        if !auto.may_fall_back(first, key) {
+            return into_result(inner.attempt(first, payload).await?);
         }
         let retry = payload.clone();
-        let outcome = inner.attempt(&inner.cache, payload).await?.outcome;
-        let Outcome::LoadError(records) = &outcome else {
+        let outcome = inner.attempt(first, payload).await?;
+        let failure = match &outcome {
+            Outcome::LoadError(records) => Failure::Load(records),
+            Outcome::Broken(broken) => Failure::Broken {
+                reason: &broken.reason,
+                records: broken.exception.as_deref().unwrap_or_default(),
+            },
+            _ => return into_result(outcome),
+        };
+        let Some(second) = auto.fallback(first, failure, key, false) else {
             return into_result(outcome);
         };
-        // Any load error is retried once on a process; a refusal routes the module there at
-        // once, another load error only once the process loaded it. A second load error is the
-        // call's.
-        if refuses_subinterpreters(&wire::exception(records)) {
-            fallback.remember(module);
-            return into_result(inner.attempt(&fallback.cache, retry).await?.outcome);
+        // A second load error (or a broken worker) is the call's, and teaches nothing.
+        let retried = inner.attempt(second, retry).await?;
+        if let Outcome::LoadError(records) = &outcome {
+            if !matches!(retried, Outcome::LoadError(_) | Outcome::Broken(_)) {
+                auto.loaded_elsewhere(key, records);
+            }
         }
-        let outcome = inner.attempt(&fallback.cache, retry).await?.outcome;
-        if !matches!(outcome, Outcome::LoadError(_) | Outcome::Broken(_)) {
-            fallback.remember(module);
-        }
-        into_result(outcome)
+        into_result(retried)
     }
 }
 
@@ -743,10 +763,17 @@ impl Future for InFlight<'_> {
         let this = self.get_mut();
         let lease = this.lease.as_mut().expect("polled after completion");
         let completion = lease.completion();
-        // Spin once, on the first poll: a fast job is then done without any wake-up.
-        let spun_to_done = !this.spun && completion.spin(this.spin);
+        // Spin once, on the first poll: a fast job is then done without any wake-up, and its
+        // round trip is this type's dispatch latency (AUTO's ranking).
+        let first_poll = !this.spun;
+        let spun_to_done = first_poll && completion.spin(this.spin);
         this.spun = true;
-        if !spun_to_done && completion.poll_done(cx).is_pending() {
+        if spun_to_done {
+            lease.observe_quick_return(this.spin);
+        } else if completion.poll_done(cx).is_pending() {
+            if first_poll {
+                this.inner.auto.note_parked();
+            }
             return Poll::Pending;
         }
         let finished = lease.finish().expect("the completion is done");
@@ -823,14 +850,53 @@ impl<R> fmt::Debug for Call<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auto::tests::{auto_over, fake, measure};
 
-    fn error(message: &str, traceback: &str) -> PythonError {
-        PythonError {
-            type_name: "ImportError".into(),
-            message: message.into(),
-            traceback: traceback.into(),
-            pickled: None,
+    /// A pool over fake types, whose workers answer each job with its payload at once.
+    fn fake_pool(types: Vec<Arc<dyn WorkerType>>) -> Pool {
+        Pool::over(auto_over(types), 1, Vec::new(), DEFAULT_SPIN, None)
+    }
+
+    fn idle_by_type(pool: &Pool) -> Vec<(&'static str, usize)> {
+        pool.statistics_by_type()
+            .iter()
+            .map(|s| (s.worker_type, s.idle_workers))
+            .collect()
+    }
+
+    #[test]
+    fn calls_go_to_the_type_measured_fastest() {
+        let pool = fake_pool(vec![
+            fake("subinterpreter", false, 15),
+            fake("forkserver", true, 60),
+        ]);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let call = |pool: &Pool| runtime.block_on(pool.call_pickled("m:f", b"args")).unwrap();
+        call(&pool);
+        assert_eq!(
+            idle_by_type(&pool),
+            [("subinterpreter", 1), ("forkserver", 0)],
+            "the prior order first"
+        );
+        let auto = &pool.inner.auto;
+        assert!(
+            auto.cache(0).latency_estimate().is_some(),
+            "a quick call measured it"
+        );
+        measure(auto, 0, Duration::from_micros(90));
+        measure(auto, 1, Duration::from_micros(20));
+        for _ in 0..crate::auto::RERANK_EVERY {
+            auto.note_parked(); // as many calls that parked would
         }
+        assert_eq!(pool.worker_type(), "forkserver");
+        assert_eq!(pool.fallback_worker_type(), None, "not on subinterpreters");
+        call(&pool);
+        assert_eq!(
+            idle_by_type(&pool),
+            [("subinterpreter", 1), ("forkserver", 1)]
+        );
     }
 
     #[test]
@@ -847,28 +913,5 @@ mod tests {
                 other => panic!("expected Error::Setup, got {other:?}"),
             }
         }
-    }
-
-    #[test]
-    fn a_refusal_is_found_in_the_message_or_anywhere_in_the_chain() {
-        for marker in interpool_worker_types::subinterpreter::REFUSALS {
-            assert!(refuses_subinterpreters(&error(
-                &format!("module x {marker}"),
-                ""
-            )));
-        }
-        // numpy wraps the refusal: it is in the chained traceback, not the message.
-        let numpy = error(
-            "Error importing numpy: you should not try to import numpy from its source directory",
-            "ImportError: module numpy._core._multiarray_umath does not support loading in \
-             subinterpreters\n\nThe above exception was the direct cause of the following \
-             exception:\n\nImportError: Error importing numpy",
-        );
-        assert!(refuses_subinterpreters(&numpy));
-        let missing = error(
-            "No module named 'plugin'",
-            "ModuleNotFoundError: No module named 'plugin'",
-        );
-        assert!(!refuses_subinterpreters(&missing));
     }
 }

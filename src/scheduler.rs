@@ -4,33 +4,25 @@
 //!
 //! - [`LatencyEstimate`]: a running estimate (EWMA) of one worker type's dispatch latency, fed by
 //!   the worker cache from real calls. Only *quick* calls feed it (the front end reports a call
-//!   whose outcome was in before it stopped spinning, i.e. within tens of microseconds), so a long
-//!   job measures nothing and cannot make its type look slow: what is left is the cost of handing
+//!   whose outcome was in before it stopped spinning, within twice its spin budget of the hand-over:
+//!   [`crate::Lease::observe_quick_return`]), so a long job measures nothing and cannot make its type look slow: what is left is the cost of handing
 //!   a job to a warm worker and getting a trivial outcome back. A type whose calls never come back
 //!   that fast keeps its prior.
 //! - [`rank`]: orders the candidate types for a call: types lacking a required capability are
-//!   dropped, the rest sorted by their estimate, or by their prior ([`prior`]) while they have
-//!   none. The priors encode the expected order subinterpreter < forkserver < spawn.
+//!   dropped, the rest sorted by their estimate, or by their prior
+//!   ([`WorkerType::latency_prior`]) while they have none. The priors encode the expected order
+//!   subinterpreter < forkserver < spawn.
 //!
-//! What to remember about modules that refuse subinterpreters is the front end's business (it can
-//! read the exceptions); it asks for a ranking only when something changed, never per call.
+//! What AUTO remembers (routes, pins, fallbacks) is [`crate::auto`]'s; it asks for a ranking only
+//! when something changed, never per call.
+//!
+//! [`WorkerType::latency_prior`]: interpool_worker_types::WorkerType::latency_prior
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Weight of a new sample in the estimate, as `1 / 2^EWMA_SHIFT` (1/8).
 const EWMA_SHIFT: u32 = 3;
-
-/// The expected dispatch latency of a worker type before any call measured it: the expected
-/// order, in nanoseconds. Unknown types rank last.
-pub fn prior(name: &str) -> u64 {
-    match name {
-        "subinterpreter" => 15_000,
-        "forkserver" => 60_000,
-        "spawn" => 80_000,
-        _ => 1_000_000,
-    }
-}
 
 /// A running estimate of a worker type's dispatch latency; lock-free, shared by callers.
 #[derive(Debug, Default)]
@@ -78,13 +70,15 @@ pub struct Candidate {
     pub allowed: bool,
     /// The measured dispatch latency, if any call measured it.
     pub estimate: Option<Duration>,
+    /// The latency expected before any call measured it (the type's
+    /// [`latency_prior`](interpool_worker_types::WorkerType::latency_prior)).
+    pub prior: Duration,
 }
 
 impl Candidate {
     /// The latency the ranking uses: the estimate, or the prior.
     pub fn latency(&self) -> Duration {
-        self.estimate
-            .unwrap_or_else(|| Duration::from_nanos(prior(&self.name)))
+        self.estimate.unwrap_or(self.prior)
     }
 }
 
@@ -104,7 +98,13 @@ mod tests {
     use super::*;
 
     fn candidate(name: &str, hard_kill: bool, estimate_us: Option<u64>) -> Candidate {
+        let prior_us = match name {
+            "subinterpreter" => 15,
+            "forkserver" => 60,
+            _ => 80,
+        };
         Candidate {
+            prior: Duration::from_micros(prior_us),
             name: name.into(),
             available: true,
             hard_kill,

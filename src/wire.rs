@@ -17,7 +17,8 @@
 //!   path_prepend))`, see the worker loop's `setup`.
 //! - **Exception records** (from `Raised`, `LoadError`, `Broken`) are decoded with
 //!   serde-pickle's `Value`: a list of `(pickled_exc, pickling_error, type_name, message,
-//!   formatted_traceback, cause_index, context_index, suppress_context)`.
+//!   formatted_traceback, import_name, cause_index, context_index, suppress_context)` ([`records`];
+//!   `import_name` is what AUTO's refusal classifier reads, see [`crate::auto`]).
 
 use interpool_worker_types::Buffer;
 use serde::{de::DeserializeOwned, Serialize};
@@ -268,22 +269,41 @@ pub(crate) fn value<R: DeserializeOwned>(pickled: &[u8]) -> Result<R> {
 
 /// One decoded exception record.
 #[derive(Debug, Clone)]
-struct Record {
-    pickled: Option<Vec<u8>>,
-    type_name: String,
-    message: String,
-    traceback: String,
-    cause: Option<usize>,
-    context: Option<usize>,
-    suppress_context: bool,
+pub(crate) struct Record {
+    pub(crate) pickled: Option<Vec<u8>>,
+    /// `module.qualname` of the exception's class (`builtins.ImportError`).
+    pub(crate) type_name: String,
+    /// `str()` of the exception.
+    pub(crate) message: String,
+    pub(crate) traceback: String,
+    /// For an `ImportError` (or a subclass): its `name` attribute, `""` when unset; `None` for
+    /// any other exception.
+    pub(crate) import_name: Option<String>,
+    /// The record of `__cause__`.
+    pub(crate) cause: Option<usize>,
+    /// The record of `__context__`.
+    pub(crate) context: Option<usize>,
+    pub(crate) suppress_context: bool,
+}
+
+/// Decodes pickled exception records, the raised exception first; `None` if they are not
+/// records (or there are none).
+pub(crate) fn records(pickled: &[u8]) -> Option<Vec<Record>> {
+    serde_pickle::value_from_slice(pickled, DeOptions::new())
+        .ok()
+        .and_then(|v| match v {
+            Value::List(items) => items.into_iter().map(record).collect::<Option<Vec<_>>>(),
+            _ => None,
+        })
+        .filter(|records| !records.is_empty())
 }
 
 fn record(value: Value) -> Option<Record> {
     let Value::Tuple(fields) = value else {
         return None;
     };
-    let [pickled, _pickling_error, type_name, message, traceback, cause, context, suppress]: [Value;
-        8] = fields.try_into().ok()?;
+    let [pickled, _pickling_error, type_name, message, traceback, import_name, cause, context, suppress]: [Value;
+        9] = fields.try_into().ok()?;
     let string = |v: Value| match v {
         Value::String(s) => Some(s),
         _ => None,
@@ -300,6 +320,7 @@ fn record(value: Value) -> Option<Record> {
         type_name: string(type_name)?,
         message: string(message)?,
         traceback: string(traceback)?,
+        import_name: string(import_name),
         cause: index(cause),
         context: index(context),
         suppress_context: matches!(suppress, Value::Bool(true)),
@@ -344,14 +365,7 @@ fn chained_traceback(records: &[Record], i: usize, seen: &mut Vec<usize>) -> Str
 
 /// Decodes exception records into the error of the first (the raised) exception.
 pub(crate) fn exception(records: &[u8]) -> PythonError {
-    let decoded = serde_pickle::value_from_slice(records, DeOptions::new())
-        .ok()
-        .and_then(|v| match v {
-            Value::List(items) => items.into_iter().map(record).collect::<Option<Vec<_>>>(),
-            _ => None,
-        })
-        .filter(|records| !records.is_empty());
-    match decoded {
+    match self::records(records) {
         Some(records) => {
             let traceback = chained_traceback(&records, 0, &mut Vec::new());
             let first = &records[0];

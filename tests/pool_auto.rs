@@ -323,3 +323,126 @@ async fn the_numpy_plugin_runs_or_is_skipped() {
     );
     pool.shutdown(GRACE).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_sends_a_callable_or_a_module_to_its_kind() {
+    let dir = TempDir::new("auto-pin");
+    let pool = builder(&dir, WorkerKind::Auto, 2)
+        .pin("posix:getpid", WorkerKind::Spawn)
+        .pin("os", WorkerKind::Forkserver)
+        .pin("os", WorkerKind::Spawn) // a later pin of the same target replaces it
+        .pin("os", WorkerKind::Auto) // and Auto removes it
+        .pin("os", WorkerKind::Forkserver)
+        .build()
+        .unwrap();
+    if pool.worker_type() != "subinterpreter" {
+        eprintln!("skipped: Auto runs on {} here", pool.worker_type());
+        return;
+    }
+    let host = std::process::id();
+    let forked: u32 = pool.call("os:getpid", ()).await.unwrap();
+    let spawned: u32 = pool.call("posix:getpid", ()).await.unwrap();
+    assert!(forked != host && spawned != host && forked != spawned);
+    // Another callable of a module with a pinned callable stays on subinterpreters.
+    let parent: u32 = pool.call("posix:getppid", ()).await.unwrap();
+    assert_eq!(parent, std::os::unix::process::parent_id());
+    let by_type = pool.statistics_by_type();
+    let stats = |name: &str| by_type.iter().find(|s| s.worker_type == name).unwrap();
+    assert_eq!(stats("forkserver").pinned, ["os"]);
+    assert_eq!(stats("spawn").pinned, ["posix:getpid"]);
+    for name in ["subinterpreter", "forkserver", "spawn"] {
+        assert_eq!(stats(name).idle_workers, 1, "one call ran on {name}");
+    }
+    assert_eq!(stats("subinterpreter").fallbacks, 0);
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_callable_never_falls_back() {
+    let dir = TempDir::new("auto-pin-no-fallback");
+    let pool = builder(&dir, WorkerKind::Auto, 1)
+        .pin("single_phase_plugin", WorkerKind::Subinterpreter)
+        .build()
+        .unwrap();
+    if pool.worker_type() != "subinterpreter" || !has_single_phase_module(&pool).await {
+        return;
+    }
+    let err = pool
+        .call::<_, String>("single_phase_plugin:run", ())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Load(_)), "{err:?}");
+    assert_eq!(attempts(&dir), [std::process::id()], "tried once, here");
+    let by_type = pool.statistics_by_type();
+    assert_eq!(by_type[0].worker_type, "subinterpreter");
+    assert_eq!(by_type[0].fallbacks, 0);
+    assert!(by_type[0].routed_away.is_empty());
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_type_statistics_count_the_fallback_and_the_module_routed_away() {
+    let dir = TempDir::new("auto-stats");
+    let Some(pool) = auto_pool(&dir, 1) else {
+        return;
+    };
+    if !has_single_phase_module(&pool).await {
+        return;
+    }
+    for _ in 0..3 {
+        let _: u32 = pool.call("single_phase_plugin:pid", ()).await.unwrap();
+    }
+    let by_type = pool.statistics_by_type();
+    let names: Vec<_> = by_type.iter().map(|s| s.worker_type).collect();
+    assert_eq!(names[0], "subinterpreter");
+    assert_eq!(by_type[0].fallbacks, 1, "once, then routed");
+    assert_eq!(
+        by_type[0].routed_away,
+        [(
+            "single_phase_plugin".to_owned(),
+            "_testsinglephase".to_owned()
+        )]
+    );
+    let fallback = pool.fallback_worker_type().unwrap();
+    let process = by_type.iter().find(|s| s.worker_type == fallback).unwrap();
+    assert_eq!((process.idle_workers, process.fallbacks), (1, 0));
+    // The totals are the sum over the types.
+    let total: usize = by_type.iter().map(|s| s.idle_workers).sum();
+    assert_eq!(pool.statistics().idle_workers, total);
+    pool.shutdown(GRACE).await.unwrap();
+}
+
+#[test]
+fn pins_are_checked_when_the_pool_is_built() {
+    let not_auto = Pool::builder()
+        .worker_type(WorkerKind::Spawn)
+        .pin("os", WorkerKind::Forkserver)
+        .build();
+    assert!(
+        matches!(&not_auto, Err(Error::Setup(m)) if m.contains("WorkerKind::Auto")),
+        "{not_auto:?}"
+    );
+    let empty = Pool::builder().pin("", WorkerKind::Forkserver).build();
+    assert!(
+        matches!(empty, Err(Error::InvalidTarget { .. })),
+        "{empty:?}"
+    );
+    let nowhere = Pool::builder()
+        .python_executable("/nonexistent/python3")
+        .pin("os", WorkerKind::Spawn)
+        .build();
+    match nowhere {
+        Err(Error::Unavailable { worker_type, .. }) => assert_eq!(worker_type, "spawn"),
+        // Without subinterpreters, Auto itself has nothing to run on.
+        other => assert!(
+            matches!(
+                other,
+                Err(Error::Unavailable {
+                    worker_type: "auto",
+                    ..
+                })
+            ),
+            "{other:?}"
+        ),
+    }
+}

@@ -15,7 +15,10 @@ from ._types import (
     WorkerTypeUnavailableError,
 )
 
-if "_interpool_worker" in sys.modules:
+# The type checker reads the parent's names (the second branch). typing's TYPE_CHECKING, without
+# importing typing in every worker.
+TYPE_CHECKING = False
+if not TYPE_CHECKING and "_interpool_worker" in sys.modules:
     # Inside a worker, a user script that does ``import interpool`` at the top is being loaded as
     # ``__mp_main__``. The extension module refuses to load in a subinterpreter, and trio is not
     # needed there: offer the same names, usable only in the parent.
@@ -54,6 +57,7 @@ else:
         run_sync,
     )
     from ._map import MapResults, amap, astarmap
+del TYPE_CHECKING
 
 __all__ = [
     "AsyncioCapacityLimiter",

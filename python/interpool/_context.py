@@ -260,7 +260,7 @@ class ContextCore:
             return retry
         if kind == _outcome.LOAD_ERROR:
             exc = _outcome.load_error(data)
-            if self._is_subinterpreter(cache) and _auto.refusal(exc) is not None:
+            if self._is_subinterpreter(cache) and _auto.refusal(data) is not None:
                 exc.add_note(_auto.HINT)
             raise exc
         return _outcome.unwrap(kind, data, reason)

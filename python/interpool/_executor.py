@@ -238,7 +238,7 @@ class _Engine:
             if error is not None:
                 failed.append((fut, error))
             # Somebody other than a result() caller waits for it already, or will.
-            elif queued or self.is_shutdown or fut._awaited or fut._waiters or fut._done_callbacks:
+            elif queued or self.is_shutdown or fut._awaited or fut._waiters or fut._done_callbacks:  # type: ignore[attr-defined]
                 if item := self.watch_locked(fut):
                     ready.append(item)
         return failed, ready
@@ -394,9 +394,9 @@ class _Engine:
         else:
             value = _NO_VALUE
             fut.set_exception(error)
-        for other, exc in failed:
+        for other, other_error in failed:
             other._payload = None
-            other.set_exception(exc)
+            other.set_exception(other_error)
         return value, ready
 
     def slot_freed_locked(self, broke: bool) -> tuple[list[Any], list[Any]]:
@@ -444,7 +444,7 @@ class _Engine:
             item = self.watch_locked(fut)
             self.wake()  # the watcher's timeout changed
         fut.set_running_or_notify_cancel()  # CANCELLED -> CANCELLED_AND_NOTIFIED, for wait()
-        fut._invoke_callbacks()
+        fut._invoke_callbacks()  # type: ignore[attr-defined]
         self.take_all([item] if item else [])
         return True
 

@@ -15,7 +15,7 @@ import os
 import select
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 from . import _backends, _outcome
 from ._call import ABANDON_AFTER, SPIN_MICROSECONDS, settle
@@ -42,9 +42,10 @@ class _Entry:
         call: Any = None,
         error: BaseException | None = None,
         cache: Any = None,
-        payload: bytes | None = None,
+        payload: bytes | tuple[bytes, list[memoryview]] | None = None,
     ) -> None:
-        self.call, self.error, self.fd = call, error, None
+        self.call, self.error = call, error
+        self.fd: int | None = None
         self.cache, self.payload = cache, payload
         # The records of a subinterpreter's load error while AUTO re-runs the chunk.
         self.load_error: bytes | None = None
@@ -142,7 +143,7 @@ class MapResults(Generic[T]):
             return self._ready.popleft()
         return self._raise_error()
 
-    def _raise_error(self) -> Any:
+    def _raise_error(self) -> NoReturn:
         error, self._error = self._error, None
         self._input_done = True
         raise error  # type: ignore[misc]

@@ -10,7 +10,7 @@ any comes back as kind ``VALUE_BUFFERS`` with ``(pickle, buffers)``.
 
 Exception records are a pickled list, the raised exception first, each entry
 ``(pickled_exc | None, pickling_error | None, type_name, message, formatted_traceback,
-cause_index | None, context_index | None, suppress_context)``.
+import_name | None, cause_index | None, context_index | None, suppress_context)``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ._types import BrokenWorkerError
 try:
     import cloudpickle
 except ImportError:  # pragma: no cover, cloudpickle is optional and installed in the test venv
-    cloudpickle = None
+    cloudpickle = None  # type: ignore[assignment]
 
 VALUE, RAISED, LOAD_ERROR, BROKEN, VALUE_BUFFERS = 0, 1, 2, 3, 4
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -109,7 +109,7 @@ def _large_buffer(obj: object) -> bool:
     if kind is bytes or kind is bytearray:
         return len(obj) >= BUFFER_THRESHOLD  # type: ignore[arg-type]
     if kind is array:
-        return len(obj) * obj.itemsize >= BUFFER_THRESHOLD  # type: ignore[attr-defined]
+        return len(obj) * obj.itemsize >= BUFFER_THRESHOLD  # type: ignore[arg-type, attr-defined, no-any-return]
     if kind is memoryview:  # always: pickle refuses memoryviews (small ones stay in band)
         return obj.c_contiguous and obj.ndim > 0 and len(obj.format) == 1  # type: ignore[attr-defined]
     return False
@@ -235,7 +235,7 @@ def unwrap(kind: int, data: bytes, reason: str | None) -> object:
     if kind == VALUE:
         return pickle.loads(data)
     if kind == VALUE_BUFFERS:
-        return pickle.loads(data[0], buffers=data[1])  # type: ignore[index]
+        return pickle.loads(data[0], buffers=data[1])  # type: ignore[arg-type]
     if kind == RAISED:
         raise rebuild_exception(data)
     if kind == LOAD_ERROR:

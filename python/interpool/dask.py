@@ -61,7 +61,7 @@ class DaskExecutor(Executor):
     """An :class:`interpool.Executor` that runs Dask's task calls itself (see the module
     docstring); any other call is an ordinary ``submit``."""
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:  # type: ignore[override]
         if fn is not _run_task_simple or kwargs or len(args) != 3:
             return super().submit(fn, *args, **kwargs)
         task, data, delay = args
@@ -76,7 +76,7 @@ class DaskExecutor(Executor):
             error = inner.exception()
             stub = _Raises(error) if error is not None else _Returns(inner.result()[0])
             try:
-                message = _run_task_simple(stub, {}, delay)
+                message = _run_task_simple(stub, {}, delay)  # type: ignore[arg-type]
             except BaseException as exc:  # noqa: BLE001, SystemExit/KeyboardInterrupt pass on
                 _settle(outer, error=exc)
                 return

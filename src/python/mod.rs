@@ -22,15 +22,15 @@ use std::{
 
 use pyo3::{
     buffer::PyBuffer,
-    exceptions::{PyBufferError, PyRuntimeError, PyValueError},
+    exceptions::{PyBufferError, PyRuntimeError, PyTypeError, PyValueError},
     ffi, intern,
     prelude::*,
     types::{PyBytes, PyList, PyMemoryView, PyTuple},
 };
 
 use crate::{
+    auto::{self, CallableKey, Failure},
     cache::{Lease, Recycling, WorkerCache},
-    scheduler::{self, Candidate},
     worker_types::{self, Availability, Buffer, Finished, Job, Outcome},
     Error,
 };
@@ -46,6 +46,7 @@ const VALUE_BUFFERS: u8 = 4;
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let class = match &err {
         Error::Unavailable { .. } => "WorkerTypeUnavailableError",
+        Error::InvalidTarget { reason, .. } => return PyValueError::new_err(reason.clone()),
         // Only these come from the cache; the rest belong to the Rust API.
         _ => "BrokenWorkerError",
     };
@@ -91,36 +92,6 @@ fn worker_type_info() -> Vec<(&'static str, bool, Option<String>, bool, bool)> {
             )
         })
         .collect()
-}
-
-/// AUTO's ranking ([`scheduler::rank`]): the names of the candidates able to run a call, fastest
-/// first. Each candidate is `(name, available, hard_kill, allowed, estimate_seconds | None)`.
-#[pyfunction]
-fn rank(
-    candidates: Vec<(String, bool, bool, bool, Option<f64>)>,
-    need_hard_kill: bool,
-) -> Vec<String> {
-    let candidates: Vec<Candidate> = candidates
-        .into_iter()
-        .map(
-            |(name, available, hard_kill, allowed, estimate)| Candidate {
-                name,
-                available,
-                hard_kill,
-                allowed,
-                estimate: estimate
-                    .filter(|s| s.is_finite() && *s >= 0.0)
-                    .map(Duration::from_secs_f64),
-            },
-        )
-        .collect();
-    scheduler::rank(&candidates, need_hard_kill)
-}
-
-/// The expected dispatch latency of a worker type before any call measured it, in seconds.
-#[pyfunction]
-fn prior_latency(name: &str) -> f64 {
-    Duration::from_nanos(scheduler::prior(name)).as_secs_f64()
 }
 
 /// Closes every subinterpreter worker of the process, interrupts the running ones (nobody will
@@ -453,6 +424,228 @@ impl Cache {
     }
 }
 
+/// The module that refused to load in a subinterpreter, if the exception records `data` (of a
+/// LOAD_ERROR or BROKEN outcome) say one did anywhere in their chain (`"?"`: it is not named).
+#[pyfunction]
+fn refusal(data: &[u8]) -> Option<String> {
+    auto::refusal(data)
+}
+
+/// `(module, qualname)` of a callable, looking through `functools.partial`; either may be None.
+fn callable_key(
+    fn_: &Bound<'_, PyAny>,
+    partial: &Bound<'_, PyAny>,
+) -> (Option<String>, Option<String>) {
+    let mut fn_ = fn_.clone();
+    while fn_.is_instance(partial).unwrap_or(false) {
+        match fn_.getattr("func") {
+            Ok(inner) => fn_ = inner,
+            Err(_) => break,
+        }
+    }
+    let text = |name: &str| {
+        fn_.getattr(name)
+            .ok()
+            .and_then(|v| v.extract::<String>().ok())
+    };
+    (text("__module__"), text("__qualname__"))
+}
+
+/// AUTO ([`auto::Auto`]) for a Python worker context, over its [`Cache`]s: the choice of a cache
+/// per call, routes, pins, the fallback and the statistics. `interpool/_auto.py` keeps the
+/// choices in a list for the warm path and reads them again when [`Auto::generation`] moves.
+#[pyclass(module = "interpool._interpool", frozen, name = "Auto")]
+struct Auto {
+    auto: auto::Auto,
+    /// The caches, in the slot order of `auto`.
+    caches: Vec<Py<Cache>>,
+    /// `functools.partial`, which calls are looked through.
+    partial: Py<PyAny>,
+}
+
+impl Auto {
+    fn slot_of(&self, cache: &Bound<'_, PyAny>) -> Option<usize> {
+        self.caches
+            .iter()
+            .position(|c| c.as_ptr() == cache.as_ptr())
+    }
+
+    fn cache(&self, py: Python<'_>, i: usize) -> Py<Cache> {
+        self.caches[i].clone_ref(py)
+    }
+}
+
+#[pymethods]
+impl Auto {
+    /// AUTO over `caches`, one per available worker type, in the registry's order.
+    #[new]
+    fn new(py: Python<'_>, caches: Vec<Py<Cache>>) -> PyResult<Self> {
+        let shared = caches.iter().map(|c| c.get().cache.clone()).collect();
+        let auto = auto::Auto::new(shared).map_err(|e| to_py_err(py, e))?;
+        let partial = py.import("functools")?.getattr("partial")?.unbind();
+        Ok(Self {
+            auto,
+            caches,
+            partial,
+        })
+    }
+
+    /// Changes whenever a call's choice may have changed.
+    #[getter]
+    fn generation(&self) -> u64 {
+        self.auto.generation()
+    }
+
+    /// `(best, best_killable, away, away_killable, has_routes)`: the caches for calls without a
+    /// route (`away`: the fastest that is not a subinterpreter, or None), and whether any route
+    /// exists.
+    #[allow(clippy::type_complexity)]
+    fn choices(
+        &self,
+        py: Python<'_>,
+    ) -> (
+        Py<Cache>,
+        Py<Cache>,
+        Option<Py<Cache>>,
+        Option<Py<Cache>>,
+        bool,
+    ) {
+        let away = |kill| self.auto.away(kill).map(|i| self.cache(py, i));
+        (
+            self.cache(py, self.auto.best(false)),
+            self.cache(py, self.auto.best(true)),
+            away(false),
+            away(true),
+            self.auto.has_routes(),
+        )
+    }
+
+    /// The cache for a call of `fn_`: its route's, else the best.
+    fn route(&self, py: Python<'_>, fn_: &Bound<'_, PyAny>, kill_on_cancel: bool) -> Py<Cache> {
+        let (module, qualname) = callable_key(fn_, self.partial.bind(py));
+        let key = CallableKey {
+            module: module.as_deref(),
+            qualname: qualname.as_deref(),
+        };
+        self.cache(py, self.auto.choose(key, kill_on_cancel))
+    }
+
+    /// A call parked: True if AUTO reranked.
+    fn note_parked(&self) -> bool {
+        self.auto.note_parked()
+    }
+
+    /// Pins `target` (a module name, or a callable: `module:qualname`) to the worker type named
+    /// `worker_type`, or unpins it (None). TypeError / ValueError for a bad target,
+    /// WorkerTypeUnavailableError for a type that is not here.
+    fn pin(
+        &self,
+        py: Python<'_>,
+        target: &Bound<'_, PyAny>,
+        worker_type: Option<&str>,
+    ) -> PyResult<()> {
+        let key = if let Ok(name) = target.extract::<String>() {
+            if name.is_empty() {
+                return Err(PyValueError::new_err("a module name must not be empty"));
+            }
+            name
+        } else if target.is_callable() {
+            match callable_key(target, self.partial.bind(py)) {
+                (Some(module), Some(qualname)) => format!("{module}:{qualname}"),
+                _ => {
+                    return Err(PyTypeError::new_err(format!(
+                        "cannot tell the module and name of {}; pin its module instead",
+                        target.repr()?
+                    )))
+                }
+            }
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "pin a callable or a module name, not {}",
+                target.get_type().name()?
+            )));
+        };
+        self.auto
+            .pin(&key, worker_type)
+            .map_err(|e| to_py_err(py, e))
+    }
+
+    /// A failed outcome (`kind` LOAD_ERROR or BROKEN, `data` its records, `reason` BROKEN's) of
+    /// a call of `fn_` on `cache`: the cache that re-runs it, or None (the outcome is the call's).
+    // The arguments of `_auto.Auto.fallback`, as the call path has them.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (cache, kind, data, reason, fn_, kill_on_cancel))]
+    fn fallback(
+        &self,
+        py: Python<'_>,
+        cache: &Bound<'_, PyAny>,
+        kind: u8,
+        data: &[u8],
+        reason: Option<&str>,
+        fn_: &Bound<'_, PyAny>,
+        kill_on_cancel: bool,
+    ) -> Option<Py<Cache>> {
+        let from = self.slot_of(cache)?;
+        let failure = match kind {
+            LOAD_ERROR => Failure::Load(data),
+            BROKEN => Failure::Broken {
+                reason: reason.unwrap_or_default(),
+                records: data,
+            },
+            _ => return None,
+        };
+        let (module, qualname) = callable_key(fn_, self.partial.bind(py));
+        let key = CallableKey {
+            module: module.as_deref(),
+            qualname: qualname.as_deref(),
+        };
+        let retry = self.auto.fallback(from, failure, key, kill_on_cancel)?;
+        Some(self.cache(py, retry))
+    }
+
+    /// A call of `fn_` re-run after a subinterpreter's load error (`data`, its records) loaded on
+    /// a process.
+    fn loaded_elsewhere(&self, py: Python<'_>, fn_: &Bound<'_, PyAny>, data: &[u8]) {
+        let (module, qualname) = callable_key(fn_, self.partial.bind(py));
+        let key = CallableKey {
+            module: module.as_deref(),
+            qualname: qualname.as_deref(),
+        };
+        self.auto.loaded_elsewhere(key, data);
+    }
+
+    /// Per type, in slot order: `(name, idle, running, latency_estimate | None, fallbacks,
+    /// [(module, refused)], [pin])`.
+    #[allow(clippy::type_complexity)]
+    fn statistics(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        usize,
+        usize,
+        Option<f64>,
+        u64,
+        Vec<(String, String)>,
+        Vec<String>,
+    )> {
+        self.auto
+            .statistics()
+            .into_iter()
+            .map(|s| {
+                (
+                    s.worker_type,
+                    s.idle_workers,
+                    s.running_workers,
+                    s.latency_estimate.map(|d| d.as_secs_f64()),
+                    s.fallbacks,
+                    s.routed_away,
+                    s.pinned,
+                )
+            })
+            .collect()
+    }
+}
+
 /// One job in flight. The front end waits for it by spinning ([`Call::spin`]) and then by
 /// watching [`Call::arm`]'s fd in its event loop.
 #[pyclass(module = "interpool._interpool")]
@@ -481,10 +674,10 @@ impl Call {
     fn spin(&self, py: Python<'_>, microseconds: u64) -> PyResult<bool> {
         let lease = self.lease()?;
         let completion = lease.completion();
-        let done = completion.is_done()
-            || py.detach(|| completion.spin(Duration::from_micros(microseconds)));
+        let budget = Duration::from_micros(microseconds);
+        let done = completion.is_done() || py.detach(|| completion.spin(budget));
         if done {
-            lease.observe_quick_return();
+            lease.observe_quick_return(budget);
         }
         Ok(done)
     }
@@ -554,15 +747,15 @@ impl Call {
 fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Cache>()?;
     m.add_class::<Call>()?;
+    m.add_class::<Auto>()?;
     m.add_class::<HostBuffer>()?;
     m.add_function(wrap_pyfunction!(worker_type_info, m)?)?;
     m.add_function(wrap_pyfunction!(end_all_subinterpreters, m)?)?;
     m.add_function(wrap_pyfunction!(live_subinterpreters, m)?)?;
     m.add_function(wrap_pyfunction!(configure_forkserver, m)?)?;
-    m.add_function(wrap_pyfunction!(rank, m)?)?;
     m.add_function(wrap_pyfunction!(release_buffers, m)?)?;
     m.add_function(wrap_pyfunction!(lent_buffers, m)?)?;
-    m.add_function(wrap_pyfunction!(prior_latency, m)?)?;
+    m.add_function(wrap_pyfunction!(refusal, m)?)?;
     // Process workers run this interpreter's executable, unless the host chose another.
     if worker_types::process::python_executable().is_none() {
         let executable: Option<String> = m.py().import("sys")?.getattr("executable")?.extract()?;
@@ -575,6 +768,7 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LOAD_ERROR", LOAD_ERROR)?;
     m.add("BROKEN", BROKEN)?;
     m.add("VALUE_BUFFERS", VALUE_BUFFERS)?;
+    m.add("SETUP_STAGES", auto::SETUP_STAGES.to_vec())?;
     m.add(
         "SUBINTERPRETER_REFUSALS",
         worker_types::subinterpreter::REFUSALS.to_vec(),

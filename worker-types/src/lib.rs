@@ -205,6 +205,11 @@ pub trait WorkerType: Send + Sync + fmt::Debug {
     fn availability(&self) -> Availability;
     /// What this type can promise.
     fn capabilities(&self) -> Capabilities;
+
+    /// The dispatch latency AUTO expects of this type (handing a trivial job to a warm worker and
+    /// getting its outcome back) until calls have measured it: where it ranks among the
+    /// available types before the first measurement (see the root crate's `scheduler`).
+    fn latency_prior(&self) -> Duration;
     /// Starts a worker. It returns as soon as the worker exists; the worker finishes starting in
     /// the background and runs the first submitted job once it is ready.
     fn start(&self, config: Arc<WorkerConfig>) -> Result<Box<dyn Worker>>;

@@ -2,7 +2,7 @@
 //!
 //! The caller puts a job in and unparks the worker; the worker spins briefly after each job before
 //! it parks, because the next job of a busy caller usually arrives within microseconds and waking
-//! a parked thread costs far more (research: 1 µs round trip while spinning, 6 µs once parked).
+//! a parked thread costs far more (measured here: a 1 µs round trip while spinning, 6 µs once parked).
 //! The spin yields the core between checks: with more busy threads than cores (two workers and
 //! the caller's event loop on two cores), a plain spin would keep the caller off the CPU for a
 //! whole scheduler tick. Measured: two trio callers went from ~19k to ~37k jobs/s.

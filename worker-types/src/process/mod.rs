@@ -235,6 +235,10 @@ impl WorkerType for Spawn {
     fn capabilities(&self) -> Capabilities {
         PROCESS_CAPABILITIES
     }
+    fn latency_prior(&self) -> Duration {
+        // A pipe round trip, as a forkserver child's; after it, as its new workers start slower.
+        Duration::from_micros(80)
+    }
     fn start(&self, config: Arc<WorkerConfig>) -> Result<Box<dyn Worker>> {
         start_checked(self.name(), &self.python, false, config)
     }
@@ -249,6 +253,9 @@ impl WorkerType for Forkserver {
     }
     fn capabilities(&self) -> Capabilities {
         PROCESS_CAPABILITIES
+    }
+    fn latency_prior(&self) -> Duration {
+        Duration::from_micros(60)
     }
     fn start(&self, config: Arc<WorkerConfig>) -> Result<Box<dyn Worker>> {
         start_checked(self.name(), &self.python, true, config)

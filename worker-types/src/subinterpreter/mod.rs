@@ -102,6 +102,10 @@ impl WorkerType for Subinterpreters {
         }
     }
 
+    fn latency_prior(&self) -> Duration {
+        Duration::from_micros(15)
+    }
+
     fn start(&self, config: Arc<WorkerConfig>) -> Result<Box<dyn Worker>> {
         if let Availability::Unavailable(reason) = self.availability() {
             return Err(Error::Unavailable {

@@ -15,7 +15,10 @@ and a value holding large buffers leaves as its pickle plus a list of its buffer
 
 Exception records (shared with ``interpool/_outcome.py``): a pickled list, the raised exception
 first, each entry ``(pickled_exc | None, pickling_error | None, type_name, message,
-formatted_traceback, cause_index | None, context_index | None, suppress_context)``.
+formatted_traceback, import_name | None, cause_index | None, context_index | None,
+suppress_context)``; ``import_name`` is an ``ImportError``'s ``name`` (``""`` when it has none),
+None for other exceptions: with the type name and message, what AUTO's refusal classifier reads
+(``src/auto.rs``).
 """
 
 import _pickle as pickle  # the C pickler: pickle.py imports re, struct, ... (~4 ms per worker)
@@ -253,6 +256,7 @@ def _exception_records(exc, skip_frames=0):
             f"{type(e).__module__}.{type(e).__qualname__}",
             message,
             _format(e, skip),
+            (e.name if isinstance(e.name, str) else "") if isinstance(e, ImportError) else None,
             cause,
             context,
             e.__suppress_context__,
