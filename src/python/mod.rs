@@ -2,8 +2,8 @@
 //!
 //! Everything here runs in the **main** interpreter (the package never imports this module inside
 //! a worker), so PyO3's safe API is fine here and nowhere else. The surface is small and
-//! low-level: the Python front end (`interpool/_impl.py`) owns argument handling, pickling and
-//! the event-loop integration; this module owns the workers.
+//! low-level: the Python front end (`interpool/_context.py`, `_call.py`) owns argument handling,
+//! pickling and the event-loop integration; this module owns the workers.
 //!
 //! All mapping of Rust errors to Python exceptions sits in [`to_py_err`].
 //!
