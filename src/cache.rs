@@ -567,7 +567,10 @@ mod tests {
                 b"broken" => {
                     *self.exit_code.lock().unwrap() = Some(-11);
                     completion.complete(Finished {
-                        outcome: Outcome::Broken(interpool_worker_types::Broken::new("died")),
+                        outcome: Outcome::Broken(interpool_worker_types::Broken::new(
+                            interpool_worker_types::Stage::Died,
+                            "died",
+                        )),
                         retire: Retire::Retire,
                     });
                     return Ok(completion);
@@ -596,7 +599,10 @@ mod tests {
             *self.exit_code.lock().unwrap() = Some(-9);
             if completion.settle() == interpool_worker_types::Verdict::Interrupted {
                 completion.complete(Finished {
-                    outcome: Outcome::Broken(interpool_worker_types::Broken::new("killed")),
+                    outcome: Outcome::Broken(interpool_worker_types::Broken::new(
+                        interpool_worker_types::Stage::Interrupted,
+                        "killed",
+                    )),
                     retire: Retire::Retire,
                 });
             }

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use interpool_worker_types::Stage;
+
 /// The result type of the `interpool` crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -23,6 +25,9 @@ pub enum Error {
     /// interrupted, or (process worker types) the process died.
     #[error("the worker broke: {reason}")]
     Broken {
+        /// When it broke (its setup, its `init`, an interrupt, its process died, ...): what code
+        /// acts on; the reason is for people.
+        stage: Stage,
         /// A one-line description, lowercase, e.g. `the worker's init raised an exception`.
         reason: String,
         /// The process's exit code, or the negated signal number that killed it (process worker

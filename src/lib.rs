@@ -39,13 +39,18 @@
 //! With the `python` feature this crate is also the CPython extension module
 //! `interpool._interpool`, the engine under the Python package `interpool` (built by maturin).
 //! That module is the only code here that uses PyO3's safe API, and only ever in the main
-//! interpreter; worker interpreters are driven through raw `pyo3-ffi` in the worker-types crate.
+//! interpreter.
+//!
+//! This crate has no unsafe code (`#![forbid(unsafe_code)]`). Every CPython FFI call interpool
+//! makes (embedding the interpreter for [`Pool`], exporting out-of-band buffers to the caller,
+//! driving worker interpreters through raw `pyo3-ffi`) lives in [`interpool_worker_types`] behind
+//! safe functions, next to the rules those calls keep: see that crate's "Where the unsafe code
+//! is".
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod auto;
 mod cache;
-mod embed;
 mod error;
 mod pool;
 #[cfg(feature = "python")]
@@ -58,6 +63,6 @@ pub use cache::{Lease, Recycling, ShutdownReport, Statistics, WorkerCache};
 pub use error::{Error, PythonError, Result};
 pub use interpool_worker_types::{
     self as worker_types, Availability, Broken, Buffer, Capabilities, Completion, Finished, Job,
-    Outcome, Retire, WorkerType,
+    Outcome, Retire, Stage, WorkerType,
 };
 pub use pool::{Call, Pickled, Pool, PoolBuilder, WorkerKind};

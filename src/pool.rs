@@ -21,14 +21,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use interpool_worker_types::{process, Availability, Buffer, Finished, Job, Outcome, WorkerType};
+use interpool_worker_types::{
+    embed, process, Availability, Buffer, Finished, Job, Outcome, WorkerType,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::{
     auto::{Auto, CallableKey, Failure, TypeStatistics},
     cache::{Lease, Recycling, Statistics, WorkerCache},
-    embed,
     wire::{self, Target},
     Error, Result,
 };
@@ -425,6 +426,7 @@ fn into_result(outcome: Outcome) -> Result<Pickled> {
         Outcome::Raised(records) => Err(Error::Python(Box::new(wire::exception(&records)))),
         Outcome::LoadError(records) => Err(Error::Load(Box::new(wire::exception(&records)))),
         Outcome::Broken(broken) => Err(Error::Broken {
+            stage: broken.stage,
             reason: broken.reason,
             exit_code: broken.exit_code,
             exception: broken

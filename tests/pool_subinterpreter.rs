@@ -305,6 +305,7 @@ async fn an_init_that_raises_breaks_the_worker_with_its_exception() {
         .await
         .unwrap_err();
     let Error::Broken {
+        stage,
         reason,
         exit_code,
         exception,
@@ -312,6 +313,7 @@ async fn an_init_that_raises_breaks_the_worker_with_its_exception() {
     else {
         panic!("expected a broken worker, got {err:?}")
     };
+    assert_eq!(*stage, interpool::Stage::Init);
     assert!(reason.contains("init"), "{reason}");
     assert_eq!(*exit_code, None);
     let exception = exception.as_ref().expect("the init's exception");

@@ -85,7 +85,13 @@ class Auto:
         self._sync()
 
     def fallback(
-        self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object, kill: bool
+        self,
+        cache: Any,
+        kind: int,
+        data: bytes,
+        reason: tuple[int, str] | None,
+        fn: object,
+        kill: bool,
     ) -> Any:
         """The cache that re-runs this failed outcome, or None (raise it)."""
         retry = self.core.fallback(cache, kind, data, reason, fn, kill)

@@ -97,8 +97,8 @@ class _Trio:
 
     def __init__(self) -> None:
         self.checkpoint = trio.lowlevel.checkpoint
-        # Before a job is submitted: raises a cancellation already requested, yields otherwise
-        # never (the call's schedule point comes later, see try_take_token).
+        # Before a job is submitted: raises a cancellation already requested and never yields
+        # (the call's schedule point comes later: after_submit, or take_token among other calls).
         self.check_cancelled = trio.lowlevel.checkpoint_if_cancelled
         # The schedule point of a call alone: one yield while its job runs, shielded so that it
         # does not cancel a job that already started.

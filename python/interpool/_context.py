@@ -242,7 +242,13 @@ class ContextCore:
         return self.auto is not None
 
     def fallback(
-        self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object, kill: bool
+        self,
+        cache: Any,
+        kind: int,
+        data: bytes,
+        reason: tuple[int, str] | None,
+        fn: object,
+        kill: bool,
     ) -> Any:
         """For a LOAD_ERROR or BROKEN outcome of a job on ``cache``: the cache where AUTO
         re-runs it, or None."""
@@ -251,7 +257,13 @@ class ContextCore:
         return self.auto.fallback(cache, kind, data, reason, fn, kill)
 
     def failed(
-        self, cache: Any, kind: int, data: bytes, reason: str | None, fn: object, kill: bool
+        self,
+        cache: Any,
+        kind: int,
+        data: bytes,
+        reason: tuple[int, str] | None,
+        fn: object,
+        kill: bool,
     ) -> Any:
         """A LOAD_ERROR or BROKEN outcome: the cache where AUTO re-runs the job; else raises it
         (with a hint, when a module refused to load in a subinterpreter)."""

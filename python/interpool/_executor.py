@@ -42,7 +42,7 @@ from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from pickle import loads as pickle_loads
 from typing import Any, TypeVar
 
-from . import _auto, _outcome
+from . import _outcome
 from ._call import ABANDON_AFTER, SPIN_MICROSECONDS
 from ._context import ContextCore, ContextOptions
 from ._types import BrokenWorkerError, WorkerContextStatistics, WorkerType
@@ -50,8 +50,6 @@ from ._worker.chunks import ChunkError, run_chunk
 
 T = TypeVar("T")
 
-# The broken-worker reason of a worker whose init (the executor's initializer) raised.
-_INIT_FAILED = _auto.SETUP_STAGES[2]
 _NOT_DONE = (PENDING, RUNNING)
 _NO_VALUE = object()
 # Set when the interpreter starts to exit: no new calls then, as in the standard library.
@@ -363,7 +361,8 @@ class _Engine:
                 elif kind == _outcome.RAISED:
                     error = _outcome.rebuild_exception(data)
                 else:
-                    broke = kind == _outcome.BROKEN and reason == _INIT_FAILED
+                    # A worker whose init (the executor's initializer) raised.
+                    broke = reason is not None and reason[0] == _outcome.STAGE_INIT
                     retry = ctx.failed(fut._cache, kind, data, reason, fut._fn, self.kill_on_cancel)
                     # Re-run once where AUTO says; a second load error there is the call's.
                     fut._load_error = data if kind == _outcome.LOAD_ERROR else None

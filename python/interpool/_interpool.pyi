@@ -9,9 +9,17 @@ from typing import final
 
 __all__ = [
     "BROKEN",
+    "BUFFER_THRESHOLD",
     "LOAD_ERROR",
+    "MAX_BUFFERS",
     "RAISED",
     "SETUP_STAGES",
+    "STAGE_DIED",
+    "STAGE_INIT",
+    "STAGE_INTERRUPTED",
+    "STAGE_JOB",
+    "STAGE_SETUP",
+    "STAGE_START",
     "SUBINTERPRETER_REFUSALS",
     "VALUE",
     "VALUE_BUFFERS",
@@ -33,6 +41,14 @@ RAISED: int
 LOAD_ERROR: int
 BROKEN: int
 VALUE_BUFFERS: int
+STAGE_START: int
+STAGE_SETUP: int
+STAGE_INIT: int
+STAGE_JOB: int
+STAGE_INTERRUPTED: int
+STAGE_DIED: int
+BUFFER_THRESHOLD: int
+MAX_BUFFERS: int
 SUBINTERPRETER_REFUSALS: list[str]
 SETUP_STAGES: list[str]
 
@@ -76,7 +92,7 @@ class Call:
     def woken(self, spin: bool = True) -> bool: ...
     def result(
         self,
-    ) -> tuple[int, bytes | tuple[bytes, list[memoryview]], str | None]: ...
+    ) -> tuple[int, bytes | tuple[bytes, list[memoryview]], tuple[int, str] | None]: ...
     def interrupt(self) -> None: ...
     def abandon(self) -> None: ...
 
@@ -94,7 +110,7 @@ class Auto:
         cache: Cache,
         kind: int,
         data: bytes,
-        reason: str | None,
+        reason: tuple[int, str] | None,
         fn_: object,
         kill_on_cancel: bool,
     ) -> Cache | None: ...

@@ -22,6 +22,7 @@ from array import array
 from operator import methodcaller
 from typing import Any
 
+from . import _interpool
 from ._types import BrokenWorkerError
 
 try:
@@ -29,12 +30,21 @@ try:
 except ImportError:  # pragma: no cover, cloudpickle is optional and installed in the test venv
     cloudpickle = None  # type: ignore[assignment]
 
-VALUE, RAISED, LOAD_ERROR, BROKEN, VALUE_BUFFERS = 0, 1, 2, 3, 4
+# The wire protocol's numbers (worker-types/src/protocol.rs), as the worker loop has them too.
+VALUE, RAISED, LOAD_ERROR = _interpool.VALUE, _interpool.RAISED, _interpool.LOAD_ERROR
+BROKEN, VALUE_BUFFERS = _interpool.BROKEN, _interpool.VALUE_BUFFERS
+# When a worker broke: the second item of a BROKEN outcome's ``(stage, reason)``.
+STAGE_START = _interpool.STAGE_START  # no interpreter or process could be started
+STAGE_SETUP = _interpool.STAGE_SETUP  # preparing it failed (configuration, init or retire)
+STAGE_INIT = _interpool.STAGE_INIT  # its init raised
+STAGE_JOB = _interpool.STAGE_JOB  # the worker loop failed around a job
+STAGE_INTERRUPTED = _interpool.STAGE_INTERRUPTED  # the job was interrupted
+STAGE_DIED = _interpool.STAGE_DIED  # its process died
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
-# Buffers of at least this many bytes travel out of band; the same value as BUFFER_THRESHOLD in
-# the worker loop. At most _MAX_BUFFERS per job (the rest stay in band).
-BUFFER_THRESHOLD = 256 * 1024
-_MAX_BUFFERS = 64
+# Buffers of at least this many bytes travel out of band, at most _MAX_BUFFERS per job (the rest
+# stay in band).
+BUFFER_THRESHOLD = _interpool.BUFFER_THRESHOLD
+_MAX_BUFFERS = _interpool.MAX_BUFFERS
 _main_importable: bool | None = None
 
 
@@ -230,8 +240,9 @@ def load_error(data: bytes) -> BaseException:
     return broken
 
 
-def unwrap(kind: int, data: bytes, reason: str | None) -> object:
-    """The job's value, or raise what the job (or its worker) raised."""
+def unwrap(kind: int, data: bytes, broken: tuple[int, str] | None) -> object:
+    """The job's value, or raise what the job (or its worker) raised (``broken``: the
+    ``(stage, reason)`` of a BROKEN outcome)."""
     if kind == VALUE:
         return pickle.loads(data)
     if kind == VALUE_BUFFERS:
@@ -241,4 +252,4 @@ def unwrap(kind: int, data: bytes, reason: str | None) -> object:
     if kind == LOAD_ERROR:
         raise load_error(data)
     cause = rebuild_exception(data) if data else None
-    raise BrokenWorkerError(reason) from cause
+    raise BrokenWorkerError(broken[1] if broken is not None else None) from cause

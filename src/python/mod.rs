@@ -2,30 +2,26 @@
 //!
 //! Everything here runs in the **main** interpreter (the package never imports this module inside
 //! a worker), so PyO3's safe API is fine here and nowhere else. The surface is small and
-//! low-level: the Python front end (`interpool/_impl.py`) owns argument handling, pickling and
-//! the event-loop integration; this module owns the workers.
+//! low-level: the Python front end (`interpool/_context.py`, `_call.py`) owns argument handling,
+//! pickling and the event-loop integration; this module owns the workers.
 //!
 //! All mapping of Rust errors to Python exceptions sits in [`to_py_err`].
 //!
 //! Out-of-band buffers (pickle protocol 5): a job's buffers are the caller's `memoryview`s, read
-//! in place by the worker through [`Buffer`]s that pin them (see [`pinned`]); an outcome's buffers
-//! are host memory that the caller gets as [`HostBuffer`] views, without another copy.
+//! in place by the worker through [`Buffer`]s that pin them; an outcome's buffers are host memory
+//! that the caller gets as `memoryview`s of a `HostBuffer`, without another copy. Both need
+//! unsafe code, which lives with the rest of interpool's FFI in
+//! [`worker_types::python_buffers`].
 
 use std::{
-    ffi::c_int,
-    sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex, PoisonError,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use pyo3::{
-    buffer::PyBuffer,
-    exceptions::{PyBufferError, PyRuntimeError, PyTypeError, PyValueError},
-    ffi, intern,
+    exceptions::{PyRuntimeError, PyTypeError, PyValueError},
     prelude::*,
-    types::{PyBytes, PyList, PyMemoryView, PyTuple},
+    types::{PyBytes, PyList, PyTuple},
 };
 
 use crate::{
@@ -34,18 +30,17 @@ use crate::{
     worker_types::{
         self,
         prewake::{self, Durations, Plan},
-        Availability, Buffer, Finished, Job, Outcome,
+        python_buffers, Availability, Buffer, Finished, Job, Outcome,
     },
     Error,
 };
 
-/// Outcome kinds, as returned by [`Call::result`].
-const VALUE: u8 = 0;
-const RAISED: u8 = 1;
-const LOAD_ERROR: u8 = 2;
-const BROKEN: u8 = 3;
-/// A value with out-of-band buffers: the data is `(pickle, [memoryview, ...])`.
-const VALUE_BUFFERS: u8 = 4;
+// Outcome kinds, as returned by [`Call::result`]: the wire protocol's (a value with out-of-band
+// buffers: the data is `(pickle, [memoryview, ...])`).
+use worker_types::protocol::{BROKEN, LOAD_ERROR, RAISED, VALUE, VALUE_BUFFERS};
+
+/// A BROKEN outcome's `(stage code, reason)`, as [`Call::result`] returns it.
+type BrokenDetail = (u8, String);
 
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let class = match &err {
@@ -124,52 +119,12 @@ fn configure_forkserver(preload: Vec<String>) -> bool {
     worker_types::process::set_forkserver_preload(preload)
 }
 
-/// The caller's `memoryview`s of one job, kept alive while any [`Buffer`] over them lives. The
-/// last one may be dropped on a worker thread, attached to another interpreter or to none: so its
-/// drop only queues the views, and [`release_pinned`] decrefs them in this interpreter, when a call
-/// is submitted or its outcome taken (this build has no PyO3 reference pool).
-struct Pinned(Vec<Py<PyAny>>);
-
-/// Views whose [`Pinned`] was dropped, waiting for [`release_pinned`].
-static RELEASED: Mutex<Vec<Py<PyAny>>> = Mutex::new(Vec::new());
-/// Set once views are queued in [`RELEASED`], so that most calls skip its lock.
-static ANY_RELEASED: AtomicBool = AtomicBool::new(false);
-/// How many [`Pinned`] live: jobs whose caller buffers a worker may still read.
-static PINNED_JOBS: AtomicUsize = AtomicUsize::new(0);
-
-impl Pinned {
-    fn new(views: Vec<Py<PyAny>>) -> Self {
-        PINNED_JOBS.fetch_add(1, Ordering::AcqRel);
-        Self(views)
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        RELEASED
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .append(&mut self.0);
-        ANY_RELEASED.store(true, Ordering::Release);
-        PINNED_JOBS.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Drops the views of finished jobs (see [`Pinned`]); `py` proves this thread is attached here.
-fn release_pinned(_py: Python<'_>) {
-    if !ANY_RELEASED.load(Ordering::Acquire) || !ANY_RELEASED.swap(false, Ordering::AcqRel) {
-        return; // the usual case: no job had buffers since the last time
-    }
-    let views = std::mem::take(&mut *RELEASED.lock().unwrap_or_else(PoisonError::into_inner));
-    drop(views);
-}
-
 /// Releases the views of finished jobs now (they are also released whenever a call is submitted
 /// or its outcome taken). Returns how many jobs' buffers are still pinned by running jobs.
 #[pyfunction]
 fn release_buffers(py: Python<'_>) -> usize {
-    release_pinned(py);
-    PINNED_JOBS.load(Ordering::Acquire)
+    python_buffers::release_pinned(py);
+    python_buffers::pinned_jobs()
 }
 
 /// How many results subinterpreter workers keep alive for their callers to copy (see
@@ -179,118 +134,11 @@ fn lent_buffers() -> usize {
     worker_types::lent_blocks()
 }
 
-/// [`Buffer`]s over the contiguous `"B"` memoryviews `views`, pinned (see [`Pinned`]).
-#[allow(unsafe_code)]
-fn pinned(views: &Bound<'_, PyList>) -> PyResult<Vec<Buffer>> {
-    let mut spans = Vec::with_capacity(views.len());
-    let mut owners = Vec::with_capacity(views.len());
-    for view in views.iter() {
-        if !view.is_instance_of::<PyMemoryView>() {
-            return Err(PyValueError::new_err(
-                "a job's out-of-band buffers must be memoryviews",
-            ));
-        }
-        let buffer = PyBuffer::<u8>::get(&view)?;
-        if !buffer.is_c_contiguous() {
-            return Err(PyValueError::new_err(
-                "a job's out-of-band buffers must be contiguous",
-            ));
-        }
-        // A view of a whole `bytes` is rebuilt as one (`_outcome._OutOfBand`).
-        let base = view.getattr(intern!(view.py(), "obj"))?;
-        let as_bytes = base.is_exact_instance_of::<PyBytes>() && base.len()? == buffer.len_bytes();
-        spans.push((buffer.buf_ptr() as *const u8, buffer.len_bytes(), as_bytes));
-        owners.push(view.unbind());
-    }
-    let owner: Arc<dyn worker_types::Owner> = Arc::new(Pinned::new(owners));
-    Ok(spans
-        .into_iter()
-        .map(|(ptr, len, as_bytes)| {
-            // SAFETY: each memoryview holds its own export of the memory (a bytearray cannot
-            // resize, nothing is freed) for as long as it lives, and `owner` keeps every one of
-            // them alive for as long as any of these buffers does.
-            let buffer = unsafe { Buffer::from_raw(ptr, len, owner.clone()) };
-            if as_bytes {
-                buffer.rebuilt_as_bytes()
-            } else {
-                buffer
-            }
-        })
-        .collect())
-}
-
-/// An outcome buffer in host memory, exported to the caller without a copy: writable when the
-/// caller holds it alone (always, for outcomes).
-#[pyclass(module = "interpool._interpool", frozen)]
-struct HostBuffer {
-    buffer: Buffer,
-}
-
-#[pymethods]
-#[allow(unsafe_code)]
-impl HostBuffer {
-    /// # Safety
-    /// Called by CPython with a valid `view` to fill.
-    unsafe fn __getbuffer__(
-        slf: Bound<'_, Self>,
-        view: *mut ffi::Py_buffer,
-        flags: c_int,
-    ) -> PyResult<()> {
-        let buffer = &slf.get().buffer;
-        let readonly = !buffer.writable();
-        if readonly && flags & ffi::PyBUF_WRITABLE != 0 {
-            return Err(PyBufferError::new_err("this buffer is read-only"));
-        }
-        // SAFETY: `view` is valid per CPython; the memory lives as long as `slf`, which the view
-        // keeps a reference to (PyBuffer_FillInfo increfs it). It is written only through a
-        // writable export of a buffer that nobody else holds.
-        let rc = unsafe {
-            ffi::PyBuffer_FillInfo(
-                view,
-                slf.as_ptr(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len() as ffi::Py_ssize_t,
-                c_int::from(readonly),
-                flags,
-            )
-        };
-        if rc == -1 {
-            return Err(PyErr::fetch(slf.py()));
-        }
-        Ok(())
-    }
-
-    /// # Safety
-    /// Called by CPython with a view this object filled.
-    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
-
-    fn __len__(&self) -> usize {
-        self.buffer.len()
-    }
-}
-
-/// A new `bytes` holding a copy of `data`, in memory advised to use huge pages when large (a
-/// copy into fresh memory costs its first touch: see `worker_types::advise_huge_pages`).
-#[allow(unsafe_code)]
-fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-    // SAFETY: attached (`py`); a `bytes` made from NULL has `len` uninitialized bytes of its own,
-    // all written here before anyone sees the object, whose new reference we then own.
-    unsafe {
-        let bytes = ffi::PyBytes_FromStringAndSize(std::ptr::null(), data.len() as ffi::Py_ssize_t);
-        if bytes.is_null() {
-            return Err(PyErr::fetch(py));
-        }
-        let start = ffi::PyBytes_AsString(bytes).cast::<u8>();
-        worker_types::advise_huge_pages(start, data.len());
-        std::ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
-        Ok(Bound::from_owned_ptr(py, bytes).cast_into_unchecked())
-    }
-}
-
 /// `(pickle, [buffer, ...])` for a value with out-of-band buffers: a `memoryview` of a
-/// [`HostBuffer`] for host memory, or a `bytes` copied straight from memory a worker lent (the
-/// one copy of a returned `bytes`: its pickle rebuilds it with `bytes(buffer)`, which returns a
-/// `bytes` as it is). Dropping the lent buffer hands it back to its worker.
+/// [`HostBuffer`](python_buffers::HostBuffer) for host memory, or a `bytes` copied straight from
+/// memory a worker lent (the one copy of a returned `bytes`: its pickle rebuilds it with
+/// `bytes(buffer)`, which returns a `bytes` as it is). Dropping the lent buffer hands it back to
+/// its worker.
 fn value_with_buffers<'py>(
     py: Python<'py>,
     data: &[u8],
@@ -300,10 +148,11 @@ fn value_with_buffers<'py>(
         .into_iter()
         .map(|buffer| {
             if buffer.is_lent() {
-                return Ok(buffer.read(|bytes| new_bytes(py, bytes))?.into_any());
+                return Ok(buffer
+                    .read(|bytes| python_buffers::new_bytes(py, bytes))?
+                    .into_any());
             }
-            let host = Bound::new(py, HostBuffer { buffer })?;
-            Ok(PyMemoryView::from(&host.into_any())?.into_any())
+            Ok(python_buffers::host_view(py, buffer)?.into_any())
         })
         .collect::<PyResult<Vec<_>>>()?;
     Ok(PyTuple::new(
@@ -359,9 +208,9 @@ impl Cache {
 
     /// Runs the pickled job on the hottest idle worker or a new one; never blocks on a worker.
     /// `payload` is the pickle (`bytes`), or `(pickle, buffers)` with its out-of-band buffers
-    /// (contiguous `"B"` memoryviews, read in place: see [`pinned`]).
+    /// (contiguous `"B"` memoryviews, read in place: see [`python_buffers::pin`]).
     fn submit(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<Call> {
-        release_pinned(py);
+        python_buffers::release_pinned(py);
         let job = match payload.cast::<PyBytes>() {
             Ok(bytes) => Job::new(bytes.as_bytes().to_vec()),
             Err(_) => {
@@ -373,7 +222,7 @@ impl Cache {
                     })?;
                 Job {
                     payload: pickle.as_bytes().to_vec(),
-                    buffers: pinned(&buffers)?,
+                    buffers: python_buffers::pin(&buffers)?,
                 }
             }
         };
@@ -597,7 +446,7 @@ impl Auto {
         cache: &Bound<'_, PyAny>,
         kind: u8,
         data: &[u8],
-        reason: Option<&str>,
+        reason: Option<BrokenDetail>,
         fn_: &Bound<'_, PyAny>,
         kill_on_cancel: bool,
     ) -> Option<Py<Cache>> {
@@ -605,7 +454,7 @@ impl Auto {
         let failure = match kind {
             LOAD_ERROR => Failure::Load(data),
             BROKEN => Failure::Broken {
-                reason: reason.unwrap_or_default(),
+                reason: reason.as_ref().map_or("", |(_, reason)| reason.as_str()),
                 records: data,
             },
             _ => return None,
@@ -749,14 +598,15 @@ impl Call {
         Ok(spin && py.detach(|| completion.spin(plan.spin)))
     }
 
-    /// Takes the outcome: `(kind, data, reason)`; kinds are VALUE, RAISED, LOAD_ERROR (data:
+    /// Takes the outcome: `(kind, data, broken)`; kinds are VALUE, RAISED, LOAD_ERROR (data:
     /// pickled value or exception records), VALUE_BUFFERS (data: `(pickle, buffers)`, the
-    /// buffers memoryviews of host memory) and BROKEN (reason: str; data: exception records of
-    /// the cause, possibly empty). The worker goes back to the cache.
+    /// buffers memoryviews of host memory) and BROKEN (broken: `(stage, reason)`, the stage one
+    /// of the `STAGE_*` codes and the reason a str; data: exception records of the cause,
+    /// possibly empty). The worker goes back to the cache.
     fn result<'py>(
         &mut self,
         py: Python<'py>,
-    ) -> PyResult<(u8, Bound<'py, PyAny>, Option<String>)> {
+    ) -> PyResult<(u8, Bound<'py, PyAny>, Option<BrokenDetail>)> {
         let lease = self
             .lease
             .as_mut()
@@ -770,7 +620,7 @@ impl Call {
                 .observe_run(key, lease.submitted(), completed_at);
         }
         self.lease = None;
-        release_pinned(py);
+        python_buffers::release_pinned(py);
         let bytes = |data: &[u8]| PyBytes::new(py, data).into_any();
         Ok(match outcome {
             Outcome::Value(data) => (VALUE, bytes(&data), None),
@@ -782,7 +632,7 @@ impl Call {
             Outcome::Broken(broken) => (
                 BROKEN,
                 bytes(broken.exception.as_deref().unwrap_or_default()),
-                Some(broken.reason),
+                Some((broken.stage.code(), broken.reason)),
             ),
         })
     }
@@ -815,7 +665,7 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Cache>()?;
     m.add_class::<Call>()?;
     m.add_class::<Auto>()?;
-    m.add_class::<HostBuffer>()?;
+    m.add_class::<python_buffers::HostBuffer>()?;
     m.add_function(wrap_pyfunction!(worker_type_info, m)?)?;
     m.add_function(wrap_pyfunction!(end_all_subinterpreters, m)?)?;
     m.add_function(wrap_pyfunction!(live_subinterpreters, m)?)?;
@@ -835,6 +685,11 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LOAD_ERROR", LOAD_ERROR)?;
     m.add("BROKEN", BROKEN)?;
     m.add("VALUE_BUFFERS", VALUE_BUFFERS)?;
+    for stage in worker_types::Stage::ALL {
+        m.add(format!("STAGE_{}", stage.name()).as_str(), stage.code())?;
+    }
+    m.add("BUFFER_THRESHOLD", worker_types::protocol::BUFFER_THRESHOLD)?;
+    m.add("MAX_BUFFERS", worker_types::protocol::MAX_BUFFERS)?;
     m.add("SETUP_STAGES", auto::SETUP_STAGES.to_vec())?;
     m.add(
         "SUBINTERPRETER_REFUSALS",

@@ -222,11 +222,15 @@ pub(crate) async fn init_runs_in_every_worker_and_its_failure_breaks_the_call(ki
         .await
         .unwrap_err();
     let Error::Broken {
-        reason, exception, ..
+        stage,
+        reason,
+        exception,
+        ..
     } = &err
     else {
         panic!("expected a broken worker, got {err:?}")
     };
+    assert_eq!(*stage, interpool::Stage::Init);
     assert!(reason.contains("init"), "{reason}");
     let exception = exception.as_ref().expect("the init's exception");
     assert_eq!(exception.type_name, "OSError");

@@ -16,16 +16,41 @@
 //! - [`process`]: worker processes running the same Python loop, either spawned afresh
 //!   ([`process::Spawn`]) or forked from a preloaded server ([`process::Forkserver`]). They can be
 //!   killed and survive crashes. Unix only.
+//!
+//! # Where the unsafe code is
+//!
+//! All of interpool's CPython FFI is in this crate, behind safe functions, so that the crate
+//! above it (the worker cache, the Rust `Pool`, the extension module) forbids unsafe code. That
+//! keeps one vocabulary for the C API's contracts (which thread state is attached, which
+//! interpreter owns an object, who keeps memory alive) and one place to review them. Unsafe code
+//! is denied here too, except in these modules, each of which opens with the rules its `unsafe`
+//! blocks keep (every block names the rule it relies on):
+//! - `attached`: the `Attached` guard, proof that a thread state is attached; dropping it
+//!   detaches. Every C-API call goes through one.
+//! - `subinterpreter::ffi`: every C-API call of subinterpreter workers (creating, running,
+//!   interrupting and ending interpreters).
+//! - [`embed`]: initializing CPython for a Rust host, and asking it where its installation is.
+//! - `python_buffers` (feature `pyo3`): out-of-band buffers to and from objects of the main
+//!   interpreter, for the extension module: pinning the caller's `memoryview`s, and exporting
+//!   host memory through the buffer protocol (PyO3's `__getbuffer__` is an `unsafe fn`).
+//! - `buffer`: [`Buffer`], raw memory plus an owner that keeps it valid.
+//! - `process::sys`: every `libc` call of process workers.
+//! - `subinterpreter` itself: one `Py_GetVersion`, needed on every CPython.
 
 #![deny(unsafe_code)]
 
 use std::{fmt, sync::Arc, time::Duration};
 
+mod attached;
 mod buffer;
 mod completion;
+pub mod embed;
 mod mailbox;
 pub mod prewake;
 pub mod process;
+pub mod protocol;
+#[cfg(feature = "pyo3")]
+pub mod python_buffers;
 pub mod subinterpreter;
 
 pub use buffer::{advise_huge_pages, lent_blocks, Buffer, Loans, Owner};
@@ -103,7 +128,9 @@ pub enum Outcome {
 /// Why a worker broke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
-    /// A one-line description, lowercase, e.g. `init raised an exception`.
+    /// When it broke, for code that acts on it (the reason is for people).
+    pub stage: Stage,
+    /// A one-line description, lowercase, e.g. `the worker's init raised an exception`.
     pub reason: String,
     /// Pickled exception records of the underlying Python exception, if there is one.
     pub exception: Option<Vec<u8>>,
@@ -113,12 +140,61 @@ pub struct Broken {
 }
 
 impl Broken {
-    /// A `Broken` with a reason only.
-    pub fn new(reason: impl Into<String>) -> Self {
+    /// A `Broken` with a stage and a reason only.
+    pub fn new(stage: Stage, reason: impl Into<String>) -> Self {
         Self {
+            stage,
             reason: reason.into(),
             exception: None,
             exit_code: None,
+        }
+    }
+}
+
+/// When a worker broke. Its code ([`Stage::code`]) is how the Python front end receives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stage {
+    /// The worker could not be started: no interpreter, no process.
+    Start,
+    /// Preparing the worker failed before `init` ran: unpickling its configuration, `init` or
+    /// `retire`.
+    Setup,
+    /// The worker's `init` raised.
+    Init,
+    /// The worker loop itself failed around a job (passing it in, or a malformed outcome).
+    Job,
+    /// The job was interrupted (cancelled).
+    Interrupted,
+    /// The worker's process died (a crash, `os._exit`, an external kill).
+    Died,
+}
+
+impl Stage {
+    /// Every stage, in the order of their codes.
+    pub const ALL: [Stage; 6] = [
+        Stage::Start,
+        Stage::Setup,
+        Stage::Init,
+        Stage::Job,
+        Stage::Interrupted,
+        Stage::Died,
+    ];
+
+    /// The stage's number, as the Python front end receives it (`interpool._outcome`).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The stage's name in capitals, e.g. `INIT`, as the Python front end names its code.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Start => "START",
+            Stage::Setup => "SETUP",
+            Stage::Init => "INIT",
+            Stage::Job => "JOB",
+            Stage::Interrupted => "INTERRUPTED",
+            Stage::Died => "DIED",
         }
     }
 }

@@ -15,17 +15,29 @@
 //! `retire` hook, the memory check): it is then *retiring*, still accepting in principle but not
 //! ready, and a submit gets its job back as from a busy worker. The mailbox also remembers the
 //! current job's completion, so that an interrupt can claim it ([`Mailbox::claim_interrupt`]).
+//!
+//! **The serve loop** is written here once, for every worker kind ([`Mailbox::serve`]): next job,
+//! run it ([`Serve::run`]), settle its verdict, decide the worker's fate (`max_tasks`, an ending
+//! outcome, a worker given up on), put the mailbox in the state the worker is in (idle, retiring
+//! or closed) *and only then* publish the outcome, so that a caller who sees it can reuse the
+//! worker at once; then the worker's own work after the job ([`Serve::after_job`]). A kind only
+//! says how it runs a job and what an interrupt that won the race makes of it. The mailbox also
+//! keeps what the worker's handle reads once its thread is gone: a `retire` hook's failure and
+//! the worker's end.
 
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Condvar, Mutex, PoisonError,
     },
     thread::Thread,
     time::{Duration, Instant},
 };
 
-use crate::{Completion, Job, Rejected};
+use crate::{
+    protocol::AfterJob, Broken, Completion, Finished, Job, Outcome, Rejected, Retire, Verdict,
+    WorkerConfig,
+};
 
 /// How long a worker spins for its next job before parking.
 pub(crate) const SPIN_FOR_NEXT_JOB: Duration = Duration::from_micros(50);
@@ -56,6 +68,49 @@ pub(crate) struct Mailbox {
     thread: Mutex<Option<Thread>>,
     /// The completion of the job handed over last.
     current: Mutex<Option<Arc<Completion>>>,
+    /// The exception records of a `retire` hook that raised (the worker then ended).
+    retire_failure: Mutex<Option<Vec<u8>>>,
+    /// `Some(exit code)` once the worker has fully ended (the inner `None`: none, or unknown).
+    ended: Mutex<Option<Option<i32>>>,
+    ended_changed: Condvar,
+}
+
+/// A job's end as its worker kind saw it.
+#[derive(Debug)]
+pub(crate) struct Ran {
+    /// The outcome, and the worker's fate as known from the job alone.
+    pub(crate) finished: Finished,
+    /// The `retire` hook must run once the outcome is out.
+    pub(crate) after_job: bool,
+}
+
+impl Ran {
+    /// A job broken by its worker, which ends with it (it could not start, or its process died).
+    pub(crate) fn ending(broken: Broken) -> Self {
+        Ran {
+            finished: Finished {
+                outcome: Outcome::Broken(broken),
+                retire: Retire::Retire,
+            },
+            after_job: false,
+        }
+    }
+}
+
+/// What a worker kind does in [`Mailbox::serve`].
+pub(crate) trait Serve {
+    /// Runs one job. A worker that cannot (it failed to start) breaks it with
+    /// [`Retire::Retire`].
+    fn run(&mut self, job: Job, completion: &Completion) -> Ran;
+    /// The job's interrupt was claimed before its verdict settled, and it did not break: what
+    /// the caller gets instead (the caller decided first: see [`Completion::claim_interrupt`]).
+    fn interrupted(&mut self, ran: Ran) -> Ran;
+    /// Whether the worker ends after this job whatever it returned (killed, abandoned).
+    fn must_end(&self) -> bool;
+    /// The worker's own work after a job's outcome is out, for a job that said `after_job` (run
+    /// the `retire` hook) or under a memory limit (`max_memory`: check it). `ending`: the worker
+    /// ends anyway, whatever this says.
+    fn after_job(&mut self, hook: bool, ending: bool, max_memory: Option<u64>) -> AfterJob;
 }
 
 /// What the worker thread is told to do next.
@@ -75,6 +130,9 @@ impl Mailbox {
             close_requested: AtomicBool::new(false),
             thread: Mutex::new(None),
             current: Mutex::new(None),
+            retire_failure: Mutex::new(None),
+            ended: Mutex::new(None),
+            ended_changed: Condvar::new(),
         }
     }
 
@@ -213,6 +271,119 @@ impl Mailbox {
     }
 }
 
+impl Mailbox {
+    /// Worker side: serves jobs until the worker is closed, idle for too long, or ends (see the
+    /// module docs).
+    pub(crate) fn serve(&self, config: &WorkerConfig, worker: &mut impl Serve) {
+        let mut jobs: u64 = 0;
+        while let Next::Run(job, completion) = self.next(config.idle_timeout) {
+            jobs += 1;
+            let mut ran = worker.run(job, &completion);
+            // Decided once, before anything else: whatever the job returned, an interrupt
+            // claimed first wins (a job that broke on its own stays broken).
+            if completion.settle() == Verdict::Interrupted
+                && !matches!(ran.finished.outcome, Outcome::Broken(_))
+            {
+                ran = worker.interrupted(ran);
+            }
+            let Ran {
+                mut finished,
+                after_job,
+            } = ran;
+            let tasks_done = config.max_tasks.is_some_and(|max| jobs >= max);
+            let ending = finished.worker_ends() || tasks_done || worker.must_end();
+            if ending {
+                finished.retire = Retire::Retire;
+            }
+            if !after_job && config.max_memory.is_none() {
+                // Idle (or closed) before the outcome is visible, so that a caller who sees it
+                // can reuse the worker.
+                let go_on = self.job_done(ending);
+                completion.complete(finished);
+                if !go_on {
+                    break;
+                }
+                continue;
+            }
+            // The caller gets the outcome now; the retire hook and the memory check come after,
+            // while the worker is retiring (or already closed, if it ends anyway).
+            if ending {
+                self.job_done(true);
+            } else {
+                self.retiring();
+            }
+            completion.complete(finished);
+            let end = match worker.after_job(after_job, ending, config.max_memory) {
+                AfterJob::Keep => false,
+                AfterJob::Retire => true,
+                AfterJob::Failed(records) => {
+                    *self
+                        .retire_failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(records);
+                    true
+                }
+            };
+            if ending || !self.job_done(end) {
+                break;
+            }
+        }
+    }
+
+    /// The records of a `retire` hook that raised, once.
+    pub(crate) fn take_retire_failure(&self) -> Option<Vec<u8>> {
+        self.retire_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Worker side, its last act: the worker has fully ended (`exit_code`: its process's).
+    pub(crate) fn mark_ended(&self, exit_code: Option<i32>) {
+        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = Some(exit_code);
+        self.ended_changed.notify_all();
+    }
+
+    /// The exit code given to [`Mailbox::mark_ended`], once the worker has ended.
+    pub(crate) fn exit_code(&self) -> Option<i32> {
+        self.ended
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flatten()
+    }
+
+    /// Waits until the worker has ended, up to `timeout` (`None`: forever); true if it has.
+    pub(crate) fn wait_ended(&self, timeout: Option<Duration>) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        let running = |ended: &mut Option<Option<i32>>| ended.is_none();
+        let ended = match timeout {
+            None => self
+                .ended_changed
+                .wait_while(ended, running)
+                .unwrap_or_else(PoisonError::into_inner),
+            Some(timeout) => {
+                self.ended_changed
+                    .wait_timeout_while(ended, timeout, running)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        };
+        ended.is_some()
+    }
+}
+
+/// Ends a worker whose own work kept it (`Keep`) if its memory is above `max_memory`.
+pub(crate) fn check_memory(
+    after: AfterJob,
+    max_memory: Option<u64>,
+    bytes: impl FnOnce() -> Option<u64>,
+) -> AfterJob {
+    match (after, max_memory) {
+        (AfterJob::Keep, Some(max)) if bytes().is_some_and(|b| b > max) => AfterJob::Retire,
+        (after, _) => after,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::thread;
@@ -319,5 +490,146 @@ mod tests {
         assert!(matches!(mb.next(None), Next::Run(..)));
         assert!(!mb.job_done(true));
         assert!(mb.submit(job(b"y")).is_err());
+    }
+    /// A worker kind for the serve loop's tests: every job returns its payload, or what
+    /// `interrupted` and `after_job` say.
+    struct Echo {
+        after_job: bool,
+        verdict: Option<AfterJob>,
+        /// Claim the job's interrupt while it runs, as a caller would.
+        claim: bool,
+    }
+
+    impl Serve for Echo {
+        fn run(&mut self, job: Job, completion: &Completion) -> Ran {
+            if self.claim {
+                assert!(completion.claim_interrupt());
+            }
+            Ran {
+                finished: Finished {
+                    outcome: Outcome::Value(job.payload),
+                    retire: Retire::Keep,
+                },
+                after_job: self.after_job,
+            }
+        }
+        fn interrupted(&mut self, ran: Ran) -> Ran {
+            Ran {
+                finished: Finished {
+                    outcome: Outcome::Broken(crate::Broken::new(crate::Stage::Interrupted, "x")),
+                    retire: Retire::Keep,
+                },
+                after_job: ran.after_job,
+            }
+        }
+        fn must_end(&self) -> bool {
+            false
+        }
+        fn after_job(&mut self, _hook: bool, _ending: bool, _max: Option<u64>) -> AfterJob {
+            self.verdict.take().unwrap_or(AfterJob::Keep)
+        }
+    }
+
+    fn config(max_tasks: Option<u64>) -> WorkerConfig {
+        WorkerConfig {
+            setup: Vec::new(),
+            idle_timeout: None,
+            max_tasks,
+            max_memory: None,
+        }
+    }
+
+    fn serving(mut worker: Echo, config: WorkerConfig) -> (Arc<Mailbox>, thread::JoinHandle<()>) {
+        let mb = Arc::new(Mailbox::new());
+        let thread = {
+            let mb = mb.clone();
+            thread::spawn(move || {
+                mb.register_worker_thread();
+                mb.serve(&config, &mut worker);
+            })
+        };
+        (mb, thread)
+    }
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn the_serve_loop_is_idle_before_a_caller_sees_the_outcome() {
+        let echo = Echo {
+            after_job: false,
+            verdict: None,
+            claim: false,
+        };
+        let (mb, thread) = serving(echo, config(None));
+        for i in 0..100u8 {
+            let completion = mb.submit(job(&[i])).unwrap();
+            assert!(completion.wait(WAIT));
+            // The outcome is visible, so the worker must take the next job at once.
+            assert!(
+                mb.is_idle(),
+                "job {i}: not idle when its outcome was visible"
+            );
+            assert_eq!(completion.take().unwrap().outcome, Outcome::Value(vec![i]));
+        }
+        mb.close();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn an_interrupt_claimed_while_the_job_runs_decides_its_outcome() {
+        let echo = Echo {
+            after_job: false,
+            verdict: None,
+            claim: true,
+        };
+        let (mb, thread) = serving(echo, config(None));
+        let completion = mb.submit(job(b"x")).unwrap();
+        assert!(completion.wait(WAIT));
+        assert!(matches!(
+            completion.take().unwrap().outcome,
+            Outcome::Broken(_)
+        ));
+        mb.close();
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_failed_retire_hook_is_kept_and_ends_the_worker_after_the_outcome() {
+        let echo = Echo {
+            after_job: true,
+            verdict: Some(AfterJob::Failed(b"records".to_vec())),
+            claim: false,
+        };
+        let (mb, thread) = serving(echo, config(None));
+        let completion = mb.submit(job(b"x")).unwrap();
+        assert!(completion.wait(WAIT));
+        let finished = completion.take().unwrap();
+        assert_eq!(
+            finished.retire,
+            Retire::Keep,
+            "known only after the outcome"
+        );
+        thread.join().unwrap();
+        assert!(!mb.is_accepting());
+        assert_eq!(mb.take_retire_failure(), Some(b"records".to_vec()));
+        assert_eq!(mb.take_retire_failure(), None, "once");
+    }
+
+    #[test]
+    fn max_tasks_retires_the_worker_with_its_last_outcome() {
+        let echo = Echo {
+            after_job: false,
+            verdict: None,
+            claim: false,
+        };
+        let (mb, thread) = serving(echo, config(Some(2)));
+        let first = mb.submit(job(b"1")).unwrap();
+        assert!(first.wait(WAIT));
+        assert_eq!(first.take().unwrap().retire, Retire::Keep);
+        let second = mb.submit(job(b"2")).unwrap();
+        assert!(second.wait(WAIT));
+        assert_eq!(second.take().unwrap().retire, Retire::Retire);
+        thread.join().unwrap();
+        assert!(mb.submit(job(b"3")).is_err());
     }
 }

@@ -24,6 +24,7 @@ fn a_python_that_exits_at_once_breaks_the_first_job_with_its_exit_code() {
         .unwrap();
     let broken = broken(run(&*worker, ABS_MINUS_3));
     assert_eq!(broken.exit_code, Some(1));
+    assert_eq!(broken.stage, interpool_worker_types::Stage::Died);
     assert!(
         broken.reason.contains("while starting"),
         "{}",

@@ -150,7 +150,10 @@ fn interrupt_stops_a_running_python_loop_and_the_worker_is_kept() {
     );
     let finished = completion.take().unwrap();
     match finished.outcome {
-        Outcome::Broken(broken) => assert!(broken.reason.contains("interrupted"), "{broken:?}"),
+        Outcome::Broken(broken) => {
+            assert!(broken.reason.contains("interrupted"), "{broken:?}");
+            assert_eq!(broken.stage, interpool_worker_types::Stage::Interrupted);
+        }
         other => panic!("expected Broken, got {other:?}"),
     }
     // The interpreter survived the KeyboardInterrupt: it serves the next job (3.13 leaks an
@@ -257,6 +260,7 @@ fn a_failing_init_breaks_the_first_job_with_the_reason() {
     match run(&*worker, ABS_MINUS_3).outcome {
         Outcome::Broken(broken) => {
             assert_eq!(broken.reason, "the worker's init raised an exception");
+            assert_eq!(broken.stage, interpool_worker_types::Stage::Init);
             assert!(broken.exception.is_some());
         }
         other => panic!("expected Broken, got {other:?}"),

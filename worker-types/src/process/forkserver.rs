@@ -23,7 +23,11 @@ use std::{
     },
 };
 
-use super::{sys, Channel, BOOTSTRAP, LOOP_SOURCE};
+use super::{
+    channel::Channel,
+    child::{BOOTSTRAP, LOOP_SOURCE},
+    sys,
+};
 
 static PRELOAD: Mutex<Vec<String>> = Mutex::new(Vec::new());
 static SERVER: Mutex<Option<Arc<Server>>> = Mutex::new(None);

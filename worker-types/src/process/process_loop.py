@@ -3,7 +3,8 @@
 # A worker process talks to its parent over one socket (never stdin/stdout, so ``print`` works):
 #   parent -> worker: frames ``<Q length`` + bytes: the setup, then one job per frame;
 #   worker -> parent: ``<BBQQ`` (kind, retire, len(data), len(retire_error)) + data + retire_error,
-#                     first once for the setup (kind SETUP_OK or SETUP_FAILED), then once per job;
+#                     first once for the setup (kind SETUP_OK, SETUP_FAILED or INIT_FAILED), then
+#                     once per job;
 #                     a job's ``retire`` is KEEP, or RETIRE_PENDING: the ``retire`` hook runs
 #                     after the outcome is sent, and its verdict follows as one more message
 #                     (kind AFTER_JOB, retire KEEP, RETIRE or RETIRE_FAILED with the records).
@@ -11,13 +12,10 @@
 # whose retire verdict is not KEEP, and after a failed setup.
 # Out-of-band buffers travel in memfds (see process/mod.rs): a job frame whose length has bit 63
 # set is followed by one byte carrying their descriptors (SCM_RIGHTS), then the payload; a value
-# with buffers is kind VALUE_WITH_BUFFERS, its header followed by such a byte.
+# with buffers is kind VALUE_BUFFERS, its header followed by such a byte. The numbers and header
+# formats are the wire protocol's (worker-types/src/protocol.rs), put in front of this source.
 
-SETUP_OK, SETUP_FAILED, AFTER_JOB = 10, 11, 12
-VALUE_WITH_BUFFERS = 3
-_HAS_BUFFERS = 1 << 63
 _SPIN_SECONDS = 50e-6
-_HEADER = "<BBQQ"
 
 
 class _Channel:
@@ -71,7 +69,7 @@ class _Channel:
         import socket
 
         sock = getattr(self, "_sock", None) or self._socket()
-        space = socket.CMSG_SPACE(_MAX_BUFFERS * 4)
+        space = socket.CMSG_SPACE(MAX_BUFFERS * 4)
         while True:
             try:
                 byte, ancdata, _flags, _addr = sock.recvmsg(1, space)
@@ -97,12 +95,12 @@ class _Channel:
 
     def receive(self):
         """The next frame as ``(bytearray, buffers | None)``, or None at end of file."""
-        header = bytearray(8)
+        header = bytearray(8)  # "<Q"
         if not self._readinto(memoryview(header), spin=True):
             return None
         size, buffers = int.from_bytes(header, "little"), None
-        if size & _HAS_BUFFERS:
-            size &= ~_HAS_BUFFERS
+        if size & HAS_BUFFERS:
+            size &= ~HAS_BUFFERS
             buffers = self._receive_buffers()
             if buffers is None:
                 return None
@@ -140,9 +138,7 @@ class _Channel:
     def send(self, kind, retire, data, retire_error=b"", buffers=None):
         import struct
 
-        if buffers:
-            kind = VALUE_WITH_BUFFERS
-        header = struct.pack(_HEADER, kind, retire, len(data), len(retire_error))
+        header = struct.pack(MESSAGE_HEADER, kind, retire, len(data), len(retire_error))
         if buffers:
             self._write([header])
             self._send_buffers(buffers)
@@ -180,8 +176,8 @@ def _serve(channel):
         return 0
     failed = setup(bytes(config[0]))
     if failed is not None:
-        reason, records = failed
-        channel.send(SETUP_FAILED, KEEP, reason.encode("utf-8", "replace"), records)
+        kind, reason, records = failed
+        channel.send(kind, KEEP, reason.encode("utf-8", "replace"), records)
         return 0
     channel.send(SETUP_OK, KEEP, b"")
     config = None

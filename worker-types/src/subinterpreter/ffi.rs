@@ -4,16 +4,17 @@
 //!
 //! Whether this thread has a thread state attached, and to which interpreter, is what most C-API
 //! calls depend on, so it is carried by a value rather than by comments: an [`Attached`] guard
-//! proves that a thread state is attached for as long as it lives, and detaches when dropped. It
-//! is `!Send`, so it is dropped on the thread that attached. Every function here that calls into
-//! an interpreter takes `&Attached` (named `py`) or is a method of [`AttachedWorker`]: a worker
-//! thread attached to its own interpreter, made only by [`Interpreter::attach`], which borrows
-//! the interpreter mutably so that it cannot be attached twice. There are three ways to attach,
-//! one per situation: a worker's own thread state, kept between jobs (rule 1); a temporary
-//! thread state of a given interpreter, deleted on drop (creating an interpreter, interrupting
-//! one: rules 4 and 6); and the main interpreter through `PyGILState_Ensure` (rule 5). What a
-//! type cannot say stays a `# Safety` contract: that a raw object pointer is a live object of the
-//! attached interpreter, and the cross-thread rules below.
+//! (`crate::attached`, shared with the embedding code, which runs on every CPython) proves that a
+//! thread state is attached for as long as it lives, and detaches when dropped. It is `!Send`, so
+//! it is dropped on the thread that attached. Every function here that calls into an interpreter
+//! takes `&Attached` (named `py`) or is a method of [`AttachedWorker`]: a worker thread attached
+//! to its own interpreter, made only by [`Interpreter::attach`], which borrows the interpreter
+//! mutably so that it cannot be attached twice. The guard's three ways to attach serve these
+//! rules: a worker's own thread state, kept between jobs (rule 1); a temporary thread state of a
+//! given interpreter, deleted on drop (creating an interpreter, interrupting one: rules 4 and 6);
+//! and the main interpreter through `PyGILState_Ensure` (rule 5). What a type cannot say stays a
+//! `# Safety` contract: that a raw object pointer is a live object of the attached interpreter,
+//! and the cross-thread rules below.
 //!
 //! # Lifetime / threading requirements
 //!
@@ -57,7 +58,7 @@
 //!    interpreter when its last view is gone: normally when the job returns, later if the job kept
 //!    a view (a global): then the caller's memory outlives the job, never the other way round.
 //!    Dropping the last clone on this thread must not touch the caller's objects: owners only
-//!    queue them for release by their own interpreter (`src/python/mod.rs`, `Pinned`).
+//!    queue them for release by their own interpreter (`crate::python_buffers`, `Pinned`).
 //!    A job cannot write the caller's memory (read-only exports). A caller that writes it during
 //!    the call races with the job, which may read old, new or mixed bytes.
 //! 10. **An outcome's `bytes` buffers are lent, every other outcome buffer is copied once into
@@ -104,8 +105,11 @@ use pyo3_ffi as ffi;
 
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
-    buffer::advise_huge_pages, mailbox::Next, Broken, Buffer, Completion, Finished, Loans, Outcome,
-    Retire, Verdict, WorkerConfig,
+    attached::Attached,
+    buffer::advise_huge_pages,
+    mailbox::{check_memory, Ran, Serve},
+    protocol::{self, AfterJob, RETIRE_FAILED},
+    Broken, Buffer, Completion, Finished, Job, Loans, Outcome, Retire, Stage, WorkerConfig,
 };
 
 extern "C" {
@@ -117,98 +121,6 @@ extern "C" {
 /// `running_seq` when no job runs. `running_seq` is written by the worker and read by interrupters,
 /// both only while holding that worker's GIL.
 const NO_JOB: u64 = 0;
-
-/// Proof that this thread has a thread state attached (it holds that interpreter's GIL) for as
-/// long as `'a`; dropping it detaches, the way it attached. Every function here that calls into
-/// an interpreter takes one (`py`) or is a method of [`AttachedWorker`], so a call made detached
-/// does not compile. `!Send` and `!Sync` (raw pointers): a thread state is attached and detached
-/// on one OS thread (rule 1).
-pub(crate) struct Attached<'a> {
-    detach: Detach,
-    _interpreter: PhantomData<&'a ()>,
-}
-
-/// How an [`Attached`] hands its thread state back.
-enum Detach {
-    /// Kept for the next attach (`PyEval_SaveThread`): a worker's own thread state.
-    Save,
-    /// Cleared and deleted: a temporary thread state of this guard's own.
-    Delete(*mut ffi::PyThreadState),
-    /// `PyGILState_Release` of what `PyGILState_Ensure` did.
-    GilState(ffi::PyGILState_STATE),
-}
-
-impl Attached<'_> {
-    /// Attaches `tstate` until the guard is dropped, which detaches it and keeps it.
-    ///
-    /// # Safety
-    /// This thread has no thread state attached; `tstate` is a detached thread state made on this
-    /// thread, and its interpreter outlives the guard.
-    unsafe fn restore(tstate: *mut ffi::PyThreadState) -> Self {
-        // SAFETY: per the caller.
-        unsafe { ffi::PyEval_RestoreThread(tstate) };
-        Self {
-            detach: Detach::Save,
-            _interpreter: PhantomData,
-        }
-    }
-
-    /// Attaches a new thread state of `interp` until the guard is dropped, which deletes it;
-    /// `None` if none could be allocated.
-    ///
-    /// # Safety
-    /// This thread has no thread state attached, and `interp` outlives the guard.
-    unsafe fn temporary(interp: *mut ffi::PyInterpreterState) -> Option<Self> {
-        // SAFETY: per the caller; the thread state is made for this thread and used on it only.
-        unsafe {
-            let tstate = ffi::PyThreadState_New(interp);
-            if tstate.is_null() {
-                return None;
-            }
-            ffi::PyEval_RestoreThread(tstate);
-            Some(Self {
-                detach: Detach::Delete(tstate),
-                _interpreter: PhantomData,
-            })
-        }
-    }
-}
-
-impl Attached<'static> {
-    /// Attaches this thread to the main interpreter through `PyGILState_Ensure` (or finds it
-    /// attached there), undone when the guard is dropped. The main interpreter is never
-    /// finalized while interpool runs (rule 7).
-    ///
-    /// # Safety
-    /// Python is initialized, and this thread has no thread state of another interpreter attached.
-    pub(crate) unsafe fn main() -> Self {
-        // SAFETY: per the caller.
-        let state = unsafe { ffi::PyGILState_Ensure() };
-        Self {
-            detach: Detach::GilState(state),
-            _interpreter: PhantomData,
-        }
-    }
-}
-
-impl Drop for Attached<'_> {
-    fn drop(&mut self) {
-        // SAFETY: the guard's thread state is attached on this thread (the guard cannot leave it)
-        // and is handed back the way it was taken.
-        unsafe {
-            match self.detach {
-                Detach::Save => {
-                    ffi::PyEval_SaveThread();
-                }
-                Detach::Delete(tstate) => {
-                    ffi::PyThreadState_Clear(tstate);
-                    ffi::PyThreadState_DeleteCurrent();
-                }
-                Detach::GilState(state) => ffi::PyGILState_Release(state),
-            }
-        }
-    }
-}
 
 /// What an interrupter needs to reach a live interpreter.
 #[derive(Debug)]
@@ -369,13 +281,6 @@ impl Drop for LoadedJob<'_> {
     }
 }
 
-/// What the worker does after a job whose outcome it has published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AfterJob {
-    Keep,
-    End,
-}
-
 impl Interpreter {
     /// Creates the interpreter and loads the worker loop; it is left detached.
     ///
@@ -440,9 +345,9 @@ unsafe fn new_isolated_interpreter() -> Result<*mut ffi::PyThreadState, String> 
     // SAFETY: per the caller; the main interpreter is never finalized while interpool runs.
     let main = unsafe { Attached::temporary(ffi::PyInterpreterState_Main()) }
         .ok_or("could not allocate a thread state")?;
-    let Detach::Delete(main_tstate) = main.detach else {
-        unreachable!("a temporary thread state")
-    };
+    let main_tstate = main
+        .temporary_thread_state()
+        .expect("a temporary thread state");
     let config = ffi::PyInterpreterConfig {
         use_main_obmalloc: 0,
         allow_fork: 0,
@@ -528,49 +433,50 @@ impl AttachedWorker<'_> {
     fn setup(&self, config: &[u8]) -> Result<(), Broken> {
         let arg = new_bytes(&self.py, config);
         if arg.is_null() {
-            return Err(broken(format!(
-                "could not pass the setup: {}",
-                take_error(&self.py)
-            )));
+            let reason = format!("could not pass the setup: {}", take_error(&self.py));
+            return Err(broken(Stage::Setup, reason));
         }
         // SAFETY: attached (`self`); every new reference is released here.
         unsafe {
             let result = ffi::PyObject_CallOneArg(self.setup, arg);
             ffi::Py_DECREF(arg);
             if result.is_null() {
-                return Err(broken(format!(
-                    "the worker setup failed: {}",
-                    take_error(&self.py)
-                )));
+                let reason = format!("the worker setup failed: {}", take_error(&self.py));
+                return Err(broken(Stage::Setup, reason));
             }
-            // None, or (reason: str, exception records: bytes).
+            // None, or (SETUP_FAILED | INIT_FAILED, reason: str, exception records: bytes).
             let outcome = if result == ffi::Py_None() {
                 Ok(())
             } else {
-                let reason = ffi::PyTuple_GetItem(result, 0);
+                let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
+                let reason = ffi::PyTuple_GetItem(result, 1);
                 let reason_utf8 = if reason.is_null() {
                     ptr::null()
                 } else {
                     ffi::PyUnicode_AsUTF8AndSize(reason, ptr::null_mut())
                 };
                 let reason = if reason_utf8.is_null() {
-                    ffi::PyErr_Clear();
-                    "the worker setup failed".to_owned()
+                    &b"the worker setup failed"[..]
                 } else {
-                    CStr::from_ptr(reason_utf8).to_string_lossy().into_owned()
+                    CStr::from_ptr(reason_utf8).to_bytes()
                 };
-                let records = ffi::PyTuple_GetItem(result, 1);
-                let exception = if records.is_null() {
-                    ffi::PyErr_Clear();
+                let records = ffi::PyTuple_GetItem(result, 2);
+                let records = if records.is_null() {
                     None
                 } else {
                     bytes_to_vec(&self.py, records)
                 };
-                Err(Broken {
-                    reason,
-                    exception,
-                    exit_code: None,
-                })
+                let reply = u8::try_from(kind).ok().and_then(|kind| {
+                    protocol::setup_reply(kind, reason, records.unwrap_or_default())
+                });
+                ffi::PyErr_Clear();
+                match reply {
+                    Some(Err(broken)) => Err(broken),
+                    Some(Ok(())) | None => Err(broken(
+                        Stage::Setup,
+                        "the worker loop's setup returned a malformed reply",
+                    )),
+                }
             };
             ffi::Py_DECREF(result);
             outcome
@@ -586,7 +492,7 @@ impl AttachedWorker<'_> {
                 "could not pass the job to the worker: {}",
                 take_error(&self.py)
             );
-            return Loaded::Done(broken_finished(reason));
+            return Loaded::Done(broken_finished(Stage::Job, reason));
         }
         // SAFETY: attached (`self`); every new reference is released here or handed over in
         // `Loaded::Job`.
@@ -597,10 +503,11 @@ impl AttachedWorker<'_> {
                 let views = self.caller_views(buffers);
                 if views.is_null() {
                     ffi::Py_DECREF(arg);
-                    return Loaded::Done(broken_finished(format!(
+                    let reason = format!(
                         "could not pass the job's buffers to the worker: {}",
                         take_error(&self.py)
-                    )));
+                    );
+                    return Loaded::Done(broken_finished(Stage::Job, reason));
                 }
                 let result = ffi::PyObject_CallFunctionObjArgs(
                     self.load,
@@ -617,7 +524,7 @@ impl AttachedWorker<'_> {
                     "the worker loop failed to load the job: {}",
                     take_error(&self.py)
                 );
-                return Loaded::Done(broken_finished(reason));
+                return Loaded::Done(broken_finished(Stage::Job, reason));
             }
             // `(fn, args, protocol_5)`, or a 4-tuple outcome.
             if ffi::PyTuple_Size(result) == 3 {
@@ -631,7 +538,7 @@ impl AttachedWorker<'_> {
             Loaded::Done(finished.map_or_else(
                 || {
                     ffi::PyErr_Clear();
-                    broken_finished("the worker loop returned a malformed outcome".to_owned())
+                    broken_finished(Stage::Job, "the worker loop returned a malformed outcome")
                 },
                 |(finished, _)| finished,
             ))
@@ -651,14 +558,14 @@ impl AttachedWorker<'_> {
                 // Only an exception injected by an interrupt escapes `call`; the worker then
                 // ends (rule 11).
                 let reason = format!("the job was interrupted ({})", take_error(&self.py));
-                return (broken_finished(reason), false);
+                return (broken_finished(Stage::Interrupted, reason), false);
             }
             let finished = parse_run_result(&self.py, result, &self.loans);
             ffi::Py_DECREF(result);
             finished.unwrap_or_else(|| {
                 ffi::PyErr_Clear();
-                let reason = "the worker loop returned a malformed outcome".to_owned();
-                (broken_finished(reason), false)
+                let reason = "the worker loop returned a malformed outcome";
+                (broken_finished(Stage::Job, reason), false)
             })
         }
     }
@@ -674,9 +581,9 @@ impl AttachedWorker<'_> {
         }
     }
 
-    /// Runs the worker loop's `after_job` (the `retire` hook); a hook that raised leaves its
-    /// exception records in `shared`.
-    fn after_job(&self, shared: &Shared) -> AfterJob {
+    /// Runs the worker loop's `after_job` (the `retire` hook): its verdict, as
+    /// [`protocol::after_job_reply`] reads it.
+    fn after_job(&self) -> AfterJob {
         // SAFETY: attached (`self`); the result and its items are read and released here.
         unsafe {
             let result = ffi::PyObject_CallNoArgs(self.after_job);
@@ -684,24 +591,20 @@ impl AttachedWorker<'_> {
                 // An exception escaped the hook's own handler (an interrupt of the earlier job
                 // delivered late): the worker cannot vouch for its state.
                 ffi::PyErr_Clear();
-                return AfterJob::End;
+                return AfterJob::Retire;
             }
             let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
-            let after = match verdict {
-                0 => AfterJob::Keep,
-                2 => {
-                    *shared
-                        .retire_failure
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) =
-                        bytes_to_vec(&self.py, ffi::PyTuple_GetItem(result, 1));
-                    AfterJob::End
-                }
-                _ => AfterJob::End,
+            let records = if verdict == c_long::from(RETIRE_FAILED) {
+                bytes_to_vec(&self.py, ffi::PyTuple_GetItem(result, 1))
+            } else {
+                None
             };
+            let after = u8::try_from(verdict).ok().and_then(|verdict| {
+                protocol::after_job_reply(verdict, records.unwrap_or_default())
+            });
             ffi::PyErr_Clear();
             ffi::Py_DECREF(result);
-            after
+            after.unwrap_or(AfterJob::Retire)
         }
     }
 
@@ -1034,9 +937,9 @@ fn arena_bytes(text: &[u8]) -> Option<u64> {
     total.trim().replace(',', "").parse().ok()
 }
 
-/// Reads `(kind: int, data: bytes, retire: int, buffers: list | None)`, `retire` being KEEP (0)
-/// or RETIRE_PENDING (3): the outcome (its buffers lent or copied out, rule 10), and whether
-/// `after_job` must run.
+/// Reads `(kind: int, data: bytes, verdict: int, buffers: list | None)`, the reply to a job
+/// (its buffers lent or copied out, rule 10), as [`protocol::job_reply`] says: the outcome, and
+/// whether `after_job` must run.
 ///
 /// # Safety
 /// `result` must be a live object of the attached interpreter.
@@ -1050,53 +953,47 @@ unsafe fn parse_run_result(
     unsafe {
         let kind = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 0));
         let data = bytes_to_vec(py, ffi::PyTuple_GetItem(result, 1))?;
-        let retire = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
+        let verdict = ffi::PyLong_AsLong(ffi::PyTuple_GetItem(result, 2));
         let buffers = take_out_buffers(py, ffi::PyTuple_GetItem(result, 3), loans)?;
-        let outcome = match kind {
-            0 if buffers.is_empty() => Outcome::Value(data),
-            0 => Outcome::ValueWithBuffers(data, buffers),
-            1 => Outcome::Raised(data),
-            2 => Outcome::LoadError(data),
-            _ => return None,
-        };
-        let pending = match retire {
-            0 => false,
-            3 => true,
-            _ => return None,
-        };
-        let retire = Retire::Keep;
-        Some((Finished { outcome, retire }, pending))
+        protocol::job_reply(
+            u8::try_from(kind).ok()?,
+            u8::try_from(verdict).ok()?,
+            data,
+            buffers,
+        )
     }
 }
 
-fn broken(reason: String) -> Broken {
-    Broken::new(reason)
+fn broken(stage: Stage, reason: impl Into<String>) -> Broken {
+    Broken::new(stage, reason)
 }
 
-fn broken_finished(reason: String) -> Finished {
+fn broken_finished(stage: Stage, reason: impl Into<String>) -> Finished {
     Finished {
-        outcome: Outcome::Broken(broken(reason)),
+        outcome: Outcome::Broken(broken(stage, reason)),
         retire: Retire::Retire,
     }
 }
 
-/// The body of a worker thread: create, serve jobs until closed or idle, end.
+/// The body of a worker thread: create the interpreter, serve jobs through the mailbox's serve
+/// loop until closed, idle or ending, end the interpreter.
 pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
     shared.mailbox.register_worker_thread();
     let running_seq = Arc::new(AtomicU64::new(NO_JOB));
     // SAFETY: Python is initialized (start() checked it via prepare_main_interpreter) and this
     // fresh thread has no thread state.
     let created = unsafe { Interpreter::create() };
-    let (mut interpreter, startup_error) = match created {
+    let (interpreter, startup_error) = match created {
         Ok(mut interpreter) => {
             let startup_error = interpreter.attach().setup(&config.setup).err();
             (Some(interpreter), startup_error)
         }
         Err(reason) => (
             None,
-            Some(broken(format!(
-                "could not create the interpreter: {reason}"
-            ))),
+            Some(broken(
+                Stage::Start,
+                format!("could not create the interpreter: {reason}"),
+            )),
         ),
     };
     // Detached from here on, but while a job or the retire hook runs.
@@ -1112,93 +1009,15 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
         });
     }
 
-    let mut jobs: u64 = 0;
-    loop {
-        let (job, completion) = match shared.mailbox.next(config.idle_timeout) {
-            Next::Run(job, completion) => (job, completion),
-            Next::End => break,
-        };
-        let (Some(interpreter), None) = (&mut interpreter, &startup_error) else {
-            let error = startup_error
-                .clone()
-                .unwrap_or_else(|| broken("no interpreter".into()));
-            shared.mailbox.job_done(true);
-            completion.complete(Finished {
-                outcome: Outcome::Broken(error),
-                retire: Retire::Retire,
-            });
-            break;
-        };
-        let seq = shared.submitted_seq.load(Ordering::Acquire);
-        jobs += 1;
-        let ran = {
-            let worker = interpreter.attach();
-            worker.release_returned();
-            // Checked and set under this GIL, which interrupters also hold while they look at
-            // `running_seq`: an interrupt claimed before (even while the interpreter was still
-            // being created) is seen here; one claimed after finds the job running.
-            let not_started = || {
-                let reason = "the job was interrupted before it started".to_owned();
-                let finished = Finished {
-                    outcome: Outcome::Broken(broken(reason)),
-                    retire: Retire::Keep,
-                };
-                (finished, false)
-            };
-            let (finished, pending) = if completion.interrupt_claimed() {
-                not_started()
-            } else {
-                // Loaded while `running_seq` says no job runs: an interrupt claimed meanwhile
-                // waits for the function to start, and so stops it before it does.
-                match worker.load_job(&job.payload, &job.buffers) {
-                    Loaded::Done(finished) => (finished, false),
-                    Loaded::Job(loaded) if completion.interrupt_claimed() => {
-                        drop(loaded);
-                        not_started()
-                    }
-                    Loaded::Job(loaded) => {
-                        running_seq.store(seq, Ordering::Release);
-                        let ran = worker.call_job(loaded);
-                        running_seq.store(NO_JOB, Ordering::Release);
-                        ran
-                    }
-                }
-            };
-            // An interrupt that raced with the job's end is dropped here, under the GIL, so it
-            // cannot hit a later job (rule 11; cpython#139622: 3.13 may deliver it late).
-            worker.clear_pending_interrupt();
-            // An interrupt claimed from now on cannot inject any more: checked only if one was
-            // claimed before (rule 11).
-            let intact = !completion.interrupt_claimed() || worker.intact();
-            Ran {
-                finished,
-                pending,
-                intact,
-            }
-        };
-        drop(job);
-        let pending = ran.pending;
-        let after = match deliver(&shared, &config, jobs, ran, &completion) {
-            Delivered::Idle => continue,
-            Delivered::Ending => break,
-            Delivered::Retiring => {
-                let worker = interpreter.attach();
-                let after = if pending {
-                    worker.after_job(&shared)
-                } else {
-                    AfterJob::Keep
-                };
-                let over_memory = |max| worker.allocator_bytes().is_some_and(|b| b > max);
-                match config.max_memory {
-                    Some(max) if after == AfterJob::Keep && over_memory(max) => AfterJob::End,
-                    _ => after,
-                }
-            }
-        };
-        if !shared.mailbox.job_done(after == AfterJob::End) {
-            break;
-        }
-    }
+    let mut worker = WorkerThread {
+        shared: &shared,
+        interpreter,
+        startup_error,
+        running_seq,
+        intact: true,
+    };
+    shared.mailbox.serve(&config, &mut worker);
+    let interpreter = worker.interpreter.take();
 
     *shared
         .interpreter
@@ -1212,68 +1031,110 @@ pub(crate) fn worker_thread(shared: Arc<Shared>, config: Arc<WorkerConfig>) {
     shared.mark_ended();
 }
 
-/// A job's end as the worker thread saw it, under the interpreter's GIL.
-struct Ran {
-    finished: Finished,
-    /// `after_job` must run.
-    pending: bool,
-    /// No import was cut short (checked only after an interrupt).
+/// A worker thread and its interpreter, as the serve loop drives them.
+struct WorkerThread<'s> {
+    shared: &'s Shared,
+    /// `None` if it could not be created.
+    interpreter: Option<Interpreter>,
+    /// Why it cannot serve, if it did not start.
+    startup_error: Option<Broken>,
+    running_seq: Arc<AtomicU64>,
+    /// No import of the last job was cut short (checked only after an interrupt).
     intact: bool,
 }
 
-/// Where [`deliver`] left the worker.
-enum Delivered {
-    /// Ready for the next job.
-    Idle,
-    /// The outcome is out; the retire hook or the memory check runs before the next job.
-    Retiring,
-    /// The worker ends.
-    Ending,
-}
-
-/// Settles and hands a job's outcome over (`pending`: the retire hook must run after it;
-/// `intact`: no import was cut short, if the job was interrupted).
-fn deliver(
-    shared: &Shared,
-    config: &WorkerConfig,
-    jobs: u64,
-    ran: Ran,
-    completion: &Completion,
-) -> Delivered {
-    let Ran {
-        mut finished,
-        pending,
-        intact,
-    } = ran;
-    if completion.settle() == Verdict::Interrupted {
-        // Whatever it returned, the caller decided first (rule 11 says which interpreter stays).
-        match finished.outcome {
-            // Before it started (kept), or out of the loop itself (ends).
-            Outcome::Broken(_) => {}
-            _ => {
-                finished.outcome = Outcome::Broken(broken("the job was interrupted".to_owned()));
-                finished.retire = if intact { Retire::Keep } else { Retire::Retire };
+impl Serve for WorkerThread<'_> {
+    fn run(&mut self, job: Job, completion: &Completion) -> Ran {
+        let (Some(interpreter), None) = (&mut self.interpreter, &self.startup_error) else {
+            let error = self
+                .startup_error
+                .clone()
+                .unwrap_or_else(|| broken(Stage::Start, "no interpreter"));
+            return Ran::ending(error);
+        };
+        let seq = self.shared.submitted_seq.load(Ordering::Acquire);
+        let worker = interpreter.attach();
+        worker.release_returned();
+        // Checked and set under this GIL, which interrupters also hold while they look at
+        // `running_seq`: an interrupt claimed before (even while the interpreter was still being
+        // created) is seen here; one claimed after finds the job running.
+        let not_started = || {
+            let reason = "the job was interrupted before it started";
+            let finished = Finished {
+                outcome: Outcome::Broken(broken(Stage::Interrupted, reason)),
+                retire: Retire::Keep,
+            };
+            (finished, false)
+        };
+        let (finished, after_job) = if completion.interrupt_claimed() {
+            not_started()
+        } else {
+            // Loaded while `running_seq` says no job runs: an interrupt claimed meanwhile waits
+            // for the function to start, and so stops it before it does.
+            match worker.load_job(&job.payload, &job.buffers) {
+                Loaded::Done(finished) => (finished, false),
+                Loaded::Job(loaded) if completion.interrupt_claimed() => {
+                    drop(loaded);
+                    not_started()
+                }
+                Loaded::Job(loaded) => {
+                    self.running_seq.store(seq, Ordering::Release);
+                    let ran = worker.call_job(loaded);
+                    self.running_seq.store(NO_JOB, Ordering::Release);
+                    ran
+                }
             }
+        };
+        // An interrupt that raced with the job's end is dropped here, under the GIL, so it cannot
+        // hit a later job (rule 11; cpython#139622: 3.13 may deliver it late).
+        worker.clear_pending_interrupt();
+        // An interrupt claimed from now on cannot inject any more: checked only if one was
+        // claimed before (rule 11).
+        self.intact = !completion.interrupt_claimed() || worker.intact();
+        drop(worker);
+        // The job's own clone of the caller's buffers goes now, detached, after the job returned
+        // and before the outcome is published (rule 9).
+        drop(job);
+        Ran {
+            finished,
+            after_job,
         }
     }
-    let abandoned = shared.abandoned.load(Ordering::Acquire);
-    let tasks_done = config.max_tasks.is_some_and(|max| jobs >= max);
-    let ending = finished.worker_ends() || abandoned || tasks_done;
-    if ending {
-        finished.retire = Retire::Retire;
+
+    fn interrupted(&mut self, ran: Ran) -> Ran {
+        // Whatever it returned, the caller decided first; rule 11 says which interpreter stays.
+        let retire = if self.intact {
+            Retire::Keep
+        } else {
+            Retire::Retire
+        };
+        let finished = Finished {
+            outcome: Outcome::Broken(broken(Stage::Interrupted, "the job was interrupted")),
+            retire,
+        };
+        Ran {
+            finished,
+            after_job: ran.after_job,
+        }
     }
-    // Idle, retiring or closed before the outcome is visible, so that a caller who sees it finds
-    // the worker in the state it is in.
-    let delivered = if !ending && (pending || config.max_memory.is_some()) {
-        shared.mailbox.retiring();
-        Delivered::Retiring
-    } else if shared.mailbox.job_done(ending) {
-        Delivered::Idle
-    } else {
-        Delivered::Ending
-    };
-    completion.complete(finished);
-    delivered
+
+    fn must_end(&self) -> bool {
+        self.shared.abandoned.load(Ordering::Acquire)
+    }
+
+    fn after_job(&mut self, hook: bool, ending: bool, max_memory: Option<u64>) -> AfterJob {
+        // A worker that ends anyway runs no hook: nothing it says would change that.
+        let (Some(interpreter), false) = (&mut self.interpreter, ending) else {
+            return AfterJob::Retire;
+        };
+        let worker = interpreter.attach();
+        let after = if hook {
+            worker.after_job()
+        } else {
+            AfterJob::Keep
+        };
+        check_memory(after, max_memory, || worker.allocator_bytes())
+    }
 }
 
 /// How often an interrupter injects `KeyboardInterrupt` again while the job still runs, and for

@@ -1,7 +1,9 @@
 //! Workers that are CPython subinterpreters with their own GIL (PEP 684).
 //!
 //! Each worker is one OS thread that owns one isolated interpreter for its whole life: it creates
-//! it, runs every job in it, and ends it (see [`ffi`] for the C-API rules this follows). Jobs and
+//! it, runs every job in it, and ends it (see [`ffi`] for the C-API rules this follows). The
+//! thread serves through the mailbox's serve loop (`crate::mailbox`), which every worker kind
+//! shares; `ffi` says only how a job runs in the interpreter. Jobs and
 //! outcomes cross as bytes; the loop that unpickles a job, calls it and pickles the outcome is plain
 //! Python (`worker_loop.py`) that runs inside the interpreter and never imports interpool itself.
 //!
@@ -35,8 +37,11 @@ use crate::{
 #[cfg(Py_3_13)]
 mod ffi;
 
-/// The Python source of the loop every worker interpreter runs.
-const WORKER_LOOP_SOURCE: &str = include_str!("worker_loop.py");
+/// The Python source of the loop every worker interpreter runs, the wire protocol's numbers first.
+const WORKER_LOOP_SOURCE: &str = concat!(
+    crate::protocol::python_constants!(),
+    include_str!("worker_loop.py")
+);
 
 /// What an extension module's import error says when it refuses to load in an isolated
 /// subinterpreter: CPython's own check, its single-phase-init check, and PyO3's two. A load error
@@ -154,13 +159,9 @@ pub(crate) struct Shared {
     submitted_seq: AtomicU64,
     /// Set when nobody will read this worker's outcomes again.
     pub(crate) abandoned: AtomicBool,
-    /// The exception records of a `retire` hook that raised.
-    pub(crate) retire_failure: Mutex<Option<Vec<u8>>>,
     /// The interpreter while it exists, for interrupters (see `ffi::interrupt`).
     #[cfg(Py_3_13)]
     pub(crate) interpreter: Mutex<Option<ffi::InterpreterHandle>>,
-    ended: Mutex<bool>,
-    ended_changed: Condvar,
 }
 
 impl Shared {
@@ -171,11 +172,8 @@ impl Shared {
             mailbox: Mailbox::new(),
             submitted_seq: AtomicU64::new(0),
             abandoned: AtomicBool::new(false),
-            retire_failure: Mutex::new(None),
             #[cfg(Py_3_13)]
             interpreter: Mutex::new(None),
-            ended: Mutex::new(false),
-            ended_changed: Condvar::new(),
         }
     }
 
@@ -188,35 +186,7 @@ impl Shared {
             *live = live.saturating_sub(1);
             changed.notify_all();
         }
-        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.ended_changed.notify_all();
-    }
-
-    fn wait_ended(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*ended {
-            match deadline {
-                None => {
-                    ended = self
-                        .ended_changed
-                        .wait(ended)
-                        .unwrap_or_else(PoisonError::into_inner)
-                }
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    ended = self
-                        .ended_changed
-                        .wait_timeout(ended, d - now)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
-            }
-        }
-        true
+        self.mailbox.mark_ended(None);
     }
 }
 
@@ -291,15 +261,11 @@ impl Worker for SubinterpreterWorker {
     }
 
     fn wait_ended(&self, timeout: Option<Duration>) -> bool {
-        self.shared.wait_ended(timeout)
+        self.shared.mailbox.wait_ended(timeout)
     }
 
     fn take_retire_failure(&self) -> Option<Vec<u8>> {
-        self.shared
-            .retire_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+        self.shared.mailbox.take_retire_failure()
     }
 }
 

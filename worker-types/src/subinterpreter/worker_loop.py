@@ -13,6 +13,10 @@ job arrives as ``run(payload, buffers)``, ``buffers`` being memoryviews over the
 and a value holding large buffers leaves as its pickle plus a list of its buffers
 (``_dumps_value``).
 
+The wire protocol's numbers (``VALUE``, ``KEEP``, ``MAX_BUFFERS``, ...) are not written here: the
+host puts them in front of this source (``PYTHON_CONSTANTS`` in ``worker-types/src/protocol.rs``),
+so that both kinds of worker and the host read one table.
+
 Exception records (shared with ``interpool/_outcome.py``): a pickled list, the raised exception
 first, each entry ``(pickled_exc | None, pickling_error | None, type_name, message,
 formatted_traceback, import_name | None, cause_index | None, context_index | None,
@@ -27,13 +31,7 @@ from array import array
 from operator import methodcaller
 
 HIGHEST_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL, which _pickle does not name
-VALUE, RAISED, LOAD_ERROR = 0, 1, 2
-KEEP, RETIRE, RETIRE_FAILED, RETIRE_PENDING = 0, 1, 2, 3
 _MAX_CHAIN = 32
-# Buffers of at least this many bytes travel out of band; the same value as BUFFER_THRESHOLD in
-# ``interpool/_outcome.py``. At most _MAX_BUFFERS per job or value (the rest stay in band).
-BUFFER_THRESHOLD = 256 * 1024
-_MAX_BUFFERS = 64
 _SCANNED_ITEMS = 16
 _WRAPPABLE = frozenset((bytes, bytearray, array, memoryview))
 _SCANNED = frozenset((tuple, list, dict))
@@ -124,13 +122,13 @@ def _dumps_value(value):
     if not buffers:
         return data, None
     views = [buffer.raw() for buffer in buffers]
-    if len(views) <= _MAX_BUFFERS and all(v.nbytes >= BUFFER_THRESHOLD for v in views):
+    if len(views) <= MAX_BUFFERS and all(v.nbytes >= BUFFER_THRESHOLD for v in views):
         return data, _whole_bytes(views)
     views.clear()
 
     def large_only(buffer):
         raw = buffer.raw()
-        if raw.nbytes < BUFFER_THRESHOLD or len(views) >= _MAX_BUFFERS:
+        if raw.nbytes < BUFFER_THRESHOLD or len(views) >= MAX_BUFFERS:
             return True
         views.append(raw)
         return False
@@ -331,16 +329,17 @@ class _ParentMain:
 
 
 def setup(config):
-    """Prepares the interpreter; returns None, or ``(reason, exception_records)`` if it cannot
-    serve jobs. ``config`` is ``pickle((sys_path, argv, main_kind, main_ref, init, retire))``,
-    optionally followed by ``path_prepend`` and ``authkey``: ``sys_path``/``argv`` replace the
-    interpreter's (None: keep its own), ``main_kind`` is ``"path"``, ``"module"`` or None,
-    ``init``/``retire`` are pickled callables, ``path_prepend`` (a list, from the Rust API's
-    ``python_path``, or None) goes in front of ``sys.path`` afterwards, and ``authkey`` (bytes,
-    or None) is the parent's ``multiprocessing`` authkey, which this worker takes as
-    multiprocessing's children do, so that Manager proxies passed to jobs connect."""
+    """Prepares the interpreter; returns None, or ``(SETUP_FAILED | INIT_FAILED, reason,
+    exception_records)`` if it cannot serve jobs. ``config`` is ``pickle((sys_path, argv,
+    main_kind, main_ref, init, retire))``, optionally followed by ``path_prepend`` and
+    ``authkey``: ``sys_path``/``argv`` replace the interpreter's (None: keep its own),
+    ``main_kind`` is ``"path"``, ``"module"`` or None, ``init``/``retire`` are pickled callables,
+    ``path_prepend`` (a list, from the Rust API's ``python_path``, or None) goes in front of
+    ``sys.path`` afterwards, and ``authkey`` (bytes, or None) is the parent's
+    ``multiprocessing`` authkey, which this worker takes as multiprocessing's children do, so
+    that Manager proxies passed to jobs connect."""
     global _retire
-    stage = "unpickling the worker configuration failed"
+    stage = SETUP_FAILED, "unpickling the worker configuration failed"
     try:
         sys_path, argv, main_kind, main_ref, init, retire, *extra = pickle.loads(config)
         path_prepend, authkey = (*extra, None, None)[:2]
@@ -358,14 +357,14 @@ def setup(config):
             import multiprocessing.process
 
             multiprocessing.process.current_process().authkey = authkey
-        stage = "unpickling init or retire failed"
+        stage = SETUP_FAILED, "unpickling init or retire failed"
         init, _retire = pickle.loads(init), pickle.loads(retire)
-        stage = "the worker's init raised an exception"
+        stage = INIT_FAILED, "the worker's init raised an exception"
         if init is not bool:
             init()
     except BaseException as exc:
         _flush()
-        return stage, _exception_records(exc)
+        return *stage, _exception_records(exc)
     _flush()
     return None
 
@@ -373,10 +372,10 @@ def setup(config):
 def run(payload, buffers=None):
     """Runs one job; returns ``(kind, data, retire, buffers)``: ``retire`` is KEEP, or
     RETIRE_PENDING if ``after_job`` must run once the outcome is delivered; ``buffers`` are the
-    value's out-of-band buffers (None or a list: memoryviews, to be copied out before anything else
-    runs here, and whole ``bytes``, which a subinterpreter lends: ffi.rs, rule 10). Only a job
-    pickled with protocol 5 (the Python front end's) gets any: the Rust ``Pool``'s protocol-4 jobs
-    read values in band."""
+    value's out-of-band buffers (a list, with kind VALUE_BUFFERS; else None: memoryviews, to be
+    copied out before anything else runs here, and whole ``bytes``, which a subinterpreter lends:
+    ffi.rs, rule 10). Only a job pickled with protocol 5 (the Python front end's) gets any: the
+    Rust ``Pool``'s protocol-4 jobs read values in band."""
     job = load(payload, buffers)
     return job if len(job) == 4 else call(*job)
 
@@ -406,7 +405,8 @@ def call(fn, args, protocol_5):
                 "run coroutines in the event loop, not in a worker"
             )
         if protocol_5:  # a protocol-5 caller loads out-of-band buffers; others get none
-            kind, (data, out) = VALUE, _dumps_value(result)
+            data, out = _dumps_value(result)
+            kind = VALUE if out is None else VALUE_BUFFERS
         else:
             kind, data, out = VALUE, _dumps(result), None
     except BaseException as exc:

@@ -1,25 +1,25 @@
-//! Initializing the embedded CPython for the Rust API ([`crate::Pool`]): the root crate's only
-//! unsafe code.
+//! Embedding CPython for a Rust host (`interpool::Pool`): initializing the interpreter once, and
+//! asking it where its installation lives.
 //!
 //! # Invariants
 //!
 //! 1. **Initialize at most once, and only if nobody did.** If the interpreter is already running
-//!    (the host initialized it with PyO3 or the C API, or this crate is loaded as the Python
+//!    (the host initialized it with PyO3 or the C API, or interpool is loaded as the Python
 //!    extension module) it is left alone: its owner keeps the main thread state, and must have
 //!    released the GIL before workers start (subinterpreter creation takes the main GIL).
 //! 2. **After initializing, release the GIL at once** (`PyEval_SaveThread`), from the thread that
 //!    initialized, and never take the saved thread state back: from then on every thread reaches the
-//!    main interpreter through `PyGILState_Ensure`/`Release` (the worker types do that), so nothing
-//!    here holds the GIL across a return to the host.
+//!    main interpreter through `PyGILState_Ensure`/`Release` (an [`Attached::main`] guard), so
+//!    nothing here holds the GIL across a return to the host.
 //! 3. **Never finalize.** `Py_FinalizeEx` with a subinterpreter alive aborts the process; a Rust host
 //!    has no natural point where it knows every pool is gone, so the embedded interpreter lives
-//!    until the process exits. [`crate::Pool::shutdown`] ends a pool's workers; a host that
+//!    until the process exits. `interpool::Pool::shutdown` ends a pool's workers; a host that
 //!    finalizes Python itself must shut its pools down first.
 //! 4. Signal handlers are not installed (`Py_InitializeEx(0)`): Ctrl-C stays the host's.
-//! 5. PyO3's safe API is not used here (the root crate's `pyo3` is only for the extension module).
-//! 6. **Ask the main interpreter only through `PyGILState_Ensure`/`Release`**, on whatever thread
-//!    builds a pool, leaving no exception set and no reference behind
-//!    ([`python_executable`]).
+//! 5. PyO3's safe API is not used here (it is only for the extension module, see
+//!    `crate::python_buffers`).
+//! 6. **Ask the main interpreter only through an [`Attached::main`] guard**, on whatever thread
+//!    builds a pool, leaving no exception set and no reference behind ([`python_executable`]).
 
 #![allow(unsafe_code)]
 
@@ -31,9 +31,11 @@ use std::{
 
 use pyo3_ffi as ffi;
 
+use crate::attached::Attached;
+
 /// Makes sure the embedded interpreter is running, initializing it if nobody has. Returns whether
 /// this call initialized it.
-pub(crate) fn ensure_initialized() -> bool {
+pub fn ensure_initialized() -> bool {
     // A plain mutex: two pools built at once must not both initialize (rule 1). It is never held
     // while waiting for the GIL.
     static INIT: Mutex<()> = Mutex::new(());
@@ -60,7 +62,7 @@ pub(crate) fn ensure_initialized() -> bool {
 /// against. Not `sys.executable` / `sys._base_executable`: in an embedded interpreter those are
 /// derived from the host program. Found once per process (initializing the interpreter if
 /// needed); the error says why there is none.
-pub(crate) fn python_executable() -> Result<PathBuf, String> {
+pub fn python_executable() -> Result<PathBuf, String> {
     static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     FOUND
         .get_or_init(|| {
@@ -99,13 +101,14 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// `sysconfig.get_config_var(name)` for each name, from the main interpreter: `None` where it is
-/// not a `str` (or anything failed).
+/// not a `str` (or anything failed). The interpreter must be initialized.
 fn config_vars<const N: usize>(names: [&CStr; N]) -> [Option<String>; N] {
-    // SAFETY: the interpreter is initialized (the caller made sure) and PyGILState_Ensure attaches
-    // this thread to the main interpreter whatever it held before (rule 6). Every object made here
-    // is released before PyGILState_Release; a failure clears its exception and yields None.
-    unsafe {
-        let gil = ffi::PyGILState_Ensure();
+    // SAFETY: the interpreter is initialized (the caller made sure) and a thread that builds a
+    // pool has no subinterpreter attached (rule 6).
+    let py = unsafe { Attached::main() };
+    // SAFETY: attached (`py`). Every object made here is released before `py` is dropped; a
+    // failure clears its exception and yields None.
+    let values = unsafe {
         let module = ffi::PyImport_ImportModule(c"sysconfig".as_ptr());
         let get = if module.is_null() {
             std::ptr::null_mut()
@@ -143,7 +146,8 @@ fn config_vars<const N: usize>(names: [&CStr; N]) -> [Option<String>; N] {
         ffi::Py_XDECREF(get);
         ffi::Py_XDECREF(module);
         ffi::PyErr_Clear();
-        ffi::PyGILState_Release(gil);
         values
-    }
+    };
+    drop(py);
+    values
 }
