@@ -151,7 +151,6 @@ impl std::io::Write for ArgumentSink {
             self.out.extend([NEXT_BUFFER, TUPLE1, REDUCE]);
             // The one copy of the argument: the call may outlive the caller's borrow.
             let mut copy = Vec::with_capacity(data.len());
-            interpool_worker_types::advise_huge_pages(copy.as_mut_ptr(), data.len());
             copy.extend_from_slice(data);
             self.buffers.push(Buffer::from_vec(copy).rebuilt_as_bytes());
         } else {

@@ -102,8 +102,8 @@ impl Buffer {
     }
 
     /// Marks a job's buffer that its pickle rebuilds as a `bytes` (`bytes(buffer)`, which returns
-    /// a `bytes` as it is): a subinterpreter worker then makes that `bytes` itself, in memory it
-    /// prepares for the copy ([`advise_huge_pages`]), instead of exposing a view of it.
+    /// a `bytes` as it is): a subinterpreter worker then makes that `bytes` itself, with one
+    /// copy, instead of exposing a view of it.
     pub fn rebuilt_as_bytes(mut self) -> Self {
         self.as_bytes = true;
         self
@@ -222,30 +222,6 @@ impl fmt::Debug for Buffer {
 impl From<Vec<u8>> for Buffer {
     fn from(data: Vec<u8>) -> Self {
         Self::from_vec(data)
-    }
-}
-
-/// From this size on, fresh memory that a buffer's bytes are copied into is advised to use
-/// transparent huge pages ([`advise_huge_pages`]).
-const HUGE_PAGES_FROM: usize = 4 << 20;
-const HUGE_PAGE: usize = 2 << 20;
-
-/// Asks the kernel to back the 2 MiB-aligned part of fresh memory at `ptr..ptr + len` with
-/// transparent huge pages (`MADV_HUGEPAGE`; nothing happens below 4 MiB, or where THP is off).
-/// The first touch of fresh memory is what a large copy costs here: one fault per 2 MiB instead
-/// of one per 4 KiB makes a 64 MiB copy into fresh memory about 2-3× faster
-/// (docs/benchmarks.md). Call it on memory that is about to be written whole: it only sets a
-/// flag on the mapping, never changes what the memory holds.
-pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
-    if len < HUGE_PAGES_FROM {
-        return;
-    }
-    let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
-    let end = (ptr as usize + len) / HUGE_PAGE * HUGE_PAGE;
-    if end > start {
-        // SAFETY: MADV_HUGEPAGE on mapped memory only marks the mapping; on anything else the
-        // call fails (ENOMEM/EINVAL), which is harmless: the advice is only an optimization.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
     }
 }
 

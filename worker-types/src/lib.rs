@@ -53,7 +53,7 @@ pub mod protocol;
 pub mod python_buffers;
 pub mod subinterpreter;
 
-pub use buffer::{advise_huge_pages, lent_blocks, Buffer, Loans, Owner};
+pub use buffer::{lent_blocks, Buffer, Loans, Owner};
 pub use completion::{Completion, Verdict};
 
 /// The result type of this crate.

@@ -120,8 +120,8 @@ pub fn pin(views: &Bound<'_, PyList>) -> PyResult<Vec<Buffer>> {
         .collect())
 }
 
-/// A new `bytes` holding a copy of `data`, in memory advised to use huge pages when large (a
-/// copy into fresh memory costs its first touch: see [`crate::advise_huge_pages`]).
+/// A new `bytes` holding a copy of `data`, written once (PyO3's `PyBytes::new_with` would zero it
+/// first: a second pass over fresh memory).
 pub fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
     // SAFETY: attached (`py`); a `bytes` made from NULL has `len` uninitialized bytes of its own,
     // all written here before anyone sees the object, whose new reference we then own.
@@ -131,7 +131,6 @@ pub fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyByt
             return Err(PyErr::fetch(py));
         }
         let start = ffi::PyBytes_AsString(bytes).cast::<u8>();
-        crate::advise_huge_pages(start, data.len());
         std::ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
         Ok(Bound::from_owned_ptr(py, bytes).cast_into_unchecked())
     }

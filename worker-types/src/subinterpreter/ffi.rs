@@ -106,7 +106,6 @@ use pyo3_ffi as ffi;
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
     attached::Attached,
-    buffer::advise_huge_pages,
     mailbox::{check_memory, Ran, Serve},
     protocol::{self, AfterJob, RETIRE_FAILED},
     Broken, Buffer, Completion, Finished, Job, Loans, Outcome, Retire, Stage, WorkerConfig,
@@ -778,8 +777,7 @@ fn worker_loop_code(py: &Attached<'_>) -> Result<*mut ffi::PyObject, String> {
     }
 }
 
-/// A new `bytes` of the attached interpreter holding a copy of `data` (in memory advised to use
-/// huge pages, when large), or NULL with an error set.
+/// A new `bytes` of the attached interpreter holding a copy of `data`, or NULL with an error set.
 fn new_bytes(_py: &Attached<'_>, data: &[u8]) -> *mut ffi::PyObject {
     // SAFETY: attached (`_py`); a `bytes` made from NULL has `len` uninitialized bytes of its
     // own, all written here before anyone sees the object.
@@ -787,7 +785,6 @@ fn new_bytes(_py: &Attached<'_>, data: &[u8]) -> *mut ffi::PyObject {
         let bytes = ffi::PyBytes_FromStringAndSize(ptr::null(), data.len() as ffi::Py_ssize_t);
         if !bytes.is_null() {
             let start = ffi::PyBytes_AsString(bytes).cast::<u8>();
-            advise_huge_pages(start, data.len());
             ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
         }
         bytes
@@ -884,7 +881,6 @@ unsafe fn copy_out_buffer(_py: &Attached<'_>, obj: *mut ffi::PyObject) -> Option
         let mut view = view.assume_init();
         let len = view.len as usize;
         let mut data = Vec::<u8>::with_capacity(len);
-        advise_huge_pages(data.as_mut_ptr(), len);
         ptr::copy_nonoverlapping(view.buf as *const u8, data.as_mut_ptr(), len);
         data.set_len(len);
         ffi::PyBuffer_Release(&mut view);
