@@ -27,8 +27,8 @@
 //!
 //! Refusals are read from the worker's **exception records** (see `src/wire.rs`): the type
 //! name, the message and, for an `ImportError`, its `name`, over the whole cause/context chain,
-//! with the markers of [`interpool_worker_types::subinterpreter::REFUSALS`] (research note §3.3:
-//! CPython's, PyO3's and Cython's messages; numpy's "Original error was: ..." is a chained one).
+//! with the markers of [`interpool_worker_types::subinterpreter::REFUSALS`] (CPython's,
+//! PyO3's and Cython's messages; numpy's "Original error was: ..." is a chained one).
 
 use std::{
     collections::HashMap,

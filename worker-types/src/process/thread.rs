@@ -3,8 +3,8 @@
 //! Each worker has one, like a subinterpreter worker: it starts the process (see `child` for why
 //! this thread), hands it the loop and the setup, then serves through the mailbox's serve loop
 //! ([`Mailbox::serve`](crate::mailbox::Mailbox::serve)): for each job it writes the frame, reads
-//! the outcome (spinning briefly on a non-blocking read before it polls: see `wakeup.md` in the
-//! research notes) and, after the outcome is out, the `retire` hook's verdict. At the end it closes
+//! the outcome (spinning briefly on a non-blocking read before it polls: waking a parked thread costs
+//! far more than a short spin, see docs/architecture.md) and, after the outcome is out, the `retire` hook's verdict. At the end it closes
 //! the channel and reaps the process.
 //!
 //! An interrupt claimed before a job's outcome settled means the caller kills (or has killed) the
