@@ -142,3 +142,27 @@ async def test_a_worker_imports_the_worker_side_package_and_no_front_end_module(
     shared = ("interpool", "interpool._types")
     front_end = [m for m in loaded if m not in shared and not m.startswith("interpool._worker")]
     assert front_end == [], loaded
+
+
+async def test_a_new_subinterpreter_worker_starts_without_functools_collections_or_array():
+    # What a new worker's loop imports is what its start costs: _pickle gets a stand-in for
+    # functools, and array is looked up only once something imported it.
+    async with interpool.open_worker_context(worker_type=WorkerType.SUBINTERPRETER) as ctx:
+        # eval, a builtin, and a str: loading the job imports nothing more in the worker.
+        names = "[m for m in ('_pickle', 'functools', 'collections', 'array') if m in modules]"
+        loaded = await ctx.run_sync(eval, f"(lambda modules: {names})(__import__('sys').modules)")
+        assert loaded == ["_pickle"]
+        assert await ctx.run_sync(_funcs.real_functools)
+
+
+@pytest.mark.parametrize(
+    "worker_type",
+    [WorkerType.SUBINTERPRETER, WorkerType.FORKSERVER, WorkerType.SPAWN],
+    ids=lambda t: t.value,
+)
+async def test_an_array_made_by_a_new_worker_still_travels_out_of_band(worker_type):
+    threshold = interpool._interpool.BUFFER_THRESHOLD
+    async with interpool.open_worker_context(worker_type=worker_type, retire=object) as ctx:
+        assert await ctx.run_sync(_funcs.out_of_band_buffers, "array", threshold) == 1
+        assert await ctx.run_sync(_funcs.out_of_band_buffers, "array", threshold - 1) == 0
+        assert await ctx.run_sync(_funcs.out_of_band_buffers, "bytearray", threshold) == 1

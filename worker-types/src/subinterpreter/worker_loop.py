@@ -25,15 +25,46 @@ None for other exceptions: with the type name and message, what AUTO's refusal c
 (``src/auto.rs``).
 """
 
-import _pickle as pickle  # the C pickler: pickle.py imports re, struct, ... (~4 ms per worker)
 import sys
-from array import array
-from operator import methodcaller
+from _operator import methodcaller  # operator.py is this plus Python fallbacks
 
+
+def _import_pickle():
+    """The C pickler (``pickle.py`` imports re, struct, ...: ~4 ms per new worker), imported
+    without ``functools`` where this interpreter has none yet. ``_pickle`` reads only
+    ``functools.partial`` at import, which is ``_functools.partial``; the whole of functools would
+    cost a new worker ``collections``, ``reprlib``, ``keyword``, ... (~2 ms). Only this thread runs
+    here while the stand-in is in ``sys.modules``; should a CPython read more of it, the import
+    fails and is done again with the real functools."""
+    if "functools" in sys.modules:
+        import _pickle
+
+        return _pickle
+    import _functools
+
+    stand_in = type(sys)("functools")
+    stand_in.partial = _functools.partial
+    sys.modules["functools"] = stand_in
+    try:
+        import _pickle
+    except Exception:
+        del sys.modules["functools"]
+        import _pickle
+    finally:
+        if sys.modules.get("functools") is stand_in:
+            del sys.modules["functools"]
+    return _pickle
+
+
+pickle = _import_pickle()
 HIGHEST_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL, which _pickle does not name
 _MAX_CHAIN = 32
 _SCANNED_ITEMS = 16
-_WRAPPABLE = frozenset((bytes, bytearray, array, memoryview))
+# array.array once this interpreter has imported ``array`` (``_know_array``): importing it costs a
+# new worker ``collections`` (~2 ms; the module registers its type as a MutableSequence), and a
+# value is an array only if something here imported the module.
+array = None
+_WRAPPABLE = frozenset((bytes, bytearray, memoryview))
 _SCANNED = frozenset((tuple, list, dict))
 # Values of these types hold no PickleBuffer (large bytes are _WRAPPABLE, checked by size).
 _PLAIN = frozenset((int, float, str, bool, type(None), complex))
@@ -72,6 +103,14 @@ class _OutOfBand:
         return kind, (pickle.PickleBuffer(obj),)
 
 
+def _know_array():
+    global array, _WRAPPABLE
+    module = sys.modules.get("array")
+    if module is not None:
+        array = module.array
+        _WRAPPABLE = _WRAPPABLE | {array}
+
+
 def _out_of_band(obj, wrapped):
     kind = type(obj)
     if kind is bytes or kind is bytearray or kind is array:
@@ -97,6 +136,8 @@ def _dumps_value(value):
             return pickle.dumps(value, 5), None
         except Exception:
             return _dumps(value), None  # pickle again, then cloudpickle
+    if array is None:
+        _know_array()
     if kind in _WRAPPABLE:
         value = _out_of_band(value, {})
         if type(value) is not _OutOfBand and kind is not memoryview:
