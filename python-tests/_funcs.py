@@ -528,14 +528,6 @@ def learned_job(mode, *args):
     signal_and_spin(*args)
 
 
-def real_functools():
-    """Whether ``functools`` imported here is the standard library's whole module."""
-    import _functools
-    import functools
-
-    return functools.partial is _functools.partial and callable(functools.lru_cache)
-
-
 def out_of_band_buffers(kind, size):
     """How many out-of-band buffers the worker loop makes of a ``make_buffer(kind, size)`` value
     (0: in band), asked of the loop itself (``_interpool_worker`` in this worker)."""

@@ -369,6 +369,60 @@ class _ParentMain:
         return getattr(module, name)
 
 
+def _take_authkey(authkey):
+    """Makes ``authkey`` this process's ``multiprocessing`` authkey: now if ``multiprocessing``
+    is loaded here, else as soon as it is (``_AuthkeyOnImport``); importing it up front would cost
+    every new worker ~12 ms (threading, signal, ...) for jobs that may never use it."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = authkey
+    else:
+        sys.meta_path.insert(0, _AuthkeyOnImport(authkey))
+
+
+class _AuthkeyOnImport:
+    """A meta path finder that finds nothing itself: when ``multiprocessing.process`` is first
+    imported here (a Manager proxy connects while its job unpickles, so not later), it leaves
+    ``sys.meta_path``, finds the module's spec with the finders after it, and wraps the spec's
+    loader so that the authkey is set once the module has run, before the import returns."""
+
+    def __init__(self, authkey):
+        self.authkey = authkey
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "multiprocessing.process":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = None if find is None else find(name, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _SettingAuthkey(spec.loader, self.authkey)
+                return spec
+        return None
+
+
+class _SettingAuthkey:
+    """The real loader of ``multiprocessing.process``, and the authkey set after it ran; the
+    module and its spec get the real loader back."""
+
+    def __init__(self, loader, authkey):
+        self.loader, self.authkey = loader, authkey
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        module.current_process().authkey = self.authkey
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
 def setup(config):
     """Prepares the interpreter; returns None, or ``(SETUP_FAILED | INIT_FAILED, reason,
     exception_records)`` if it cannot serve jobs. ``config`` is ``pickle((sys_path, argv,
@@ -395,9 +449,7 @@ def setup(config):
         if main_kind is not None and "__mp_main__" not in sys.modules:
             sys.modules["__main__"].__getattr__ = _ParentMain(main_kind, main_ref)
         if authkey is not None:
-            import multiprocessing.process
-
-            multiprocessing.process.current_process().authkey = authkey
+            _take_authkey(authkey)
         stage = SETUP_FAILED, "unpickling init or retire failed"
         init, _retire = pickle.loads(init), pickle.loads(retire)
         stage = INIT_FAILED, "the worker's init raised an exception"
