@@ -105,10 +105,8 @@ class _OutOfBand:
 
 def _know_array():
     global array, _WRAPPABLE
-    module = sys.modules.get("array")
-    if module is not None:
-        array = module.array
-        _WRAPPABLE = _WRAPPABLE | {array}
+    array = sys.modules["array"].array
+    _WRAPPABLE = _WRAPPABLE | {array}
 
 
 def _out_of_band(obj, wrapped):
@@ -136,7 +134,7 @@ def _dumps_value(value):
             return pickle.dumps(value, 5), None
         except Exception:
             return _dumps(value), None  # pickle again, then cloudpickle
-    if array is None:
+    if array is None and "array" in sys.modules:
         _know_array()
     if kind in _WRAPPABLE:
         value = _out_of_band(value, {})
