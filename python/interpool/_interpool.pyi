@@ -13,7 +13,6 @@ __all__ = [
     "LOAD_ERROR",
     "MAX_BUFFERS",
     "RAISED",
-    "SETUP_STAGES",
     "STAGE_DIED",
     "STAGE_INIT",
     "STAGE_INTERRUPTED",
@@ -50,7 +49,6 @@ STAGE_DIED: int
 BUFFER_THRESHOLD: int
 MAX_BUFFERS: int
 SUBINTERPRETER_REFUSALS: list[str]
-SETUP_STAGES: list[str]
 
 def worker_type_info() -> list[tuple[str, bool, str | None, bool, bool]]: ...
 def end_all_subinterpreters(timeout_seconds: float) -> int: ...
