@@ -13,6 +13,11 @@ import interpool
 from interpool import WorkerType
 
 pytestmark = pytest.mark.needs_subinterpreters
+on_every_worker_type = pytest.mark.parametrize(
+    "worker_type",
+    [WorkerType.SUBINTERPRETER, WorkerType.FORKSERVER, WorkerType.SPAWN],
+    ids=lambda t: t.value,
+)
 
 LOADED = """
 import sys
@@ -126,11 +131,7 @@ def test_trio_types_in_the_asyncio_api_still_arrive_when_needed(tmp_path):
     )
 
 
-@pytest.mark.parametrize(
-    "worker_type",
-    [WorkerType.SUBINTERPRETER, WorkerType.FORKSERVER, WorkerType.SPAWN],
-    ids=lambda t: t.value,
-)
+@on_every_worker_type
 async def test_a_worker_imports_the_worker_side_package_and_no_front_end_module(worker_type):
     # A map chunk makes the worker import interpool._worker.chunks by reference; the job imports
     # the Dask task's module too.
@@ -171,11 +172,7 @@ def test_a_new_subinterpreter_worker_starts_without_functools_collections_or_arr
     )
 
 
-@pytest.mark.parametrize(
-    "worker_type",
-    [WorkerType.SUBINTERPRETER, WorkerType.FORKSERVER, WorkerType.SPAWN],
-    ids=lambda t: t.value,
-)
+@on_every_worker_type
 async def test_an_array_made_by_a_new_worker_still_travels_out_of_band(worker_type):
     threshold = interpool._interpool.BUFFER_THRESHOLD
     async with interpool.open_worker_context(worker_type=worker_type, retire=object) as ctx:
@@ -184,7 +181,7 @@ async def test_an_array_made_by_a_new_worker_still_travels_out_of_band(worker_ty
         assert await ctx.run_sync(_funcs.out_of_band_buffers, "bytearray", threshold) == 1
 
 
-@pytest.mark.parametrize("worker_type", ["subinterpreter", "forkserver", "spawn"])
+@on_every_worker_type
 def test_a_worker_takes_the_parents_authkey_when_it_imports_multiprocessing(tmp_path, worker_type):
     # Not at its start: importing multiprocessing costs a new worker ~12 ms. A job that imports
     # it (here, or a Manager proxy unpickling: test_run_sync.py) finds the parent's authkey set.
@@ -199,8 +196,8 @@ def test_a_worker_takes_the_parents_authkey_when_it_imports_multiprocessing(tmp_
         KEY = "bytes(__import__('multiprocessing.process').process.current_process().authkey)"
 
         async def main():
-            async with interpool.open_worker_context(worker_type={worker_type!r}) as ctx:
-                if {worker_type!r} == "subinterpreter":
+            async with interpool.open_worker_context(worker_type={worker_type.value!r}) as ctx:
+                if {worker_type.value!r} == "subinterpreter":
                     assert not await ctx.run_sync(eval, LOADED)
                 key = await ctx.run_sync(eval, KEY)
                 assert key == bytes(multiprocessing.current_process().authkey)
