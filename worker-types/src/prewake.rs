@@ -276,39 +276,10 @@ fn fire_alarms(alarms: &'static Alarms) {
     }
 }
 
-/// [`runnable_fits_cores`], read at most once per `CORE_CHECK_EVERY` (reading `/proc` costs more
-/// than a short job's whole wake-up).
+/// Whether a core is free for the woken caller to spin on: the alarm thread itself counts among
+/// the runnable threads, and goes back to sleep as the caller wakes ([`crate::cores`]).
 fn core_free() -> bool {
-    const CORE_CHECK_EVERY: Duration = Duration::from_millis(1);
-    static LAST: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
-    let now = Instant::now();
-    match *last {
-        Some((at, free)) if now.saturating_duration_since(at) < CORE_CHECK_EVERY => free,
-        _ => {
-            let free = runnable_fits_cores();
-            *last = Some((now, free));
-            free
-        }
-    }
-}
-
-/// Whether a core is free for a caller to spin on: the system's runnable threads (the asking one
-/// included) do not fill every core. Reads `/proc/loadavg`'s instantaneous count; true where that
-/// cannot be read.
-fn runnable_fits_cores() -> bool {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let Ok(loadavg) = std::fs::read_to_string("/proc/loadavg") else {
-        return true;
-    };
-    // "0.52 0.58 0.59 3/467 12345": the fourth field is runnable/total.
-    let running = loadavg
-        .split_whitespace()
-        .nth(3)
-        .and_then(|field| field.split('/').next())
-        .and_then(|n| n.parse::<usize>().ok());
-    running.is_none_or(|running| running <= cores)
+    crate::cores::fit(0)
 }
 
 #[cfg(test)]

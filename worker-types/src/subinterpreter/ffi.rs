@@ -106,6 +106,7 @@ use pyo3_ffi as ffi;
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
     attached::Attached,
+    large_copy,
     mailbox::{check_memory, Ran, Serve},
     protocol::{self, AfterJob, RETIRE_FAILED},
     Broken, Buffer, Completion, Finished, Job, Loans, Outcome, Retire, Stage, WorkerConfig,
@@ -785,7 +786,7 @@ fn new_bytes(_py: &Attached<'_>, data: &[u8]) -> *mut ffi::PyObject {
         let bytes = ffi::PyBytes_FromStringAndSize(ptr::null(), data.len() as ffi::Py_ssize_t);
         if !bytes.is_null() {
             let start = ffi::PyBytes_AsString(bytes).cast::<u8>();
-            ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
+            large_copy::copy_to_fresh(start, data);
         }
         bytes
     }
@@ -881,7 +882,10 @@ unsafe fn copy_out_buffer(_py: &Attached<'_>, obj: *mut ffi::PyObject) -> Option
         let mut view = view.assume_init();
         let len = view.len as usize;
         let mut data = Vec::<u8>::with_capacity(len);
-        ptr::copy_nonoverlapping(view.buf as *const u8, data.as_mut_ptr(), len);
+        large_copy::copy_to_fresh(
+            data.as_mut_ptr(),
+            std::slice::from_raw_parts(view.buf as *const u8, len),
+        );
         data.set_len(len);
         ffi::PyBuffer_Release(&mut view);
         Some(Buffer::from_vec(data))
