@@ -10,6 +10,8 @@ from typing import final
 __all__ = [
     "BROKEN",
     "BUFFER_THRESHOLD",
+    "COPY_POPULATE_FROM",
+    "COPY_SPLIT_FROM",
     "LOAD_ERROR",
     "MAX_BUFFERS",
     "RAISED",
@@ -49,6 +51,8 @@ STAGE_INTERRUPTED: int
 STAGE_DIED: int
 BUFFER_THRESHOLD: int
 MAX_BUFFERS: int
+COPY_POPULATE_FROM: int
+COPY_SPLIT_FROM: int
 SUBINTERPRETER_REFUSALS: list[str]
 SETUP_STAGES: list[str]
 

@@ -690,6 +690,11 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add("BUFFER_THRESHOLD", worker_types::protocol::BUFFER_THRESHOLD)?;
     m.add("MAX_BUFFERS", worker_types::protocol::MAX_BUFFERS)?;
+    m.add(
+        "COPY_POPULATE_FROM",
+        worker_types::large_copy::POPULATE_FROM,
+    )?;
+    m.add("COPY_SPLIT_FROM", worker_types::large_copy::SPLIT_FROM)?;
     m.add("SETUP_STAGES", auto::SETUP_STAGES.to_vec())?;
     m.add(
         "SUBINTERPRETER_REFUSALS",

@@ -203,7 +203,9 @@ static HELPER_PID: OnceLock<u32> = OnceLock::new();
 
 /// Whether this process may use the helper: it was not forked after the helper started.
 fn helper_allowed() -> bool {
-    HELPER_PID.get().is_none_or(|&pid| pid == std::process::id())
+    HELPER_PID
+        .get()
+        .is_none_or(|&pid| pid == std::process::id())
 }
 
 /// The helper, started if need be, if this process has it and it is not in use.
@@ -236,7 +238,12 @@ impl Helper {
             let copy = loop {
                 match *offer {
                     Offer::Offered(copy) => break copy,
-                    _ => offer = self.offered.wait(offer).unwrap_or_else(PoisonError::into_inner),
+                    _ => {
+                        offer = self
+                            .offered
+                            .wait(offer)
+                            .unwrap_or_else(PoisonError::into_inner)
+                    }
                 }
             };
             *offer = Offer::Taken;
@@ -268,7 +275,10 @@ impl Helper {
                     offer = self.offer();
                 }
                 Offer::Taken => {
-                    offer = self.released.wait(offer).unwrap_or_else(PoisonError::into_inner);
+                    offer = self
+                        .released
+                        .wait(offer)
+                        .unwrap_or_else(PoisonError::into_inner);
                 }
             }
         }
@@ -292,8 +302,14 @@ mod tests {
         let mut dst = vec![0xAAu8; len + offset + 1];
         // SAFETY: `dst[offset..offset + len]` is ours and does not overlap `src`.
         unsafe { copy_split_if(dst.as_mut_ptr().add(offset), src, split) };
-        assert!(dst[offset..offset + len] == *src, "{len} bytes at +{offset}/+{src_offset}");
-        assert!(dst[..offset].iter().all(|&b| b == 0xAA), "wrote before the range");
+        assert!(
+            dst[offset..offset + len] == *src,
+            "{len} bytes at +{offset}/+{src_offset}"
+        );
+        assert!(
+            dst[..offset].iter().all(|&b| b == 0xAA),
+            "wrote before the range"
+        );
         assert_eq!(dst[offset + len], 0xAA, "wrote past the range");
     }
 
@@ -320,7 +336,12 @@ mod tests {
     #[test]
     fn chunks_cover_the_copy_once_and_start_on_page_boundaries() {
         let page = page_size();
-        for (dst, len) in [(0, 3 * CHUNK), (1, 3 * CHUNK + 5), (page - 1, CHUNK), (5, 7)] {
+        for (dst, len) in [
+            (0, 3 * CHUNK),
+            (1, 3 * CHUNK + 5),
+            (page - 1, CHUNK),
+            (5, 7),
+        ] {
             let copy = Copy {
                 dst,
                 src: 0,
@@ -343,6 +364,35 @@ mod tests {
             }
             assert_eq!(covered, len);
         }
+    }
+
+    #[test]
+    fn a_child_forked_after_the_helper_started_copies_alone() {
+        check_copy(SPLIT_FROM, 0, 0, true); // starts the helper in this process
+        assert_eq!(HELPER_PID.get(), Some(&std::process::id()));
+        let src: Vec<u8> = (0..SPLIT_FROM + 4097)
+            .map(|i| (i * 7 + i / 4096) as u8)
+            .collect();
+        let mut dst = vec![0u8; src.len()];
+        // SAFETY: the child allocates nothing and takes no lock (it has no helper: the pid
+        // differs), so other threads of this test process holding one cannot block it; it
+        // leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: `dst` is the child's own copy, as long as `src`.
+            unsafe { copy_split_if(dst.as_mut_ptr(), &src, true) };
+            let exact = dst == src;
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(if exact { 0 } else { 1 }) };
+        }
+        assert!(pid > 0, "fork failed");
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{status:#x}"
+        );
     }
 
     #[test]
