@@ -75,6 +75,13 @@
 //!     so no buffer ever reads a dead interpreter's memory and no worker waits for a caller.
 //!     A `memoryview` or numpy value may be written or kept by the job, so its bytes are copied
 //!     out into host memory (`HostBuffer`), which the caller then uses as is.
+//!
+//!     Every large copy of rules 9 and 10 (the worker's `bytes` of an argument, a value copied
+//!     out, the caller's copy of a lent `bytes`) goes through [`large_copy`], which may hand half
+//!     of it to a helper thread. That changes no lifetime above: `copy_to_fresh` returns only
+//!     once both halves are copied and the helper has let go of both ranges, so a copy still
+//!     happens entirely within the step that makes it (under the loan's lock, before the
+//!     worker detaches), and the helper never touches a Python object or an interpreter.
 //! 11. **An interrupted interpreter is kept.** No interrupt is injected while a job is being
 //!     loaded (unpickling imports modules and the main script, and an import cut short leaves
 //!     half-initialized modules behind): `running_seq` names the job only once its function is
