@@ -60,7 +60,7 @@ unsafe fn copy_split_if(dst: *mut u8, src: &[u8], split: bool) {
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, len) };
         return;
     }
-    let copy = Copy {
+    let copy = ChunkedCopy {
         dst: dst as usize,
         src: src.as_ptr() as usize,
         len,
@@ -77,7 +77,7 @@ unsafe fn copy_split_if(dst: *mut u8, src: &[u8], split: bool) {
 /// One copy in chunks: chunk 0 runs to the first page boundary of `dst` past `CHUNK`, every later
 /// chunk is `CHUNK` long and starts on a page boundary of `dst` (the last may be shorter), so that
 /// each chunk populates whole pages of its own.
-struct Copy {
+struct ChunkedCopy {
     dst: usize,
     src: usize,
     len: usize,
@@ -87,7 +87,7 @@ struct Copy {
     next: AtomicUsize,
 }
 
-impl Copy {
+impl ChunkedCopy {
     fn chunk_start(&self, index: usize) -> usize {
         match index {
             0 => 0,
@@ -183,7 +183,7 @@ struct Helper {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Offer {
     None,
-    /// The address of a [`Copy`] on its caller's stack, not taken yet.
+    /// The address of a [`ChunkedCopy`] on its caller's stack, not taken yet.
     Offered(usize),
     /// The helper works on it.
     Taken,
@@ -249,16 +249,16 @@ impl Helper {
             *offer = Offer::Taken;
             drop(offer);
             // SAFETY: the copy's caller waits in `share` until this thread sets `Released`, so the
-            // `Copy` and both ranges outlive this; the chunks are shared through `next`.
-            unsafe { (*(copy as *const Copy)).work() };
+            // `ChunkedCopy` and both ranges outlive this; the chunks are shared through `next`.
+            unsafe { (*(copy as *const ChunkedCopy)).work() };
             *self.offer() = Offer::Released;
             self.released.notify_one();
         }
     }
 
     /// Runs `copy` on this thread and the helper's; returns once both are done with it.
-    fn share(&self, copy: &Copy) {
-        *self.offer() = Offer::Offered(copy as *const Copy as usize);
+    fn share(&self, copy: &ChunkedCopy) {
+        *self.offer() = Offer::Offered(copy as *const ChunkedCopy as usize);
         self.offered.notify_one();
         // SAFETY: the caller of `copy_to_fresh` gave us the ranges until we return; the helper
         // takes distinct chunks.
@@ -342,7 +342,7 @@ mod tests {
             (page - 1, CHUNK),
             (5, 7),
         ] {
-            let copy = Copy {
+            let copy = ChunkedCopy {
                 dst,
                 src: 0,
                 len,
