@@ -531,3 +531,10 @@ def learned_job(mode, *args):
     if mode == "block":
         return signal_and_block(*args)
     signal_and_spin(*args)
+
+
+def out_of_band_buffers(kind, size):
+    """How many out-of-band buffers the worker loop makes of a ``make_buffer(kind, size)`` value
+    (0: in band), asked of the loop itself (``_interpool_worker`` in this worker)."""
+    _, buffers = sys.modules["_interpool_worker"]._dumps_value(make_buffer(kind, size))
+    return 0 if buffers is None else len(buffers)

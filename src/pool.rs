@@ -716,13 +716,8 @@ impl Pool {
         }
         let retry = payload.clone();
         let outcome = inner.attempt(first, payload).await?;
-        let failure = match &outcome {
-            Outcome::LoadError(records) => Failure::Load(records),
-            Outcome::Broken(broken) => Failure::Broken {
-                reason: &broken.reason,
-                records: broken.exception.as_deref().unwrap_or_default(),
-            },
-            _ => return into_result(outcome),
+        let Some(failure) = Failure::of(&outcome) else {
+            return into_result(outcome);
         };
         let Some(second) = auto.fallback(first, failure, key, false) else {
             return into_result(outcome);

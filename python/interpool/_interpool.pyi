@@ -15,7 +15,6 @@ __all__ = [
     "LOAD_ERROR",
     "MAX_BUFFERS",
     "RAISED",
-    "SETUP_STAGES",
     "STAGE_DIED",
     "STAGE_INIT",
     "STAGE_INTERRUPTED",
@@ -54,7 +53,6 @@ MAX_BUFFERS: int
 COPY_POPULATE_FROM: int
 COPY_SPLIT_FROM: int
 SUBINTERPRETER_REFUSALS: list[str]
-SETUP_STAGES: list[str]
 
 def worker_type_info() -> list[tuple[str, bool, str | None, bool, bool]]: ...
 def end_all_subinterpreters(timeout_seconds: float) -> int: ...

@@ -30,7 +30,7 @@ use crate::{
     worker_types::{
         self,
         prewake::{self, Durations, Plan},
-        python_buffers, Availability, Buffer, Finished, Job, Outcome,
+        python_buffers, Availability, Buffer, Finished, Job, Outcome, Stage,
     },
     Error,
 };
@@ -454,7 +454,7 @@ impl Auto {
         let failure = match kind {
             LOAD_ERROR => Failure::Load(data),
             BROKEN => Failure::Broken {
-                reason: reason.as_ref().map_or("", |(_, reason)| reason.as_str()),
+                stage: reason.and_then(|(stage, _)| Stage::from_code(stage))?,
                 records: data,
             },
             _ => return None,
@@ -695,7 +695,6 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
         worker_types::large_copy::POPULATE_FROM,
     )?;
     m.add("COPY_SPLIT_FROM", worker_types::large_copy::SPLIT_FROM)?;
-    m.add("SETUP_STAGES", auto::SETUP_STAGES.to_vec())?;
     m.add(
         "SUBINTERPRETER_REFUSALS",
         worker_types::subinterpreter::REFUSALS.to_vec(),

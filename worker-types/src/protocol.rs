@@ -221,6 +221,14 @@ mod tests {
     }
 
     #[test]
+    fn every_stage_comes_back_from_its_code() {
+        for stage in Stage::ALL {
+            assert_eq!(Stage::from_code(stage.code()), Some(stage));
+        }
+        assert_eq!(Stage::from_code(Stage::ALL.len() as u8), None);
+    }
+
+    #[test]
     fn a_setup_reply_says_which_stage_failed() {
         assert_eq!(setup_reply(SETUP_OK, b"", Vec::new()), Some(Ok(())));
         let Some(Err(broken)) = setup_reply(INIT_FAILED, b"init raised", b"rec".to_vec()) else {
