@@ -572,6 +572,7 @@ impl Call {
         if let Some(plan) = plan {
             // Due already: the first `woken` spins at once.
             prewake::prewake_at(plan.at, lease.shared_completion());
+            lease.completion().expect(plan);
         }
         self.key = key;
         self.plan = plan;
@@ -595,7 +596,11 @@ impl Call {
         if self.timed {
             self.durations.observe_wake(plan.at, Instant::now());
         }
-        Ok(spin && py.detach(|| completion.spin(plan.spin)))
+        Ok(spin
+            && py.detach(|| {
+                let _spinning = prewake::Spinning::start();
+                completion.spin(plan.spin)
+            }))
     }
 
     /// Takes the outcome: `(kind, data, broken)`; kinds are VALUE, RAISED, LOAD_ERROR (data:

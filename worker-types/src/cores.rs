@@ -1,6 +1,7 @@
 //! Whether a core is free: the one reading of the system's runnable-thread count behind every
-//! decision to spend a second core on the way to a result (the prewake alarm's last-stretch spin,
-//! `prewake.rs`; a large copy's helper thread, `large_copy.rs`). On a machine whose cores are all
+//! decision to spend a second core on the way to a result (the prewake alarm's last-stretch spin
+//! and the workers' spin for a due job, `prewake.rs`; a large copy's helper thread,
+//! `large_copy.rs`). On a machine whose cores are all
 //! busy, a second thread only takes time from someone else, so both then do without it.
 
 use std::{
@@ -8,13 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Whether the system's runnable threads (the asking one included) and `extra` more fit in its
-/// cores. The count is read at most once per `READ_EVERY` (reading `/proc` costs more than a
-/// short job's whole wake-up); true where it cannot be read.
+/// Whether the system's runnable threads (the asking one included), less this process's
+/// spinners (`prewake::Spinning`: each yields its core at every check), and `extra` more fit in
+/// its cores. The runnable count is read at most once per `READ_EVERY` (reading `/proc` costs
+/// more than a short job's whole wake-up); true where it cannot be read.
 pub(crate) fn fit(extra: usize) -> bool {
     static CORES: OnceLock<usize> = OnceLock::new();
     let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    runnable().is_none_or(|running| running + extra <= cores)
+    let spinners = crate::prewake::spinning_threads();
+    runnable().is_none_or(|running| running.saturating_sub(spinners) + extra <= cores)
 }
 
 /// The system's runnable threads, as last read (see [`fit`]).
