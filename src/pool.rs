@@ -821,9 +821,12 @@ impl Future for InFlight<'_> {
                 return Poll::Pending;
             }
         }
-        let completed_at = completion.completed_at();
-        if let (Some((durations, key)), Some(completed_at)) = (this.prewake, completed_at) {
-            durations.observe_run(key, lease.submitted(), completed_at);
+        // Run times are learned from calls that parked, as `run_sync`'s are: a quick call
+        // needs no wake-up, and its hot path stays as it was.
+        if let (Some((durations, key)), false) = (this.prewake, spun_to_done) {
+            if let Some(completed_at) = completion.completed_at() {
+                durations.observe_run(key, lease.submitted(), completed_at);
+            }
         }
         let finished = lease.finish().expect("the completion is done");
         Poll::Ready(finished)

@@ -45,6 +45,13 @@ pub(crate) const SPIN_FOR_NEXT_JOB: Duration = Duration::from_micros(50);
 /// The one key of a mailbox's [`Durations`]: the gaps between its jobs.
 const GAP: u64 = 0;
 
+/// A wait for a job: when it began, and when the job it got was submitted.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gap {
+    waited_from: Instant,
+    submitted: Instant,
+}
+
 /// How a worker idle since `idle_since` waits at `now` for its next job, from the gaps it learned
 /// (`gaps`, key [`GAP`]: from the start of each wait to the next submit): park unless the gaps
 /// are steady (see [`Durations::plan`]) *and* a core is free; then spin through a job that is due
@@ -140,8 +147,9 @@ pub(crate) trait Serve {
 /// What the worker thread is told to do next.
 #[derive(Debug)]
 pub(crate) enum Next {
-    /// Run this job and complete this slot.
-    Run(Job, Arc<Completion>),
+    /// Run this job and complete this slot; the gap the worker waited for it, for
+    /// [`Mailbox::learn_gap`] once the outcome is out.
+    Run(Job, Arc<Completion>, Gap),
     /// End: closed, or idle for too long.
     End,
 }
@@ -252,9 +260,11 @@ impl Mailbox {
                 match std::mem::replace(&mut *slot, Slot::Busy) {
                     Slot::Job(job, completion, submitted) => {
                         self.has_job.store(false, Ordering::Relaxed);
-                        drop(slot);
-                        self.gaps.observe_run(GAP, start, submitted);
-                        return Next::Run(job, completion);
+                        let gap = Gap {
+                            waited_from: start,
+                            submitted,
+                        };
+                        return Next::Run(job, completion, gap);
                     }
                     Slot::Closed => {
                         *slot = Slot::Closed;
@@ -309,6 +319,12 @@ impl Mailbox {
         }
     }
 
+    /// Worker side, off the hand-off's path (once the outcome is out): learns the gap the worker
+    /// waited for its last job.
+    fn learn_gap(&self, gap: Gap) {
+        self.gaps.observe_run(GAP, gap.waited_from, gap.submitted);
+    }
+
     /// Spins (yielding) until `until`, a job or a close; also stops at the idle `deadline`. True
     /// if a job or a close came.
     fn spin_until(&self, until: Instant, deadline: Option<Instant>) -> bool {
@@ -360,7 +376,7 @@ impl Mailbox {
     /// module docs).
     pub(crate) fn serve(&self, config: &WorkerConfig, worker: &mut impl Serve) {
         let mut jobs: u64 = 0;
-        while let Next::Run(job, completion) =
+        while let Next::Run(job, completion, gap) =
             self.next(config.idle_timeout, &mut |until| worker.expect_job(until))
         {
             jobs += 1;
@@ -386,6 +402,7 @@ impl Mailbox {
                 // can reuse the worker.
                 let go_on = self.job_done(ending);
                 completion.complete(finished);
+                self.learn_gap(gap);
                 if !go_on {
                     break;
                 }
@@ -399,6 +416,7 @@ impl Mailbox {
                 self.retiring();
             }
             completion.complete(finished);
+            self.learn_gap(gap);
             let end = match worker.after_job(after_job, ending, config.max_memory) {
                 AfterJob::Keep => false,
                 AfterJob::Retire => true,
@@ -488,7 +506,7 @@ mod tests {
             thread::spawn(move || {
                 mb.register_worker_thread();
                 match mb.next(None, &mut |_| {}) {
-                    Next::Run(job, _) => job.payload,
+                    Next::Run(job, _, _) => job.payload,
                     Next::End => panic!("ended"),
                 }
             })
@@ -558,7 +576,7 @@ mod tests {
         let mb = Mailbox::new();
         assert!(!mb.claim_interrupt(), "no job yet");
         let completion = mb.submit(job(b"x")).unwrap();
-        let Next::Run(_, running) = mb.next(None, &mut |_| {}) else {
+        let Next::Run(_, running, _) = mb.next(None, &mut |_| {}) else {
             panic!("a job was submitted")
         };
         mb.job_done(false);
@@ -817,8 +835,11 @@ mod tests {
         assert_eq!(mb.gaps.plan(GAP, t0), None);
         for _ in 0..3 {
             mb.submit(job(b"x")).unwrap();
-            assert!(matches!(mb.next(None, &mut |_| {}), Next::Run(..)));
+            let Next::Run(_, _, gap) = mb.next(None, &mut |_| {}) else {
+                panic!("the job is delivered")
+            };
             assert!(mb.job_done(false));
+            mb.learn_gap(gap);
         }
         // Submitted before each wait began: gaps of nothing, too short to plan for.
         assert_eq!(mb.gaps.plan(GAP, t0), None);
@@ -879,7 +900,7 @@ mod tests {
             thread::spawn(move || {
                 mb.register_worker_thread();
                 match mb.next(None, &mut |_| {}) {
-                    Next::Run(job, _) => job.payload,
+                    Next::Run(job, _, _) => job.payload,
                     Next::End => panic!("ended"),
                 }
             })
