@@ -804,13 +804,16 @@ impl Future for InFlight<'_> {
             lease.observe_quick_return(this.spin);
         } else {
             if let (Some((plan, timed)), true) = (this.plan, completion.take_prewoken()) {
-                // Woken before the job is due: spin the last stretch (blocking this executor
-                // thread, as the first spin does).
+                // Woken before the job is due (sampled even if the outcome came meanwhile, as
+                // `run_sync`'s are): spin the last stretch, blocking this executor thread as the
+                // first spin does.
                 if let (true, Some((durations, _))) = (timed, this.prewake) {
                     durations.observe_wake(plan.at, Instant::now());
                 }
-                let _spinning = Spinning::start();
-                completion.spin(plan.spin);
+                if !completion.is_done() {
+                    let _spinning = Spinning::start();
+                    completion.spin(plan.spin);
+                }
             }
             if completion.poll_done(cx).is_pending() {
                 if first_poll {
