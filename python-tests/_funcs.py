@@ -457,6 +457,11 @@ def describe(value):
     return type(value).__name__, bytes(memoryview(value).cast("B"))
 
 
+def view_from(data, start):
+    """A view of a copy of ``data`` from ``start`` on: a result whose memory starts unaligned."""
+    return memoryview(bytearray(data))[start:]
+
+
 def exporter_of(view):
     """The type name of the object exporting ``view``'s memory: how an argument arrived."""
     return type(view.obj).__name__

@@ -10,6 +10,8 @@ from typing import final
 __all__ = [
     "BROKEN",
     "BUFFER_THRESHOLD",
+    "COPY_POPULATE_FROM",
+    "COPY_SPLIT_FROM",
     "LOAD_ERROR",
     "MAX_BUFFERS",
     "RAISED",
@@ -48,6 +50,8 @@ STAGE_INTERRUPTED: int
 STAGE_DIED: int
 BUFFER_THRESHOLD: int
 MAX_BUFFERS: int
+COPY_POPULATE_FROM: int
+COPY_SPLIT_FROM: int
 SUBINTERPRETER_REFUSALS: list[str]
 
 def worker_type_info() -> list[tuple[str, bool, str | None, bool, bool]]: ...

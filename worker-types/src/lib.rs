@@ -36,6 +36,8 @@
 //!   host memory through the buffer protocol (PyO3's `__getbuffer__` is an `unsafe fn`).
 //! - `buffer`: [`Buffer`], raw memory plus an owner that keeps it valid.
 //! - `process::sys`: every `libc` call of process workers.
+//! - [`large_copy`]: the one copy routine for payload buffers (populating fresh pages, a helper
+//!   thread for the second half).
 
 #![deny(unsafe_code)]
 
@@ -44,7 +46,9 @@ use std::{fmt, sync::Arc, time::Duration};
 mod attached;
 mod buffer;
 mod completion;
+mod cores;
 pub mod embed;
+pub mod large_copy;
 mod mailbox;
 pub mod prewake;
 pub mod process;

@@ -357,40 +357,16 @@ impl Drop for Spinning {
     }
 }
 
-/// Whether a core is free for one more spinner: the system's runnable threads (the asking one
-/// included), less this process's spinners, do not fill every core. The runnable count is read
-/// at most once per `CORE_CHECK_EVERY` (reading `/proc` costs more than a short job's whole
-/// wake-up), with the spinners of that moment.
-pub(crate) fn core_free() -> bool {
-    const CORE_CHECK_EVERY: Duration = Duration::from_millis(1);
-    static LAST: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
-    let now = Instant::now();
-    match *last {
-        Some((at, free)) if now.saturating_duration_since(at) < CORE_CHECK_EVERY => free,
-        _ => {
-            let free = runnable_fits_cores(SPINNERS.load(Ordering::Relaxed));
-            *last = Some((now, free));
-            free
-        }
-    }
+/// How many threads of this process spin right now ([`Spinning`]).
+pub(crate) fn spinning_threads() -> usize {
+    SPINNERS.load(Ordering::Relaxed)
 }
 
-/// Whether the system's runnable threads (the asking one included), less `spinners` of them,
-/// leave a core free. Reads `/proc/loadavg`'s instantaneous count; true where that cannot be read.
-fn runnable_fits_cores(spinners: usize) -> bool {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let Ok(loadavg) = std::fs::read_to_string("/proc/loadavg") else {
-        return true;
-    };
-    // "0.52 0.58 0.59 3/467 12345": the fourth field is runnable/total.
-    let running = loadavg
-        .split_whitespace()
-        .nth(3)
-        .and_then(|field| field.split('/').next())
-        .and_then(|n| n.parse::<usize>().ok());
-    running.is_none_or(|running| running.saturating_sub(spinners) <= cores)
+/// Whether a core is free for one more spinner: the system's runnable threads (the asking one
+/// included), less this process's spinners, do not fill every core ([`crate::cores`], which
+/// reads the runnable count at most once a millisecond).
+pub(crate) fn core_free() -> bool {
+    crate::cores::fit(0)
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@
 //! write: a job may write its numpy argument without touching anything of ours) and closes the
 //! descriptor. A value with buffers comes back the same way, as kind [`VALUE_BUFFERS`] whose
 //! header is followed by the byte carrying the worker's memfds; the parent maps them privately and
-//! the caller reads the mappings in place. A memfd is freed with its last descriptor and mapping,
+//! the caller reads the mappings in place. The memfd of a whole `bytes` comes sealed against
+//! writes (`F_SEAL_WRITE`): the caller then copies it once into its own `bytes` with
+//! [`large_copy`](crate::large_copy) (otherwise its pickle would copy it, page fault by page fault). A memfd is freed with its last descriptor and mapping,
 //! so a killed worker leaves no segment behind, and the parent's descriptors are closed as soon
 //! as they are sent or mapped.
 
@@ -197,7 +199,8 @@ impl Channel {
         Ok((kind, retire, data, error, buffers))
     }
 
-    /// The worker's memfds after a [`VALUE_BUFFERS`] header, mapped privately.
+    /// The worker's memfds after a [`VALUE_BUFFERS`] header, mapped privately; one sealed against
+    /// writes holds a whole `bytes`, which the caller rebuilds as a `bytes` of its own.
     fn receive_buffers(&self) -> io::Result<Vec<Buffer>> {
         let fds = loop {
             match sys::recv_fds(self.sock.as_fd(), MAX_BUFFERS)? {
@@ -206,7 +209,14 @@ impl Channel {
             }
         };
         fds.iter()
-            .map(|fd| sys::Mapping::private(fd.as_fd()).map(sys::Mapping::into_buffer))
+            .map(|fd| {
+                let buffer = sys::Mapping::private(fd.as_fd())?.into_buffer();
+                Ok(if sys::sealed_against_writes(fd.as_fd()) {
+                    buffer.rebuilt_as_bytes()
+                } else {
+                    buffer
+                })
+            })
             .collect()
     }
 }

@@ -118,7 +118,10 @@ class _Channel:
         return data, buffers
 
     def _send_buffers(self, buffers):
-        """Sends ``buffers`` as fresh memfds on one byte (the worker's descriptors are closed)."""
+        """Sends ``buffers`` as fresh memfds on one byte (the worker's descriptors are closed).
+        The memfd of a whole ``bytes`` is sealed against writes: the parent then makes the
+        caller's ``bytes`` itself (process/channel.rs)."""
+        import fcntl
         import socket
         from array import array
 
@@ -126,11 +129,16 @@ class _Channel:
         fds = []
         try:
             for buffer in buffers:
-                fd = os.memfd_create("interpool-value", os.MFD_CLOEXEC)
+                whole_bytes = type(buffer) is bytes
+                flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if whole_bytes else 0)
+                fd = os.memfd_create("interpool-value", flags)
                 fds.append(fd)
                 view = memoryview(buffer).cast("B")
                 while view:
                     view = view[os.write(fd, view) :]
+                if whole_bytes:
+                    seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
             sock = getattr(self, "_sock", None) or self._socket()
             ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))]
             while True:

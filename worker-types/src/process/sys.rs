@@ -240,6 +240,13 @@ pub(crate) fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Whether the memfd `fd` is sealed against writes (`F_SEAL_WRITE`; false if it cannot tell).
+pub(crate) fn sealed_against_writes(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: a plain query on a descriptor we hold.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals > 0 && seals & libc::F_SEAL_WRITE != 0
+}
+
 /// Receives one byte on a stream socket together with the descriptors attached to it
 /// (`SCM_RIGHTS`, at most `max_fds`), made `CLOEXEC`. `Ok(None)`: nothing to read yet.
 pub(crate) fn recv_fds(sock: BorrowedFd<'_>, max_fds: usize) -> io::Result<Option<Vec<OwnedFd>>> {
