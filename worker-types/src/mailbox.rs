@@ -886,7 +886,10 @@ mod tests {
 
     #[test]
     fn close_ends_a_worker_that_spins_for_a_due_job() {
-        let mb = trained(Duration::from_millis(1));
+        // A gap far longer than the first spin could overrun, however loaded the machine: the
+        // worker parks until shortly before the job is due, then spins (a first spin that ran
+        // past the whole spin window would park for good, as a worker then should).
+        let mb = trained(Duration::from_millis(200));
         mb.register_worker_thread();
         let mut spun = false;
         let next = mb.next(None, &mut |_| {
