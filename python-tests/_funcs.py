@@ -464,6 +464,11 @@ def describe(value):
     return type(value).__name__, bytes(memoryview(value).cast("B"))
 
 
+def view_from(data, start):
+    """A view of a copy of ``data`` from ``start`` on: a result whose memory starts unaligned."""
+    return memoryview(bytearray(data))[start:]
+
+
 def exporter_of(view):
     """The type name of the object exporting ``view``'s memory: how an argument arrived."""
     return type(view.obj).__name__
@@ -533,3 +538,10 @@ def learned_job(mode, *args):
     if mode == "block":
         return signal_and_block(*args)
     signal_and_spin(*args)
+
+
+def out_of_band_buffers(kind, size):
+    """How many out-of-band buffers the worker loop makes of a ``make_buffer(kind, size)`` value
+    (0: in band), asked of the loop itself (``_interpool_worker`` in this worker)."""
+    _, buffers = sys.modules["_interpool_worker"]._dumps_value(make_buffer(kind, size))
+    return 0 if buffers is None else len(buffers)

@@ -6,7 +6,11 @@ right type in the worker and back in the caller; sizes of 0 bytes, just under an
 threshold; which path a buffer took (the object exporting a memoryview's memory says it); that a
 caller's ``bytearray`` is free again once its call returned or was cancelled (it can be resized:
 no export is left), with the pinned-job counter back to zero; that a value outlives its context;
-and that a killed process worker leaves no shared-memory segment in the caller.
+and that a killed process worker leaves no shared-memory segment in the caller. Large copies
+(``worker-types/src/large_copy.rs``): exact around both of their thresholds, from unaligned
+sources and into every kind of result, with at most one helper thread; a cancelled call whose
+large copy ran releases everything. (Whether a copy is split depends on a free core: the Rust
+unit tests force both paths.)
 """
 
 import os
@@ -21,6 +25,8 @@ from interpool import _interpool, _outcome
 pytestmark = pytest.mark.needs_subinterpreters
 
 THRESHOLD = _outcome.BUFFER_THRESHOLD
+POPULATE_FROM = _interpool.COPY_POPULATE_FROM
+SPLIT_FROM = _interpool.COPY_SPLIT_FROM
 TYPES = [
     interpool.WorkerType.SUBINTERPRETER,
     interpool.WorkerType.FORKSERVER,
@@ -223,3 +229,71 @@ async def test_a_killed_process_worker_leaves_no_shared_memory_behind(worker_typ
     finally:
         os.close(fd)
     assert memfds_of_this_process() == ([], [])
+
+
+def copy_helper_threads():
+    """How many threads of this process are large copies' helper (``interpool-copy``)."""
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                names.append(comm.read().strip())
+        except OSError:
+            continue
+    return names.count("interpool-copy")
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        POPULATE_FROM - 1,
+        POPULATE_FROM,
+        POPULATE_FROM + 1,
+        SPLIT_FROM - 1,
+        SPLIT_FROM,
+        SPLIT_FROM + 1,
+    ],
+)
+async def test_large_copies_are_exact_around_their_thresholds_both_ways(bctx, size):
+    # Random bytes: a chunk copied to the wrong place (a page or a chunk off) cannot match.
+    data = os.urandom(size)
+    # A whole bytes: built by the worker (subinterpreter), lent back and copied by the caller.
+    echoed = await bctx.run_sync(_funcs.identity, data)
+    assert type(echoed) is bytes and echoed == data
+    # From an unaligned, odd-sized source: a view of the caller's memory at an odd offset, and
+    # a bytes the worker makes of it.
+    view = memoryview(data)[3:]
+    assert await bctx.run_sync(bytes, view) == data[3:]
+    # Results copied out of the worker's memory: a bytearray, and a view at an odd offset.
+    made = await bctx.run_sync(bytearray, data)
+    assert type(made) is bytearray and made == data
+    assert await bctx.run_sync(_funcs.view_from, data, 5) == data[5:]
+    assert copy_helper_threads() <= 1
+
+
+async def test_a_cancelled_call_whose_large_copy_ran_releases_its_buffers(bctx, tmp_path):
+    big = os.urandom(SPLIT_FROM + 1)
+    assert await bctx.run_sync(_funcs.identity, big) == big  # a lent result, copied
+    started = tmp_path / "started"
+    os.mkfifo(started)
+    fd = os.open(started, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        with trio.CancelScope() as scope:
+
+            async def cancel_when_started():
+                await trio.lowlevel.wait_readable(fd)
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_when_started)
+                # The worker has copied `big` into its own bytes when the job starts.
+                await bctx.run_sync(
+                    _funcs.spin_with_buffer_after_signal, str(started), big, kill_on_cancel=True
+                )
+        assert scope.cancelled_caught
+    finally:
+        os.close(fd)
+    assert await bctx.run_sync(_funcs.identity, 1) == 1  # a new worker; the old one is gone
+    assert _interpool.release_buffers() == 0
+    assert _interpool.lent_buffers() == 0
+    assert copy_helper_threads() <= 1

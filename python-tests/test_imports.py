@@ -142,3 +142,71 @@ async def test_a_worker_imports_the_worker_side_package_and_no_front_end_module(
     shared = ("interpool", "interpool._types")
     front_end = [m for m in loaded if m not in shared and not m.startswith("interpool._worker")]
     assert front_end == [], loaded
+
+
+def test_a_new_subinterpreter_worker_starts_without_functools_collections_or_array(tmp_path):
+    # What a new worker's loop imports is what its start costs: _pickle gets a stand-in for
+    # functools, and array is looked up only once something imported it. In a fresh parent: one
+    # that imported multiprocessing makes its workers import it too (to take its authkey).
+    check(
+        tmp_path,
+        """
+        import trio
+        import interpool
+
+        # eval, a builtin, and a str: loading the job imports nothing more in the worker.
+        NAMES = "[m for m in ('_pickle', 'functools', 'collections', 'array') if m in modules]"
+        JOB = f"(lambda modules: {NAMES})(__import__('sys').modules)"
+        REAL = "(lambda f, _f: f.partial is _f.partial and callable(f.lru_cache))" \\
+            "(__import__('functools'), __import__('_functools'))"
+
+        async def main():
+            async with interpool.open_worker_context(worker_type="subinterpreter") as ctx:
+                assert await ctx.run_sync(eval, JOB) == ["_pickle"], await ctx.run_sync(eval, JOB)
+                assert await ctx.run_sync(eval, REAL)
+
+        trio.run(main)
+        print("ok")
+        """,
+    )
+
+
+@pytest.mark.parametrize(
+    "worker_type",
+    [WorkerType.SUBINTERPRETER, WorkerType.FORKSERVER, WorkerType.SPAWN],
+    ids=lambda t: t.value,
+)
+async def test_an_array_made_by_a_new_worker_still_travels_out_of_band(worker_type):
+    threshold = interpool._interpool.BUFFER_THRESHOLD
+    async with interpool.open_worker_context(worker_type=worker_type, retire=object) as ctx:
+        assert await ctx.run_sync(_funcs.out_of_band_buffers, "array", threshold) == 1
+        assert await ctx.run_sync(_funcs.out_of_band_buffers, "array", threshold - 1) == 0
+        assert await ctx.run_sync(_funcs.out_of_band_buffers, "bytearray", threshold) == 1
+
+
+@pytest.mark.parametrize("worker_type", ["subinterpreter", "forkserver", "spawn"])
+def test_a_worker_takes_the_parents_authkey_when_it_imports_multiprocessing(tmp_path, worker_type):
+    # Not at its start: importing multiprocessing costs a new worker ~12 ms. A job that imports
+    # it (here, or a Manager proxy unpickling: test_run_sync.py) finds the parent's authkey set.
+    check(
+        tmp_path,
+        f"""
+        import multiprocessing
+        import trio
+        import interpool
+
+        LOADED = "'multiprocessing.process' in __import__('sys').modules"
+        KEY = "bytes(__import__('multiprocessing.process').process.current_process().authkey)"
+
+        async def main():
+            async with interpool.open_worker_context(worker_type={worker_type!r}) as ctx:
+                if {worker_type!r} == "subinterpreter":
+                    assert not await ctx.run_sync(eval, LOADED)
+                key = await ctx.run_sync(eval, KEY)
+                assert key == bytes(multiprocessing.current_process().authkey)
+                assert await ctx.run_sync(eval, LOADED)
+
+        trio.run(main)
+        print("ok")
+        """,
+    )

@@ -154,3 +154,66 @@ def test_asyncio_cancel_after_learning(worker_type, kwargs):
         assert await ctx.run_sync(_funcs.learned_job, "busy", 0.0, **kwargs) == "busy"
 
     _arun(worker_type, body)
+
+
+# --- the ordered map, woken the same way ---------------------------------------
+
+
+async def test_an_ordered_map_of_learned_chunks_returns_every_value_also_a_late_one(ctx):
+    import interpool
+
+    got = []
+    with _helpers.Fifo() as started, _helpers.Fifo() as release:
+        learned = [("busy", LEARNED_RUN)] * 4
+        items = [*learned, ("block", started.w, release.r, "late"), ("busy", 0.0)]
+        with trio.fail_after(_helpers.HANG_GUARD):
+            async with trio.open_nursery() as nursery:
+
+                async def release_once_parked():
+                    await started.wait_started()
+                    await trio.testing.wait_all_tasks_blocked()
+                    release.send()
+
+                nursery.start_soon(release_once_parked)
+                results = interpool.astarmap(
+                    _funcs.learned_job, items, max_in_flight=1, context=ctx
+                )
+                async with results:
+                    got += [value async for value in results]
+    assert got == ["busy"] * 4 + ["late", "busy"]
+    assert ctx.statistics().running_workers == 0
+
+
+@pytest.mark.parametrize("kill_on_cancel", [False, True])
+async def test_leaving_an_ordered_map_of_learned_chunks_ends_its_running_chunk(ctx, kill_on_cancel):
+    import interpool
+
+    got = []
+    with _helpers.Fifo() as started, _helpers.Fifo() as release:
+        last = ("spin", started.w) if kill_on_cancel else ("block", started.w, release.r, "v")
+        items = [("busy", LEARNED_RUN)] * 4 + [last]
+        with trio.fail_after(_helpers.HANG_GUARD):
+            async with trio.open_nursery() as nursery:
+                results = interpool.astarmap(
+                    _funcs.learned_job,
+                    items,
+                    max_in_flight=2,
+                    kill_on_cancel=kill_on_cancel,
+                    context=ctx,
+                )
+                async with results:
+                    async for value in results:
+                        got.append(value)
+                        if len(got) == 4:
+                            await started.wait_started()
+                            if not kill_on_cancel:  # the chunk runs to its end first
+                                nursery.start_soon(_release_once_blocked, release)
+                            break
+    assert got == ["busy"] * 4
+    assert ctx.statistics().running_workers == 0
+    assert await ctx.run_sync(_funcs.learned_job, "busy", 0.0) == "busy"
+
+
+async def _release_once_blocked(release):
+    await trio.testing.wait_all_tasks_blocked()
+    release.send()

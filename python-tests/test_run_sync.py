@@ -158,8 +158,8 @@ async def test_a_new_worker_imports_neither_pickle_py_nor_traceback_until_needed
     # alone and imports traceback for the first error it formats. Every worker after the first
     # runs the loop's code unmarshalled, not compiled: the second worker checks that path.
     # Once the parent uses multiprocessing (test_dask.py's distributed does), a worker takes its
-    # authkey through multiprocessing.process, which imports pickle.py: needed then.
-    expected = ["pickle"] if "multiprocessing.process" in sys.modules else []
+    # authkey only when something imports multiprocessing there (test_imports.py).
+    expected = []
     async with _helpers.checked_context(retire=_funcs.always_true) as ctx:
         for _ in range(2):
             loaded = await ctx.run_sync(_funcs.modules_loaded, ["pickle", "traceback"])

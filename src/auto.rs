@@ -39,7 +39,7 @@ use std::{
     time::Duration,
 };
 
-use interpool_worker_types::subinterpreter::REFUSALS;
+use interpool_worker_types::{subinterpreter::REFUSALS, Outcome, Stage};
 
 use crate::{
     cache::WorkerCache,
@@ -50,14 +50,6 @@ use crate::{
 
 /// Calls that parked (the slow path) between two rankings.
 pub const RERANK_EVERY: usize = 64;
-
-/// `Broken` reasons of the worker loop's `setup`: the worker failed before any job ran (the
-/// stages of `setup` in `worker_loop.py`).
-pub const SETUP_STAGES: [&str; 3] = [
-    "unpickling the worker configuration failed",
-    "unpickling init or retire failed",
-    "the worker's init raised an exception",
-];
 
 /// The worker type name AUTO treats as the one to fall back from.
 const SUBINTERPRETER: &str = "subinterpreter";
@@ -103,13 +95,29 @@ enum Route {
 pub enum Failure<'a> {
     /// The job did not load (or a module refused to load while it ran): its exception records.
     Load(&'a [u8]),
-    /// The worker broke: the reason, and the records of its exception (possibly empty).
+    /// The worker broke: when, and the records of its exception (possibly empty).
     Broken {
-        /// The `Broken` reason.
-        reason: &'a str,
+        /// The `Broken` stage: only [`Stage::Setup`] and [`Stage::Init`] (the worker failed
+        /// before any job ran) can fall back.
+        stage: Stage,
         /// Pickled exception records, or empty.
         records: &'a [u8],
     },
+}
+
+impl<'a> Failure<'a> {
+    /// The failure an outcome is, if it is one [`Auto::fallback`] weighs: a load error or a
+    /// broken worker.
+    pub fn of(outcome: &'a Outcome) -> Option<Self> {
+        match outcome {
+            Outcome::LoadError(records) => Some(Failure::Load(records)),
+            Outcome::Broken(broken) => Some(Failure::Broken {
+                stage: broken.stage,
+                records: broken.exception.as_deref().unwrap_or_default(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// One worker type of an [`Auto`], as its statistics say.
@@ -409,9 +417,10 @@ impl Auto {
                     state.routes.entry(module.to_owned()).or_insert(Route::Away);
                 }
             }
-            Failure::Broken { reason, records }
-                if SETUP_STAGES.contains(&reason) && !records.is_empty() =>
-            {
+            Failure::Broken {
+                stage: Stage::Setup | Stage::Init,
+                records,
+            } if !records.is_empty() => {
                 state.init_refused = Some(refusal(records)?);
                 state.fallbacks += 1;
             }
@@ -579,7 +588,7 @@ pub(crate) mod tests {
     use std::sync::{atomic::AtomicU64, Arc};
 
     use interpool_worker_types::{
-        Availability, Capabilities, Completion, Finished, Job, Outcome, Rejected, Retire, Worker,
+        Availability, Broken, Capabilities, Completion, Finished, Job, Rejected, Retire, Worker,
         WorkerConfig, WorkerType,
     };
     use serde_pickle::{SerOptions, Value};
@@ -928,13 +937,19 @@ pub(crate) mod tests {
             auto.fallback(1, Failure::Load(&numpy), key("m:f"), false),
             None
         );
-        let died = Failure::Broken {
-            reason: "the worker died",
-            records: &numpy,
-        };
-        assert_eq!(auto.fallback(0, died, key("m:f"), false), None);
+        for stage in [Stage::Start, Stage::Job, Stage::Interrupted, Stage::Died] {
+            let broken = Failure::Broken {
+                stage,
+                records: &numpy,
+            };
+            assert_eq!(
+                auto.fallback(0, broken, key("m:f"), false),
+                None,
+                "{stage:?}"
+            );
+        }
         let init_failed = Failure::Broken {
-            reason: SETUP_STAGES[2],
+            stage: Stage::Init,
             records: &import_error("No module named 'x'"),
         };
         assert_eq!(auto.fallback(0, init_failed, key("m:f"), false), None);
@@ -946,7 +961,7 @@ pub(crate) mod tests {
         let auto = three();
         let refused = import_error(NUMPY);
         let broken = Failure::Broken {
-            reason: SETUP_STAGES[2],
+            stage: Stage::Init,
             records: &refused,
         };
         assert_eq!(auto.fallback(0, broken, key("os:getpid"), false), Some(1));
@@ -960,6 +975,27 @@ pub(crate) mod tests {
                 "numpy._core._multiarray_umath".to_owned()
             )]
         );
+    }
+
+    #[test]
+    fn a_refusing_setup_falls_back_by_its_stage_whatever_its_reason_says() {
+        // The reason is for people: reworded, or empty, the stage still decides.
+        for (stage, reason) in [(Stage::Init, "reworded"), (Stage::Setup, "")] {
+            let auto = three();
+            let mut broken = Broken::new(stage, reason);
+            broken.exception = Some(import_error(NUMPY));
+            let outcome = Outcome::Broken(broken);
+            let failure = Failure::of(&outcome).expect("a broken worker is a failure");
+            assert_eq!(auto.fallback(0, failure, key("m:f"), false), Some(1));
+        }
+        // A job's own reason text, quoted as an init's, does not make it a setup failure.
+        let auto = three();
+        let mut broken = Broken::new(Stage::Job, "the worker's init raised an exception");
+        broken.exception = Some(import_error(NUMPY));
+        let outcome = Outcome::Broken(broken);
+        let failure = Failure::of(&outcome).expect("a broken worker is a failure");
+        assert_eq!(auto.fallback(0, failure, key("m:f"), false), None);
+        assert!(Failure::of(&Outcome::Value(Vec::new())).is_none());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use std::{
     fmt,
     future::Future,
+    hash::{Hash, Hasher},
     marker::PhantomData,
     path::{Path, PathBuf},
     pin::Pin,
@@ -22,7 +23,9 @@ use std::{
 };
 
 use interpool_worker_types::{
-    embed, process, Availability, Buffer, Finished, Job, Outcome, WorkerType,
+    embed,
+    prewake::{self, Durations, Plan, Spinning},
+    process, Availability, Buffer, Finished, Job, Outcome, WorkerType,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Semaphore;
@@ -373,6 +376,9 @@ struct Inner {
     /// Calls holding a worker, for `shutdown` to wait on.
     running: Mutex<usize>,
     running_changed: Condvar,
+    /// Run times per callable, one table per cache (they include that type's hand-off), for
+    /// waking a parked call shortly before its job is due (`worker_types::prewake`).
+    durations: Vec<Durations>,
 }
 
 impl Inner {
@@ -382,10 +388,13 @@ impl Inner {
 
     /// Runs `payload` on a worker of slot `i`'s cache and waits for it. Dropping the future
     /// cancels it.
-    async fn attempt(&self, i: usize, job: Job) -> Result<Outcome> {
+    /// `key` names the callable, whose learned run time lets a parked call wake before its job
+    /// is due.
+    async fn attempt(&self, i: usize, job: Job, key: Option<u64>) -> Result<Outcome> {
         let setup = || Ok(self.setup.clone());
         let lease = self.auto.cache(i).submit(job, &setup)?;
-        Ok(InFlight::new(self, lease).await.outcome)
+        let prewake = key.map(|key| (&self.durations[i], key));
+        Ok(InFlight::new(self, lease, prewake).await.outcome)
     }
 }
 
@@ -485,7 +494,6 @@ impl Pool {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                auto,
                 limiter: Arc::new(Semaphore::new(max_workers)),
                 max_workers,
                 setup,
@@ -493,6 +501,8 @@ impl Pool {
                 python_executable,
                 running: Mutex::new(0),
                 running_changed: Condvar::new(),
+                durations: auto.caches().map(|_| Durations::new()).collect(),
+                auto,
             }),
         }
     }
@@ -710,25 +720,25 @@ impl Pool {
             .as_deref()
             .map(CallableKey::parse)
             .unwrap_or_default();
+        let run_key = callable.as_deref().map(|callable| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            callable.hash(&mut hasher);
+            hasher.finish()
+        });
         let first = auto.choose(key, false);
         if !auto.may_fall_back(first, key) {
-            return into_result(inner.attempt(first, payload).await?);
+            return into_result(inner.attempt(first, payload, run_key).await?);
         }
         let retry = payload.clone();
-        let outcome = inner.attempt(first, payload).await?;
-        let failure = match &outcome {
-            Outcome::LoadError(records) => Failure::Load(records),
-            Outcome::Broken(broken) => Failure::Broken {
-                reason: &broken.reason,
-                records: broken.exception.as_deref().unwrap_or_default(),
-            },
-            _ => return into_result(outcome),
+        let outcome = inner.attempt(first, payload, run_key).await?;
+        let Some(failure) = Failure::of(&outcome) else {
+            return into_result(outcome);
         };
         let Some(second) = auto.fallback(first, failure, key, false) else {
             return into_result(outcome);
         };
         // A second load error (or a broken worker) is the call's, and teaches nothing.
-        let retried = inner.attempt(second, retry).await?;
+        let retried = inner.attempt(second, retry, run_key).await?;
         if let Outcome::LoadError(records) = &outcome {
             if !matches!(retried, Outcome::LoadError(_) | Outcome::Broken(_)) {
                 auto.loaded_elsewhere(key, records);
@@ -744,16 +754,36 @@ struct InFlight<'a> {
     lease: Option<Lease>,
     spin: Duration,
     spun: bool,
+    /// The callable's run times and key, if it has one: see [`InFlight::park`].
+    prewake: Option<(&'a Durations, u64)>,
+    /// The prewake planned when the call parked, and whether it was a timed one (its lateness
+    /// is a sample of the wake-up latency).
+    plan: Option<(Plan, bool)>,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(inner: &'a Inner, lease: Lease) -> Self {
+    fn new(inner: &'a Inner, lease: Lease, prewake: Option<(&'a Durations, u64)>) -> Self {
         *inner.running.lock().unwrap_or_else(PoisonError::into_inner) += 1;
         Self {
             inner,
             lease: Some(lease),
             spin: inner.spin,
             spun: false,
+            prewake,
+            plan: None,
+        }
+    }
+
+    /// On the first park (the waker is registered): if the callable's run time is learned, asks
+    /// the alarm to wake the task shortly before the job is due, as `run_sync` does.
+    fn park(&mut self, lease: &Lease) {
+        let Some((durations, key)) = self.prewake else {
+            return;
+        };
+        if let Some(plan) = durations.plan(key, lease.submitted()) {
+            self.plan = Some((plan, plan.at > Instant::now()));
+            prewake::prewake_at(plan.at, lease.shared_completion());
+            lease.completion().expect(plan);
         }
     }
 }
@@ -763,7 +793,7 @@ impl Future for InFlight<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finished> {
         let this = self.get_mut();
-        let lease = this.lease.as_mut().expect("polled after completion");
+        let mut lease = this.lease.take().expect("polled after completion");
         let completion = lease.completion();
         // Spin once, on the first poll: a fast job is then done without any wake-up, and its
         // round trip is this type's dispatch latency (AUTO's ranking).
@@ -772,14 +802,30 @@ impl Future for InFlight<'_> {
         this.spun = true;
         if spun_to_done {
             lease.observe_quick_return(this.spin);
-        } else if completion.poll_done(cx).is_pending() {
-            if first_poll {
-                this.inner.auto.note_parked();
+        } else {
+            if let (Some((plan, timed)), true) = (this.plan, completion.take_prewoken()) {
+                // Woken before the job is due: spin the last stretch (blocking this executor
+                // thread, as the first spin does).
+                if let (true, Some((durations, _))) = (timed, this.prewake) {
+                    durations.observe_wake(plan.at, Instant::now());
+                }
+                let _spinning = Spinning::start();
+                completion.spin(plan.spin);
             }
-            return Poll::Pending;
+            if completion.poll_done(cx).is_pending() {
+                if first_poll {
+                    this.inner.auto.note_parked();
+                    this.park(&lease);
+                }
+                this.lease = Some(lease);
+                return Poll::Pending;
+            }
+        }
+        let completed_at = completion.completed_at();
+        if let (Some((durations, key)), Some(completed_at)) = (this.prewake, completed_at) {
+            durations.observe_run(key, lease.submitted(), completed_at);
         }
         let finished = lease.finish().expect("the completion is done");
-        this.lease = None;
         Poll::Ready(finished)
     }
 }

@@ -75,3 +75,8 @@ async fn the_discovered_executable_is_the_embedded_pythons() {
 async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls() {
     support::max_tasks_per_worker_replaces_a_worker_after_that_many_calls(KIND).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learned_callable_woken_early_still_gets_each_value() {
+    support::a_learned_callable_woken_early_still_gets_each_value(KIND).await;
+}

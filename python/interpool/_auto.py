@@ -20,8 +20,6 @@ from typing import Any
 from . import _interpool
 from ._types import WorkerType, WorkerTypeStatistics
 
-# Broken-worker reasons of the worker loop's ``setup``: the worker failed before any job ran.
-SETUP_STAGES = tuple(_interpool.SETUP_STAGES)
 HINT = (
     "this module refuses to load in a subinterpreter; run it with WorkerType.AUTO (the "
     "default), which falls back to a process, or with WorkerType.FORKSERVER or "

@@ -10,10 +10,11 @@ from typing import final
 __all__ = [
     "BROKEN",
     "BUFFER_THRESHOLD",
+    "COPY_POPULATE_FROM",
+    "COPY_SPLIT_FROM",
     "LOAD_ERROR",
     "MAX_BUFFERS",
     "RAISED",
-    "SETUP_STAGES",
     "STAGE_DIED",
     "STAGE_INIT",
     "STAGE_INTERRUPTED",
@@ -49,8 +50,9 @@ STAGE_INTERRUPTED: int
 STAGE_DIED: int
 BUFFER_THRESHOLD: int
 MAX_BUFFERS: int
+COPY_POPULATE_FROM: int
+COPY_SPLIT_FROM: int
 SUBINTERPRETER_REFUSALS: list[str]
-SETUP_STAGES: list[str]
 
 def worker_type_info() -> list[tuple[str, bool, str | None, bool, bool]]: ...
 def end_all_subinterpreters(timeout_seconds: float) -> int: ...

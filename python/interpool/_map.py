@@ -88,6 +88,8 @@ class MapResults(Generic[T]):
             raise TypeError(f"{type(iterable).__name__!r} object is neither iterable nor async")
         self._fn, self._star, self._ordered = fn, star, ordered
         self._chunksize, self._max_in_flight = chunksize, max_in_flight
+        # What a chunk's run time is learned under (see _next_in_order): callable and chunk size.
+        self._run_key = hash((id(fn), chunksize)) % (1 << 64)
         self._kill_on_cancel = kill_on_cancel is not False
         # Only an explicit True makes AUTO pick a hard-killable (process) type; the default
         # (None) interrupts the chunks of whatever type AUTO picked.
@@ -193,9 +195,11 @@ class MapResults(Generic[T]):
         entry = self._entries[0]
         call = entry.call
         if call is not None and not call.spin(SPIN_MICROSECONDS):
-            fd = call.arm()
+            # The fd may turn readable shortly before the chunk is due (see _call.wait_for).
+            fd = call.arm(self._run_key)
             if fd is not None:
-                await self._backend.wait_readable(fd)
+                while not call.woken():
+                    await self._backend.wait_readable(fd)
         return self._entries.popleft()
 
     async def _next_completed(self) -> _Entry:
@@ -276,8 +280,11 @@ class MapResults(Generic[T]):
             deadline = time.monotonic() + (ABANDON_AFTER if self._kill_on_cancel else math.inf)
             for call in calls:
                 fd = call.arm()
-                if fd is not None:
-                    left = max(0.0, deadline - time.monotonic())
+                # A call woken early for its learned run time is not done yet: wait on.
+                while fd is not None and not call.woken(spin=False):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
                     cancelled = await self._backend.wait_readable_shielded(fd, left) or cancelled
                 settle(call)
         finally:

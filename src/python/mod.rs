@@ -30,7 +30,7 @@ use crate::{
     worker_types::{
         self,
         prewake::{self, Durations, Plan},
-        python_buffers, Availability, Buffer, Finished, Job, Outcome,
+        python_buffers, Availability, Buffer, Finished, Job, Outcome, Stage,
     },
     Error,
 };
@@ -136,9 +136,9 @@ fn lent_buffers() -> usize {
 
 /// `(pickle, [buffer, ...])` for a value with out-of-band buffers: a `memoryview` of a
 /// [`HostBuffer`](python_buffers::HostBuffer) for host memory, or a `bytes` copied straight from
-/// memory a worker lent (the one copy of a returned `bytes`: its pickle rebuilds it with
-/// `bytes(buffer)`, which returns a `bytes` as it is). Dropping the lent buffer hands it back to
-/// its worker.
+/// memory a worker lent or a process worker's whole `bytes` (the one copy of a returned `bytes`
+/// in this process: its pickle rebuilds it with `bytes(buffer)`, which returns a `bytes` as it
+/// is). Dropping the lent buffer hands it back to its worker.
 fn value_with_buffers<'py>(
     py: Python<'py>,
     data: &[u8],
@@ -147,7 +147,7 @@ fn value_with_buffers<'py>(
     let views = buffers
         .into_iter()
         .map(|buffer| {
-            if buffer.is_lent() {
+            if buffer.is_lent() || buffer.is_rebuilt_as_bytes() {
                 return Ok(buffer
                     .read(|bytes| python_buffers::new_bytes(py, bytes))?
                     .into_any());
@@ -454,7 +454,7 @@ impl Auto {
         let failure = match kind {
             LOAD_ERROR => Failure::Load(data),
             BROKEN => Failure::Broken {
-                reason: reason.as_ref().map_or("", |(_, reason)| reason.as_str()),
+                stage: reason.and_then(|(stage, _)| Stage::from_code(stage))?,
                 records: data,
             },
             _ => return None,
@@ -572,6 +572,7 @@ impl Call {
         if let Some(plan) = plan {
             // Due already: the first `woken` spins at once.
             prewake::prewake_at(plan.at, lease.shared_completion());
+            lease.completion().expect(plan);
         }
         self.key = key;
         self.plan = plan;
@@ -595,7 +596,11 @@ impl Call {
         if self.timed {
             self.durations.observe_wake(plan.at, Instant::now());
         }
-        Ok(spin && py.detach(|| completion.spin(plan.spin)))
+        Ok(spin
+            && py.detach(|| {
+                let _spinning = prewake::Spinning::start();
+                completion.spin(plan.spin)
+            }))
     }
 
     /// Takes the outcome: `(kind, data, broken)`; kinds are VALUE, RAISED, LOAD_ERROR (data:
@@ -690,7 +695,11 @@ fn _interpool(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     m.add("BUFFER_THRESHOLD", worker_types::protocol::BUFFER_THRESHOLD)?;
     m.add("MAX_BUFFERS", worker_types::protocol::MAX_BUFFERS)?;
-    m.add("SETUP_STAGES", auto::SETUP_STAGES.to_vec())?;
+    m.add(
+        "COPY_POPULATE_FROM",
+        worker_types::large_copy::POPULATE_FROM,
+    )?;
+    m.add("COPY_SPLIT_FROM", worker_types::large_copy::SPLIT_FROM)?;
     m.add(
         "SUBINTERPRETER_REFUSALS",
         worker_types::subinterpreter::REFUSALS.to_vec(),

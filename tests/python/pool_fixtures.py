@@ -29,6 +29,13 @@ def echo(*args):
     return list(args)
 
 
+def sleep_then(seconds, value):
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
 def record(name, count, ratio, tags):
     return {"name": name.upper(), "count": count * 2, "ratio": ratio / 2, "tags": sorted(tags)}
 

@@ -500,3 +500,19 @@ pub(crate) async fn max_tasks_per_worker_replaces_a_worker_after_that_many_calls
     assert_eq!(threads[2], threads[3]);
     pool.shutdown(GRACE).await.unwrap();
 }
+
+/// A callable whose run time is learned gets woken before its job is due (`prewake`): every call
+/// still gets its own value, also one much longer or much shorter than learned.
+pub(crate) async fn a_learned_callable_woken_early_still_gets_each_value(kind: WorkerKind) {
+    let pool = pool(kind, 1);
+    let call = |seconds: f64, value: u32| {
+        pool.call::<_, u32>("pool_fixtures:sleep_then", (seconds, value))
+    };
+    for value in 0..6 {
+        assert_eq!(call(0.002, value).await.unwrap(), value);
+    }
+    assert_eq!(call(0.05, 100).await.unwrap(), 100, "longer than learned");
+    assert_eq!(call(0.0, 101).await.unwrap(), 101, "shorter than learned");
+    assert_eq!(call(0.002, 102).await.unwrap(), 102);
+    pool.shutdown(GRACE).await.unwrap();
+}

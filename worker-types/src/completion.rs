@@ -35,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::Finished;
+use crate::{prewake::Plan, Finished};
 
 const PENDING: u8 = 0;
 const PARKED: u8 = 1;
@@ -78,6 +78,9 @@ pub struct Completion {
     completed_at: OnceLock<Instant>,
     /// Set by [`Completion::prewake`] when it woke a parked waiter before the outcome was in.
     prewoken: AtomicBool,
+    /// When the outcome is expected, as the parked caller's prewake planned it: a worker's own
+    /// helper that waits for the outcome too (a process worker's thread) wakes by it as well.
+    expected: OnceLock<Plan>,
 }
 
 impl Default for Completion {
@@ -96,7 +99,18 @@ impl Completion {
             waiter: Mutex::new(Waiter::None),
             completed_at: OnceLock::new(),
             prewoken: AtomicBool::new(false),
+            expected: OnceLock::new(),
         }
+    }
+
+    /// Records when the outcome is expected (once; later plans are ignored).
+    pub fn expect(&self, plan: Plan) {
+        let _ = self.expected.set(plan);
+    }
+
+    /// When the outcome is expected, if a parked caller planned its prewake.
+    pub fn expected(&self) -> Option<Plan> {
+        self.expected.get().copied()
     }
 
     /// When the worker published the outcome; `None` while the job runs.

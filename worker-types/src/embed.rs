@@ -1,5 +1,5 @@
 //! Embedding CPython for a Rust host (`interpool::Pool`): initializing the interpreter once, and
-//! asking it where its installation lives.
+//! asking it where its installation lives; and, for every host, which CPython is linked in.
 //!
 //! # Invariants
 //!
@@ -54,6 +54,16 @@ pub fn ensure_initialized() -> bool {
         ffi::PyEval_SaveThread();
     }
     true
+}
+
+/// The linked CPython's version text, as `sys.version` says it (`"3.13.0 (main, ...) [GCC ...]"`).
+/// Needs no initialized interpreter.
+pub(crate) fn version() -> String {
+    // SAFETY: Py_GetVersion returns a static NUL-terminated string; it may be called before
+    // Py_Initialize, and from any thread.
+    unsafe { CStr::from_ptr(ffi::Py_GetVersion()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// The Python executable that process workers run when the host names none: `python{VERSION}`

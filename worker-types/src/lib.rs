@@ -29,13 +29,15 @@
 //!   detaches. Every C-API call goes through one.
 //! - `subinterpreter::ffi`: every C-API call of subinterpreter workers (creating, running,
 //!   interrupting and ending interpreters).
-//! - [`embed`]: initializing CPython for a Rust host, and asking it where its installation is.
+//! - [`embed`]: initializing CPython for a Rust host, asking it where its installation is, and
+//!   which version is linked in (`Py_GetVersion`, which subinterpreters' availability reads).
 //! - `python_buffers` (feature `pyo3`): out-of-band buffers to and from objects of the main
 //!   interpreter, for the extension module: pinning the caller's `memoryview`s, and exporting
 //!   host memory through the buffer protocol (PyO3's `__getbuffer__` is an `unsafe fn`).
 //! - `buffer`: [`Buffer`], raw memory plus an owner that keeps it valid.
 //! - `process::sys`: every `libc` call of process workers.
-//! - `subinterpreter` itself: one `Py_GetVersion`, needed on every CPython.
+//! - [`large_copy`]: the one copy routine for payload buffers (populating fresh pages, a helper
+//!   thread for the second half).
 
 #![deny(unsafe_code)]
 
@@ -44,7 +46,9 @@ use std::{fmt, sync::Arc, time::Duration};
 mod attached;
 mod buffer;
 mod completion;
+mod cores;
 pub mod embed;
+pub mod large_copy;
 mod mailbox;
 pub mod prewake;
 pub mod process;
@@ -184,6 +188,11 @@ impl Stage {
     /// The stage's number, as the Python front end receives it (`interpool._outcome`).
     pub fn code(self) -> u8 {
         self as u8
+    }
+
+    /// The stage whose [`Stage::code`] this is, if any.
+    pub fn from_code(code: u8) -> Option<Stage> {
+        Stage::ALL.get(usize::from(code)).copied()
     }
 
     /// The stage's name in capitals, e.g. `INIT`, as the Python front end names its code.

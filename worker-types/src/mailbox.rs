@@ -35,19 +35,36 @@ use std::{
 };
 
 use crate::{
-    protocol::AfterJob, Broken, Completion, Finished, Job, Outcome, Rejected, Retire, Verdict,
-    WorkerConfig,
+    prewake::{self, Durations, Spinning, Wait},
+    protocol::AfterJob,
+    Broken, Completion, Finished, Job, Outcome, Rejected, Retire, Verdict, WorkerConfig,
 };
 
-/// How long a worker spins for its next job before parking.
+/// How long a worker spins for its next job before it parks, or looks at its learned gaps.
 pub(crate) const SPIN_FOR_NEXT_JOB: Duration = Duration::from_micros(50);
+/// The one key of a mailbox's [`Durations`]: the gaps between its jobs.
+const GAP: u64 = 0;
+
+/// How a worker idle since `idle_since` waits at `now` for its next job, from the gaps it learned
+/// (`gaps`, key [`GAP`]: from the start of each wait to the next submit): park unless the gaps
+/// are steady (see [`Durations::plan`]) *and* a core is free; then spin through a job that is due
+/// soon, or park until shortly before one that is due later and spin from there.
+pub(crate) fn plan_wait(
+    gaps: &Durations,
+    idle_since: Instant,
+    now: Instant,
+    core_free: impl FnOnce() -> bool,
+) -> Wait {
+    gaps.plan(GAP, idle_since)
+        .map_or(Wait::Park, |plan| plan.wait(now, core_free))
+}
 
 #[derive(Debug)]
 enum Slot {
     /// Waiting for a job.
     Idle,
-    /// A job is waiting for the worker.
-    Job(Job, Arc<Completion>),
+    /// A job is waiting for the worker, handed over at that instant.
+    Job(Job, Arc<Completion>, Instant),
     /// The worker runs a job.
     Busy,
     /// The job's outcome is out; the worker finishes its own work before it takes another.
@@ -73,6 +90,10 @@ pub(crate) struct Mailbox {
     /// `Some(exit code)` once the worker has fully ended (the inner `None`: none, or unknown).
     ended: Mutex<Option<Option<i32>>>,
     ended_changed: Condvar,
+    /// The gaps between jobs, and how late the worker woke from its timed parks ([`plan_wait`]).
+    gaps: Durations,
+    /// Whether a core is free for the worker to spin on (`prewake`'s check; tests inject theirs).
+    core_free: fn() -> bool,
 }
 
 /// A job's end as its worker kind saw it.
@@ -111,6 +132,9 @@ pub(crate) trait Serve {
     /// the `retire` hook) or under a memory limit (`max_memory`: check it). `ending`: the worker
     /// ends anyway, whatever this says.
     fn after_job(&mut self, hook: bool, ending: bool, max_memory: Option<u64>) -> AfterJob;
+    /// The mailbox spins for a job due by `until` (see [`Mailbox::next`]): a worker whose job
+    /// waits on more than this thread gets that ready too.
+    fn expect_job(&mut self, _until: Instant) {}
 }
 
 /// What the worker thread is told to do next.
@@ -124,6 +148,11 @@ pub(crate) enum Next {
 
 impl Mailbox {
     pub(crate) fn new() -> Self {
+        Self::checking_cores_with(prewake::core_free)
+    }
+
+    /// A mailbox whose worker asks `core_free` before it spins longer than [`SPIN_FOR_NEXT_JOB`].
+    fn checking_cores_with(core_free: fn() -> bool) -> Self {
         Self {
             slot: Mutex::new(Slot::Idle),
             has_job: AtomicBool::new(false),
@@ -133,6 +162,8 @@ impl Mailbox {
             retire_failure: Mutex::new(None),
             ended: Mutex::new(None),
             ended_changed: Condvar::new(),
+            gaps: Durations::planning_from(SPIN_FOR_NEXT_JOB),
+            core_free,
         }
     }
 
@@ -159,7 +190,7 @@ impl Mailbox {
             if !matches!(*slot, Slot::Idle) {
                 return Err(Rejected(job));
             }
-            *slot = Slot::Job(job, completion.clone());
+            *slot = Slot::Job(job, completion.clone(), Instant::now());
             *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(completion.clone());
             self.has_job.store(true, Ordering::Release);
         }
@@ -200,22 +231,29 @@ impl Mailbox {
             .is_some_and(|c| c.claim_interrupt())
     }
 
-    /// Worker side: waits for the next job, spinning first, up to `idle_timeout` (`None`: forever).
-    pub(crate) fn next(&self, idle_timeout: Option<Duration>) -> Next {
+    /// Worker side: waits for the next job, up to `idle_timeout` (`None`: forever): spins
+    /// [`SPIN_FOR_NEXT_JOB`], then as [`plan_wait`] says. `on_spin` is called with the end of
+    /// every longer spin as it begins (a process worker wakes its child with it).
+    pub(crate) fn next(
+        &self,
+        idle_timeout: Option<Duration>,
+        on_spin: &mut dyn FnMut(Instant),
+    ) -> Next {
         let start = Instant::now();
-        while start.elapsed() < SPIN_FOR_NEXT_JOB {
-            if self.has_job.load(Ordering::Acquire) {
-                break;
-            }
-            std::thread::yield_now();
-        }
         let deadline = idle_timeout.map(|t| start + t);
+        let mut wait = if self.spin_until(start + SPIN_FOR_NEXT_JOB, deadline) {
+            Wait::Park
+        } else {
+            plan_wait(&self.gaps, start, Instant::now(), self.core_free)
+        };
         loop {
             {
                 let mut slot = self.slot();
                 match std::mem::replace(&mut *slot, Slot::Busy) {
-                    Slot::Job(job, completion) => {
+                    Slot::Job(job, completion, submitted) => {
                         self.has_job.store(false, Ordering::Relaxed);
+                        drop(slot);
+                        self.gaps.observe_run(GAP, start, submitted);
                         return Next::Run(job, completion);
                     }
                     Slot::Closed => {
@@ -234,10 +272,56 @@ impl Mailbox {
                     }
                 }
             }
-            match deadline {
-                None => std::thread::park(),
-                Some(d) => std::thread::park_timeout(d.saturating_duration_since(Instant::now())),
+            wait = match wait {
+                Wait::Park => {
+                    match deadline {
+                        None => std::thread::park(),
+                        Some(d) => {
+                            std::thread::park_timeout(d.saturating_duration_since(Instant::now()))
+                        }
+                    }
+                    Wait::Park
+                }
+                Wait::SpinUntil(until) => {
+                    on_spin(until);
+                    let _spinning = Spinning::start();
+                    self.spin_until(until, deadline);
+                    Wait::Park
+                }
+                Wait::ParkThenSpin(plan) => {
+                    let until = deadline.map_or(plan.at, |d| d.min(plan.at));
+                    std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+                    let woke = Instant::now();
+                    if woke < plan.at {
+                        Wait::ParkThenSpin(plan)
+                    } else {
+                        // How late the timer woke this worker is the lead it needs, whether or
+                        // not a job came meanwhile (only the late wakes see one).
+                        self.gaps.observe_wake(plan.at, woke);
+                        if self.has_job.load(Ordering::Acquire) {
+                            Wait::Park
+                        } else {
+                            plan.woken(woke, self.core_free)
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    /// Spins (yielding) until `until`, a job or a close; also stops at the idle `deadline`. True
+    /// if a job or a close came.
+    fn spin_until(&self, until: Instant, deadline: Option<Instant>) -> bool {
+        let until = deadline.map_or(until, |d| d.min(until));
+        loop {
+            if self.has_job.load(Ordering::Acquire) || self.close_requested.load(Ordering::Acquire)
+            {
+                return true;
             }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::yield_now();
         }
     }
 
@@ -276,7 +360,9 @@ impl Mailbox {
     /// module docs).
     pub(crate) fn serve(&self, config: &WorkerConfig, worker: &mut impl Serve) {
         let mut jobs: u64 = 0;
-        while let Next::Run(job, completion) = self.next(config.idle_timeout) {
+        while let Next::Run(job, completion) =
+            self.next(config.idle_timeout, &mut |until| worker.expect_job(until))
+        {
             jobs += 1;
             let mut ran = worker.run(job, &completion);
             // Decided once, before anything else: whatever the job returned, an interrupt
@@ -401,7 +487,7 @@ mod tests {
             let mb = mb.clone();
             thread::spawn(move || {
                 mb.register_worker_thread();
-                match mb.next(None) {
+                match mb.next(None, &mut |_| {}) {
                     Next::Run(job, _) => job.payload,
                     Next::End => panic!("ended"),
                 }
@@ -425,7 +511,10 @@ mod tests {
     fn idle_timeout_closes_the_mailbox_and_later_submits_get_their_job_back() {
         let mb = Mailbox::new();
         mb.register_worker_thread();
-        assert!(matches!(mb.next(Some(Duration::from_millis(1))), Next::End));
+        assert!(matches!(
+            mb.next(Some(Duration::from_millis(1)), &mut |_| {}),
+            Next::End
+        ));
         assert!(!mb.is_accepting());
         assert!(mb.submit(job(b"x")).is_err());
     }
@@ -434,10 +523,10 @@ mod tests {
     fn close_while_busy_ends_the_worker_after_its_job() {
         let mb = Mailbox::new();
         mb.submit(job(b"x")).unwrap();
-        assert!(matches!(mb.next(None), Next::Run(..)));
+        assert!(matches!(mb.next(None, &mut |_| {}), Next::Run(..)));
         mb.close();
         assert!(!mb.job_done(false));
-        assert!(matches!(mb.next(None), Next::End));
+        assert!(matches!(mb.next(None, &mut |_| {}), Next::End));
     }
 
     #[test]
@@ -445,16 +534,16 @@ mod tests {
         let mb = Mailbox::new();
         mb.submit(job(b"x")).unwrap();
         mb.close(); // e.g. the worker is still creating its interpreter
-        assert!(matches!(mb.next(None), Next::Run(..)));
+        assert!(matches!(mb.next(None, &mut |_| {}), Next::Run(..)));
         assert!(!mb.job_done(false));
-        assert!(matches!(mb.next(None), Next::End));
+        assert!(matches!(mb.next(None, &mut |_| {}), Next::End));
     }
 
     #[test]
     fn a_worker_finishing_its_own_work_after_a_job_is_not_ready_but_still_accepting() {
         let mb = Mailbox::new();
         mb.submit(job(b"x")).unwrap();
-        assert!(matches!(mb.next(None), Next::Run(..)));
+        assert!(matches!(mb.next(None, &mut |_| {}), Next::Run(..)));
         mb.retiring();
         assert!(mb.is_accepting());
         assert!(!mb.is_idle());
@@ -469,7 +558,7 @@ mod tests {
         let mb = Mailbox::new();
         assert!(!mb.claim_interrupt(), "no job yet");
         let completion = mb.submit(job(b"x")).unwrap();
-        let Next::Run(_, running) = mb.next(None) else {
+        let Next::Run(_, running) = mb.next(None, &mut |_| {}) else {
             panic!("a job was submitted")
         };
         mb.job_done(false);
@@ -487,7 +576,7 @@ mod tests {
     fn a_retiring_worker_refuses_further_jobs() {
         let mb = Mailbox::new();
         mb.submit(job(b"x")).unwrap();
-        assert!(matches!(mb.next(None), Next::Run(..)));
+        assert!(matches!(mb.next(None, &mut |_| {}), Next::Run(..)));
         assert!(!mb.job_done(true));
         assert!(mb.submit(job(b"y")).is_err());
     }
@@ -631,5 +720,171 @@ mod tests {
         assert_eq!(second.take().unwrap().retire, Retire::Retire);
         thread.join().unwrap();
         assert!(mb.submit(job(b"3")).is_err());
+    }
+
+    const US: Duration = Duration::from_micros(1);
+
+    /// Gaps learned from `samples` waits of `gap` each.
+    fn learned(gap: Duration, samples: usize) -> Durations {
+        let gaps = Durations::planning_from(SPIN_FOR_NEXT_JOB);
+        let t0 = Instant::now();
+        for _ in 0..samples {
+            gaps.observe_run(GAP, t0, t0 + gap);
+        }
+        gaps
+    }
+
+    #[test]
+    fn a_worker_with_nothing_learned_parks_without_asking_for_a_core() {
+        let gaps = Durations::planning_from(SPIN_FOR_NEXT_JOB);
+        let t0 = Instant::now();
+        let wait = plan_wait(&gaps, t0, t0 + SPIN_FOR_NEXT_JOB, || {
+            panic!("the core check is for longer spins only")
+        });
+        assert_eq!(wait, Wait::Park);
+        // Gaps the first spin covers plan nothing either: a burst's jobs come within it.
+        let short = learned(SPIN_FOR_NEXT_JOB / 2, 5);
+        assert_eq!(
+            plan_wait(&short, t0, t0 + SPIN_FOR_NEXT_JOB, || true),
+            Wait::Park
+        );
+    }
+
+    #[test]
+    fn a_steady_short_gap_is_spun_through_when_a_core_is_free() {
+        let gaps = learned(120 * US, 5);
+        let t0 = Instant::now();
+        let now = t0 + SPIN_FOR_NEXT_JOB;
+        let Wait::SpinUntil(until) = plan_wait(&gaps, t0, now, || true) else {
+            panic!("a job due within the lead is spun for")
+        };
+        assert!(until > t0 + 120 * US, "the spin covers the gap");
+        assert!(until <= now + Duration::from_millis(2), "and is bounded");
+    }
+
+    #[test]
+    fn a_steady_long_gap_parks_until_shortly_before_the_job_then_spins() {
+        let gap = Duration::from_millis(5);
+        let gaps = learned(gap, 5);
+        let t0 = Instant::now();
+        let Wait::ParkThenSpin(plan) = plan_wait(&gaps, t0, t0 + SPIN_FOR_NEXT_JOB, || {
+            panic!("a core is asked for when the spin would start, not before")
+        }) else {
+            panic!("a job due later is waited for by a timed park")
+        };
+        assert!(plan.at < t0 + gap && plan.at + plan.spin > t0 + gap);
+        assert_eq!(
+            plan.woken(plan.at, || true),
+            Wait::SpinUntil(plan.at + plan.spin)
+        );
+        assert_eq!(plan.woken(plan.at, || false), Wait::Park);
+    }
+
+    #[test]
+    fn with_every_core_busy_nothing_spins_past_the_first_spin() {
+        let t0 = Instant::now();
+        let now = t0 + SPIN_FOR_NEXT_JOB;
+        for gap in [120 * US, 400 * US, Duration::from_millis(5)] {
+            let gaps = learned(gap, 5);
+            match plan_wait(&gaps, t0, now, || false) {
+                Wait::Park => {}
+                Wait::ParkThenSpin(plan) => assert_eq!(plan.woken(plan.at, || false), Wait::Park),
+                Wait::SpinUntil(_) => panic!("spun with no core free (gap {gap:?})"),
+            }
+        }
+    }
+
+    #[test]
+    fn unsteady_gaps_and_spins_already_over_park() {
+        let gaps = Durations::planning_from(SPIN_FOR_NEXT_JOB);
+        let t0 = Instant::now();
+        for gap in [1, 40, 2, 90, 1] {
+            gaps.observe_run(GAP, t0, t0 + gap * Duration::from_millis(1));
+        }
+        assert_eq!(
+            plan_wait(&gaps, t0, t0 + SPIN_FOR_NEXT_JOB, || true),
+            Wait::Park
+        );
+        let gaps = learned(120 * US, 5);
+        let late = t0 + Duration::from_millis(10);
+        assert_eq!(plan_wait(&gaps, t0, late, || true), Wait::Park);
+    }
+
+    #[test]
+    fn a_job_handed_over_teaches_the_gap_from_the_wait_to_its_submit() {
+        let mb = Mailbox::checking_cores_with(|| true);
+        let t0 = Instant::now();
+        assert_eq!(mb.gaps.plan(GAP, t0), None);
+        for _ in 0..3 {
+            mb.submit(job(b"x")).unwrap();
+            assert!(matches!(mb.next(None, &mut |_| {}), Next::Run(..)));
+            assert!(mb.job_done(false));
+        }
+        // Submitted before each wait began: gaps of nothing, too short to plan for.
+        assert_eq!(mb.gaps.plan(GAP, t0), None);
+        mb.gaps.observe_run(GAP, t0, t0 + Duration::from_secs(1));
+        assert!(
+            mb.gaps.plan(GAP, t0).is_none(),
+            "the handed-over jobs were learned: one long gap after them is not steady"
+        );
+    }
+
+    /// A mailbox whose worker has learned steady gaps of `gap` and always finds a core free.
+    fn trained(gap: Duration) -> Mailbox {
+        let mb = Mailbox::checking_cores_with(|| true);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            mb.gaps.observe_run(GAP, t0, t0 + gap);
+        }
+        mb
+    }
+
+    #[test]
+    fn close_ends_a_worker_that_spins_for_a_due_job() {
+        let mb = trained(Duration::from_millis(1));
+        mb.register_worker_thread();
+        let mut spun = false;
+        let next = mb.next(None, &mut |_| {
+            spun = true;
+            mb.close();
+        });
+        assert!(spun, "the worker spun for its due job");
+        assert!(matches!(next, Next::End));
+        assert!(!mb.is_accepting());
+    }
+
+    #[test]
+    fn the_idle_timeout_ends_a_worker_parked_until_a_far_job_or_spinning_for_one() {
+        let mb = trained(Duration::from_secs(30));
+        mb.register_worker_thread();
+        let next = mb.next(Some(Duration::from_millis(1)), &mut |_| {
+            panic!("the job is not due before the idle timeout")
+        });
+        assert!(matches!(next, Next::End));
+        assert!(!mb.is_accepting());
+        let mb = trained(Duration::from_millis(1));
+        mb.register_worker_thread();
+        assert!(matches!(
+            mb.next(Some(Duration::from_millis(1)), &mut |_| {}),
+            Next::End
+        ));
+        assert!(!mb.is_accepting());
+    }
+
+    #[test]
+    fn a_job_submitted_while_the_worker_waits_for_a_far_one_is_delivered() {
+        let mb = Arc::new(trained(Duration::from_secs(30)));
+        let worker = {
+            let mb = mb.clone();
+            thread::spawn(move || {
+                mb.register_worker_thread();
+                match mb.next(None, &mut |_| {}) {
+                    Next::Run(job, _) => job.payload,
+                    Next::End => panic!("ended"),
+                }
+            })
+        };
+        mb.submit(job(b"early")).unwrap();
+        assert_eq!(worker.join().unwrap(), b"early");
     }
 }

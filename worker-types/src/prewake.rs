@@ -21,7 +21,10 @@
 use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
-    sync::{Arc, Mutex, OnceLock, PoisonError, Weak},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock, PoisonError, Weak,
+    },
     thread::Thread,
     time::{Duration, Instant},
 };
@@ -73,11 +76,51 @@ pub struct Plan {
     pub spin: Duration,
 }
 
+/// How a thread that waits for something due by a [`Plan`] waits from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Park until it comes.
+    Park,
+    /// Spin (yielding) until then, then park.
+    SpinUntil(Instant),
+    /// Park until `plan.at`; then, if a core is free then, spin up to `plan.spin`, then park.
+    ParkThenSpin(Plan),
+}
+
+impl Plan {
+    /// How to wait at `now` for what this plan expects: park until its time if that is still
+    /// ahead; spin through the rest of its spin if that is not over and a core is free (asked
+    /// only then); else park.
+    pub fn wait(self, now: Instant, core_free: impl FnOnce() -> bool) -> Wait {
+        if self.at > now {
+            return Wait::ParkThenSpin(self);
+        }
+        let until = self.at + self.spin;
+        if until > now && core_free() {
+            Wait::SpinUntil(until)
+        } else {
+            Wait::Park
+        }
+    }
+
+    /// What a [`Wait::ParkThenSpin`] does once its park has reached `plan.at` (`now`): spin up to
+    /// `plan.spin` if a core is free, else park.
+    pub fn woken(self, now: Instant, core_free: impl FnOnce() -> bool) -> Wait {
+        if core_free() {
+            Wait::SpinUntil(now + self.spin)
+        } else {
+            Wait::Park
+        }
+    }
+}
+
 /// Learned run times per callable key, and the lead they are woken by. Shared by the calls of one
 /// worker context's type (run times include that type's hand-off).
 #[derive(Debug)]
 pub struct Durations {
     inner: Mutex<Learned>,
+    /// Predictions shorter than this get no plan.
+    min_expected: Duration,
 }
 
 #[derive(Debug)]
@@ -96,11 +139,18 @@ impl Default for Durations {
 impl Durations {
     /// Nothing learned yet.
     pub fn new() -> Self {
+        Self::planning_from(MIN_JOB)
+    }
+
+    /// Nothing learned yet; plans only for intervals predicted at `min_expected` or more (a
+    /// worker's wait for its next job: see `mailbox`).
+    pub(crate) fn planning_from(min_expected: Duration) -> Self {
         Self {
             inner: Mutex::new(Learned {
                 by_key: HashMap::new(),
                 wake_latency: None,
             }),
+            min_expected,
         }
     }
 
@@ -153,7 +203,7 @@ impl Durations {
         // Aim at the early side of the usual run time: a wake-up that comes too early costs
         // spinning, one that comes too late costs the whole wake-up again.
         let expected = Duration::from_secs_f64((estimate.mean - estimate.deviation).max(0.0));
-        if expected < MIN_JOB {
+        if expected < self.min_expected {
             return None;
         }
         let lead = Self::lead(&learned);
@@ -276,39 +326,40 @@ fn fire_alarms(alarms: &'static Alarms) {
     }
 }
 
-/// [`runnable_fits_cores`], read at most once per `CORE_CHECK_EVERY` (reading `/proc` costs more
-/// than a short job's whole wake-up).
-fn core_free() -> bool {
-    const CORE_CHECK_EVERY: Duration = Duration::from_millis(1);
-    static LAST: Mutex<Option<(Instant, bool)>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
-    let now = Instant::now();
-    match *last {
-        Some((at, free)) if now.saturating_duration_since(at) < CORE_CHECK_EVERY => free,
-        _ => {
-            let free = runnable_fits_cores();
-            *last = Some((now, free));
-            free
-        }
+/// Threads of this process spinning right now for an outcome or a job that is due
+/// ([`Spinning`]): [`core_free`] counts their cores as free, since each yields its core at every
+/// check and shares it with the next spinner at the cost of a context switch.
+static SPINNERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts the thread that holds it among this process's spinners ([`SPINNERS`]) while it spins
+/// (yielding at every check) for an outcome or a job that is due.
+#[derive(Debug)]
+pub struct Spinning(());
+
+impl Spinning {
+    /// The calling thread spins from now until this is dropped.
+    pub fn start() -> Self {
+        SPINNERS.fetch_add(1, Ordering::Relaxed);
+        Spinning(())
     }
 }
 
-/// Whether a core is free for a caller to spin on: the system's runnable threads (the asking one
-/// included) do not fill every core. Reads `/proc/loadavg`'s instantaneous count; true where that
-/// cannot be read.
-fn runnable_fits_cores() -> bool {
-    static CORES: OnceLock<usize> = OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let Ok(loadavg) = std::fs::read_to_string("/proc/loadavg") else {
-        return true;
-    };
-    // "0.52 0.58 0.59 3/467 12345": the fourth field is runnable/total.
-    let running = loadavg
-        .split_whitespace()
-        .nth(3)
-        .and_then(|field| field.split('/').next())
-        .and_then(|n| n.parse::<usize>().ok());
-    running.is_none_or(|running| running <= cores)
+impl Drop for Spinning {
+    fn drop(&mut self) {
+        SPINNERS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many threads of this process spin right now ([`Spinning`]).
+pub(crate) fn spinning_threads() -> usize {
+    SPINNERS.load(Ordering::Relaxed)
+}
+
+/// Whether a core is free for one more spinner: the system's runnable threads (the asking one
+/// included), less this process's spinners, do not fill every core ([`crate::cores`], which
+/// reads the runnable count at most once a millisecond).
+pub(crate) fn core_free() -> bool {
+    crate::cores::fit(0)
 }
 
 #[cfg(test)]

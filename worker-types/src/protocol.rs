@@ -74,6 +74,10 @@ wire_constants! {
     MAX_BUFFERS: usize = 64;
     /// Set in a process frame's length when memfds of out-of-band buffers follow its header.
     HAS_BUFFERS: u64 = 1 << 63;
+    /// Set in a process frame's length for a *nudge*, which has no payload: the parent expects a
+    /// job soon, and the worker spins for its next frame for as many microseconds as the length's
+    /// low 32 bits say before it polls (see `mailbox`, the worker's wait).
+    NUDGE: u64 = 1 << 62;
     /// The `struct` format of a process worker's message header: kind, verdict, `len(data)`,
     /// `len(records)`.
     MESSAGE_HEADER: &str = "<BBQQ";
@@ -218,6 +222,14 @@ mod tests {
         assert!(job_reply(VALUE, RETIRE, Vec::new(), Vec::new()).is_none());
         assert!(job_reply(VALUE_BUFFERS, KEEP, Vec::new(), Vec::new()).is_none());
         assert!(job_reply(SETUP_OK, KEEP, Vec::new(), Vec::new()).is_none());
+    }
+
+    #[test]
+    fn every_stage_comes_back_from_its_code() {
+        for stage in Stage::ALL {
+            assert_eq!(Stage::from_code(stage.code()), Some(stage));
+        }
+        assert_eq!(Stage::from_code(Stage::ALL.len() as u8), None);
     }
 
     #[test]

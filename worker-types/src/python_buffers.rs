@@ -131,7 +131,7 @@ pub fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyByt
             return Err(PyErr::fetch(py));
         }
         let start = ffi::PyBytes_AsString(bytes).cast::<u8>();
-        std::ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
+        crate::large_copy::copy_to_fresh(start, data);
         Ok(Bound::from_owned_ptr(py, bytes).cast_into_unchecked())
     }
 }

@@ -15,7 +15,9 @@
 //! write: a job may write its numpy argument without touching anything of ours) and closes the
 //! descriptor. A value with buffers comes back the same way, as kind [`VALUE_BUFFERS`] whose
 //! header is followed by the byte carrying the worker's memfds; the parent maps them privately and
-//! the caller reads the mappings in place. A memfd is freed with its last descriptor and mapping,
+//! the caller reads the mappings in place. The memfd of a whole `bytes` comes sealed against
+//! writes (`F_SEAL_WRITE`): the caller then copies it once into its own `bytes` with
+//! [`large_copy`](crate::large_copy) (otherwise its pickle would copy it, page fault by page fault). A memfd is freed with its last descriptor and mapping,
 //! so a killed worker leaves no segment behind, and the parent's descriptors are closed as soon
 //! as they are sent or mapped.
 
@@ -31,7 +33,8 @@ use std::{
 
 use super::sys;
 use crate::{
-    protocol::{self, HAS_BUFFERS, MAX_BUFFERS, MESSAGE_HEADER_LEN, VALUE_BUFFERS},
+    prewake::{self, Plan, Spinning, Wait},
+    protocol::{self, HAS_BUFFERS, MAX_BUFFERS, MESSAGE_HEADER_LEN, NUDGE, VALUE_BUFFERS},
     Buffer, Job,
 };
 
@@ -50,7 +53,7 @@ impl Channel {
     }
 
     fn wait(&self, write: bool) -> io::Result<()> {
-        sys::poll(self.sock.as_fd(), write, -1).map(drop)
+        sys::poll(self.sock.as_fd(), write, None).map(drop)
     }
 
     /// Writes one frame: `<Q len` + `data`.
@@ -100,20 +103,54 @@ impl Channel {
         Ok(())
     }
 
-    /// Fills `buf`, spinning up to `spin` before it polls.
-    fn read_exact(&self, buf: &mut [u8], spin: Duration) -> io::Result<()> {
+    /// Writes a nudge: the worker spins for its next frame until `until` (see [`NUDGE`]).
+    pub(super) fn send_nudge(&self, until: Instant) -> io::Result<()> {
+        let micros = until.saturating_duration_since(Instant::now()).as_micros();
+        let header =
+            (NUDGE | u64::try_from(micros).unwrap_or(0).min(u64::from(u32::MAX))).to_le_bytes();
+        self.write_all(&mut [IoSlice::new(&header)])
+    }
+
+    /// Fills `buf`, spinning up to `spin` before it polls; once that spin is over, waits as
+    /// `expected()` plans (see [`Plan::wait`]), if it does.
+    fn read_exact(
+        &self,
+        buf: &mut [u8],
+        spin: Duration,
+        expected: &dyn Fn() -> Option<Plan>,
+    ) -> io::Result<()> {
         let mut pos = 0;
         let mut spin_until: Option<Instant> = None;
+        // Once the first spin is over: how to wait from there.
+        let mut wait: Option<Wait> = None;
+        let mut _spinning = None;
         while pos < buf.len() {
             match (&*self.sock).read(&mut buf[pos..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let until = *spin_until.get_or_insert_with(|| Instant::now() + spin);
-                    if Instant::now() < until {
+                    let now = Instant::now();
+                    if now < *spin_until.get_or_insert(now + spin) {
                         std::thread::yield_now();
-                    } else {
-                        self.wait(false)?;
+                        continue;
+                    }
+                    let planned = wait.get_or_insert_with(|| {
+                        expected().map_or(Wait::Park, |plan| plan.wait(now, prewake::core_free))
+                    });
+                    match *planned {
+                        Wait::Park => self.wait(false)?,
+                        Wait::SpinUntil(end) if now < end => {
+                            _spinning.get_or_insert_with(Spinning::start);
+                            std::thread::yield_now();
+                        }
+                        Wait::SpinUntil(_) => {
+                            _spinning = None;
+                            *planned = Wait::Park;
+                        }
+                        Wait::ParkThenSpin(plan) if now < plan.at => {
+                            sys::poll(self.sock.as_fd(), false, Some(plan.at - now))?;
+                        }
+                        Wait::ParkThenSpin(plan) => *planned = plan.woken(now, prewake::core_free),
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -142,10 +179,15 @@ impl Channel {
         Ok(data)
     }
 
-    /// Reads one message: `(kind, retire, data, retire_error, buffers)`.
-    pub(super) fn receive(&self, spin: Duration) -> io::Result<Message> {
+    /// Reads one message: `(kind, retire, data, retire_error, buffers)`, spinning for it and
+    /// then waiting as [`Channel::read_exact`] says.
+    pub(super) fn receive(
+        &self,
+        spin: Duration,
+        expected: &dyn Fn() -> Option<Plan>,
+    ) -> io::Result<Message> {
         let mut header = [0u8; MESSAGE_HEADER_LEN];
-        self.read_exact(&mut header, spin)?;
+        self.read_exact(&mut header, spin, expected)?;
         let (kind, retire, data_len, error_len) = protocol::parse_message_header(&header);
         let buffers = if kind == VALUE_BUFFERS {
             self.receive_buffers()?
@@ -157,7 +199,8 @@ impl Channel {
         Ok((kind, retire, data, error, buffers))
     }
 
-    /// The worker's memfds after a [`VALUE_BUFFERS`] header, mapped privately.
+    /// The worker's memfds after a [`VALUE_BUFFERS`] header, mapped privately; one sealed against
+    /// writes holds a whole `bytes`, which the caller rebuilds as a `bytes` of its own.
     fn receive_buffers(&self) -> io::Result<Vec<Buffer>> {
         let fds = loop {
             match sys::recv_fds(self.sock.as_fd(), MAX_BUFFERS)? {
@@ -166,10 +209,85 @@ impl Channel {
             }
         };
         fds.iter()
-            .map(|fd| sys::Mapping::private(fd.as_fd()).map(sys::Mapping::into_buffer))
+            .map(|fd| {
+                let buffer = sys::Mapping::private(fd.as_fd())?.into_buffer();
+                Ok(if sys::sealed_against_writes(fd.as_fd()) {
+                    buffer.rebuilt_as_bytes()
+                } else {
+                    buffer
+                })
+            })
             .collect()
     }
 }
 
 /// One message from a worker: `(kind, retire, data, retire_error, buffers)`.
 pub(super) type Message = (u8, u8, Vec<u8>, Vec<u8>, Vec<Buffer>);
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        os::fd::RawFd,
+        process::{Command, Stdio},
+    };
+
+    use super::*;
+    use crate::protocol::{KEEP, PYTHON_CONSTANTS, VALUE};
+
+    /// A Python child serving `_Channel` of process_loop.py on `fd`: it echoes every frame.
+    fn echo_child(fd: RawFd) -> std::process::Child {
+        let source = format!(
+            "{PYTHON_CONSTANTS}{}\nimport sys\nchannel = _Channel(int(sys.argv[1]))\n\
+             while (frame := channel.receive()) is not None:\n    \
+             channel.send(VALUE, KEEP, bytes(frame[0]))\n",
+            include_str!("process_loop.py")
+        );
+        let python = std::env::var_os("PYO3_PYTHON").unwrap_or_else(|| "python3".into());
+        let mut command = Command::new(python);
+        command
+            .arg("-c")
+            .arg(source)
+            .arg(fd.to_string())
+            .stdin(Stdio::null());
+        sys::prepare_command(&mut command, &[fd]);
+        command.spawn().expect("a Python to run the worker loop")
+    }
+
+    #[test]
+    fn a_nudged_worker_loop_serves_its_next_frame_and_a_planned_wait_reads_it() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let mut child = echo_child(theirs.as_raw_fd());
+        drop(theirs);
+        let channel = Channel::new(ours).unwrap();
+        let echoed = |expected: &dyn Fn() -> Option<Plan>| {
+            let (kind, verdict, data, _, buffers) =
+                channel.receive(Duration::ZERO, expected).unwrap();
+            assert_eq!((kind, verdict, buffers.len()), (VALUE, KEEP, 0));
+            data
+        };
+        channel
+            .send_nudge(Instant::now() + Duration::from_millis(5))
+            .unwrap();
+        channel.send_frame(b"after a nudge").unwrap();
+        assert_eq!(echoed(&|| None), b"after a nudge");
+        // A nudge already over, two in a row, and the parent waiting as a caller's plan says.
+        channel.send_nudge(Instant::now()).unwrap();
+        channel
+            .send_nudge(Instant::now() + Duration::from_secs(1))
+            .unwrap();
+        channel.send_frame(b"second").unwrap();
+        let due_now = Plan {
+            at: Instant::now(),
+            spin: Duration::from_millis(1),
+        };
+        assert_eq!(echoed(&|| Some(due_now)), b"second");
+        channel.send_frame(b"third").unwrap();
+        let due_later = Plan {
+            at: Instant::now() + Duration::from_millis(1),
+            spin: Duration::from_millis(1),
+        };
+        assert_eq!(echoed(&|| Some(due_later)), b"third");
+        drop(channel); // end of file: the loop ends
+        assert!(child.wait().unwrap().success());
+    }
+}

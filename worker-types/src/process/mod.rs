@@ -254,7 +254,7 @@ impl Shared {
             return false;
         };
         if matches!(
-            sys::poll(channel.as_fd(), false, 0),
+            sys::poll(channel.as_fd(), false, Some(Duration::ZERO)),
             Ok(sys::Ready::No) | Err(_)
         ) {
             return false;

@@ -14,6 +14,8 @@
 # set is followed by one byte carrying their descriptors (SCM_RIGHTS), then the payload; a value
 # with buffers is kind VALUE_BUFFERS, its header followed by such a byte. The numbers and header
 # formats are the wire protocol's (worker-types/src/protocol.rs), put in front of this source.
+# A frame whose length has bit 62 set (NUDGE) is a nudge, with no payload: the parent expects a
+# job soon, and the worker spins for its next frame for the microseconds in the low 32 bits.
 
 _SPIN_SECONDS = 50e-6
 
@@ -33,6 +35,7 @@ class _Channel:
         self._out.register(fd, select.POLLOUT)
 
     def _readinto(self, view, spin):
+        """Fills ``view``, spinning up to ``spin`` seconds (0: none) before it polls."""
         os, fd = self._os, self.fd
         pos, deadline = 0, None
         while pos < len(view):
@@ -46,7 +49,7 @@ class _Channel:
 
                     now = time.perf_counter()
                     if deadline is None:
-                        deadline = now + _SPIN_SECONDS
+                        deadline = now + spin
                     if now < deadline:
                         os.sched_yield()
                         continue
@@ -96,21 +99,29 @@ class _Channel:
     def receive(self):
         """The next frame as ``(bytearray, buffers | None)``, or None at end of file."""
         header = bytearray(8)  # "<Q"
-        if not self._readinto(memoryview(header), spin=True):
-            return None
-        size, buffers = int.from_bytes(header, "little"), None
+        spin = _SPIN_SECONDS
+        while True:
+            if not self._readinto(memoryview(header), spin):
+                return None
+            size, buffers = int.from_bytes(header, "little"), None
+            if not size & NUDGE:
+                break
+            spin = (size & 0xFFFFFFFF) / 1e6
         if size & HAS_BUFFERS:
             size &= ~HAS_BUFFERS
             buffers = self._receive_buffers()
             if buffers is None:
                 return None
         data = bytearray(size)
-        if not self._readinto(memoryview(data), spin=False):
+        if not self._readinto(memoryview(data), 0):
             return None
         return data, buffers
 
     def _send_buffers(self, buffers):
-        """Sends ``buffers`` as fresh memfds on one byte (the worker's descriptors are closed)."""
+        """Sends ``buffers`` as fresh memfds on one byte (the worker's descriptors are closed).
+        The memfd of a whole ``bytes`` is sealed against writes: the parent then makes the
+        caller's ``bytes`` itself (process/channel.rs)."""
+        import fcntl
         import socket
         from array import array
 
@@ -118,11 +129,16 @@ class _Channel:
         fds = []
         try:
             for buffer in buffers:
-                fd = os.memfd_create("interpool-value", os.MFD_CLOEXEC)
+                whole_bytes = type(buffer) is bytes
+                flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if whole_bytes else 0)
+                fd = os.memfd_create("interpool-value", flags)
                 fds.append(fd)
                 view = memoryview(buffer).cast("B")
                 while view:
                     view = view[os.write(fd, view) :]
+                if whole_bytes:
+                    seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
             sock = getattr(self, "_sock", None) or self._socket()
             ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))]
             while True:

@@ -11,7 +11,7 @@
 //!    pid reused by an unrelated process is never killed.
 //! 3. **File descriptors passed here are borrowed and stay open for the call**; descriptors made
 //!    here are returned as `OwnedFd` with `CLOEXEC` set, so no other child inherits them.
-//! 4. Calls that can block (`waitid`, `poll`, `sendmsg`) retry on `EINTR`; errors come back as
+//! 4. Calls that can block (`waitid`, `ppoll`, `sendmsg`) retry on `EINTR`; errors come back as
 //!    `io::Error` from `errno`.
 
 #![allow(unsafe_code)]
@@ -19,6 +19,7 @@
 use std::{
     io,
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
 };
 
 /// `Ok(value)` unless `value == -1`, then the `errno` error.
@@ -112,17 +113,29 @@ pub(crate) enum Ready {
     HangUp,
 }
 
-/// Waits up to `timeout_ms` (-1: forever) for `fd` to become readable (`write == false`) or
+/// Waits up to `timeout` (`None`: forever) for `fd` to become readable (`write == false`) or
 /// writable.
-pub(crate) fn poll(fd: BorrowedFd<'_>, write: bool, timeout_ms: i32) -> io::Result<Ready> {
+pub(crate) fn poll(
+    fd: BorrowedFd<'_>,
+    write: bool,
+    timeout: Option<Duration>,
+) -> io::Result<Ready> {
     let mut pfd = libc::pollfd {
         fd: fd.as_raw_fd(),
         events: if write { libc::POLLOUT } else { libc::POLLIN },
         revents: 0,
     };
+    let timeout = timeout.map(|t| libc::timespec {
+        tv_sec: libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(t.subsec_nanos()),
+    });
+    let timeout = timeout
+        .as_ref()
+        .map_or(std::ptr::null(), std::ptr::from_ref);
     loop {
-        // SAFETY: `pfd` is one valid pollfd for the duration of the call (invariant 3).
-        match check(unsafe { libc::poll(&mut pfd, 1, timeout_ms) }) {
+        // SAFETY: `pfd` is one valid pollfd and `timeout` null or a valid timespec, for the
+        // duration of the call (invariant 3).
+        match check(unsafe { libc::ppoll(&mut pfd, 1, timeout, std::ptr::null()) }) {
             Ok(0) => return Ok(Ready::No),
             Ok(_) => {
                 return Ok(if pfd.revents & pfd.events != 0 {
@@ -225,6 +238,13 @@ pub(crate) fn memfd_with(data: &[u8]) -> io::Result<OwnedFd> {
         rest = &rest[n as usize..];
     }
     Ok(fd)
+}
+
+/// Whether the memfd `fd` is sealed against writes (`F_SEAL_WRITE`; false if it cannot tell).
+pub(crate) fn sealed_against_writes(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: a plain query on a descriptor we hold.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    seals > 0 && seals & libc::F_SEAL_WRITE != 0
 }
 
 /// Receives one byte on a stream socket together with the descriptors attached to it

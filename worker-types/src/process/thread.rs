@@ -11,7 +11,12 @@
 //! process: this thread then reaps it and breaks the job, whatever the process sent, so a killed
 //! process never serves another job.
 
-use std::{path::PathBuf, sync::atomic::Ordering, sync::PoisonError, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::atomic::Ordering,
+    sync::PoisonError,
+    time::{Duration, Instant},
+};
 
 use super::{
     channel::Channel,
@@ -133,7 +138,7 @@ impl<'a> Process<'a> {
 }
 
 impl Serve for Process<'_> {
-    fn run(&mut self, job: Job, _completion: &Completion) -> Ran {
+    fn run(&mut self, job: Job, completion: &Completion) -> Ran {
         let (Ok(()), Some(r)) = (&self.startup, &self.running) else {
             let broken = self
                 .startup
@@ -146,7 +151,10 @@ impl Serve for Process<'_> {
         // The worker has its own copy of everything now: the caller's buffers are free.
         drop(job);
         let reply = sent
-            .and_then(|()| r.channel.receive(SPIN_FOR_OUTCOME))
+            .and_then(|()| {
+                r.channel
+                    .receive(SPIN_FOR_OUTCOME, &|| completion.expected())
+            })
             .ok()
             .and_then(|(kind, verdict, data, _, buffers)| {
                 protocol::job_reply(kind, verdict, data, buffers)
@@ -166,6 +174,14 @@ impl Serve for Process<'_> {
 
     fn must_end(&self) -> bool {
         self.shared.killed.load(Ordering::Acquire)
+    }
+
+    fn expect_job(&mut self, until: Instant) {
+        // The child spins too, so that the job's frame finds it awake. A failed write means the
+        // process is gone, and the job's own write will find that out.
+        if let (Ok(()), Some(r)) = (&self.startup, &self.running) {
+            let _ = r.channel.send_nudge(until);
+        }
     }
 
     fn after_job(&mut self, hook: bool, _ending: bool, max_memory: Option<u64>) -> AfterJob {
@@ -201,7 +217,7 @@ fn handshake(
         .map_err(|_| Handshake::Died)?;
     let reply = running
         .channel
-        .receive(Duration::ZERO)
+        .receive(Duration::ZERO, &|| None)
         .ok()
         .and_then(|(kind, _, reason, records, _)| protocol::setup_reply(kind, &reason, records));
     match reply {
@@ -240,7 +256,7 @@ fn died(shared: &Shared, during: &str, code: Option<i32>) -> Broken {
 /// Reads the retire verdict that follows a `RETIRE_PENDING` outcome; `None` if the process died
 /// or sent garbage.
 fn receive_retire_verdict(channel: &Channel) -> Option<AfterJob> {
-    match channel.receive(Duration::ZERO) {
+    match channel.receive(Duration::ZERO, &|| None) {
         Ok((AFTER_JOB, verdict, _, records, _)) => protocol::after_job_reply(verdict, records),
         Ok(_) | Err(_) => None,
     }

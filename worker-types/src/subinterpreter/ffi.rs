@@ -75,6 +75,13 @@
 //!     so no buffer ever reads a dead interpreter's memory and no worker waits for a caller.
 //!     A `memoryview` or numpy value may be written or kept by the job, so its bytes are copied
 //!     out into host memory (`HostBuffer`), which the caller then uses as is.
+//!
+//!     Every large copy of rules 9 and 10 (the worker's `bytes` of an argument, a value copied
+//!     out, the caller's copy of a lent `bytes`) goes through [`large_copy`], which may hand half
+//!     of it to a helper thread. That changes no lifetime above: `copy_to_fresh` returns only
+//!     once both halves are copied and the helper has let go of both ranges, so a copy still
+//!     happens entirely within the step that makes it (under the loan's lock, before the
+//!     worker detaches), and the helper never touches a Python object or an interpreter.
 //! 11. **An interrupted interpreter is kept.** No interrupt is injected while a job is being
 //!     loaded (unpickling imports modules and the main script, and an import cut short leaves
 //!     half-initialized modules behind): `running_seq` names the job only once its function is
@@ -106,6 +113,7 @@ use pyo3_ffi as ffi;
 use super::{Shared, WORKER_LOOP_SOURCE};
 use crate::{
     attached::Attached,
+    large_copy,
     mailbox::{check_memory, Ran, Serve},
     protocol::{self, AfterJob, RETIRE_FAILED},
     Broken, Buffer, Completion, Finished, Job, Loans, Outcome, Retire, Stage, WorkerConfig,
@@ -785,7 +793,7 @@ fn new_bytes(_py: &Attached<'_>, data: &[u8]) -> *mut ffi::PyObject {
         let bytes = ffi::PyBytes_FromStringAndSize(ptr::null(), data.len() as ffi::Py_ssize_t);
         if !bytes.is_null() {
             let start = ffi::PyBytes_AsString(bytes).cast::<u8>();
-            ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
+            large_copy::copy_to_fresh(start, data);
         }
         bytes
     }
@@ -881,7 +889,10 @@ unsafe fn copy_out_buffer(_py: &Attached<'_>, obj: *mut ffi::PyObject) -> Option
         let mut view = view.assume_init();
         let len = view.len as usize;
         let mut data = Vec::<u8>::with_capacity(len);
-        ptr::copy_nonoverlapping(view.buf as *const u8, data.as_mut_ptr(), len);
+        large_copy::copy_to_fresh(
+            data.as_mut_ptr(),
+            std::slice::from_raw_parts(view.buf as *const u8, len),
+        );
         data.set_len(len);
         ffi::PyBuffer_Release(&mut view);
         Some(Buffer::from_vec(data))

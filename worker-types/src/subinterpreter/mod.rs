@@ -38,6 +38,7 @@ use crate::{
 mod ffi;
 
 /// The Python source of the loop every worker interpreter runs, the wire protocol's numbers first.
+#[cfg(Py_3_13)]
 const WORKER_LOOP_SOURCE: &str = concat!(
     crate::protocol::python_constants!(),
     include_str!("worker_loop.py")
@@ -60,19 +61,10 @@ pub struct Subinterpreters;
 
 /// The running CPython's version as `(major, minor, "3.13.0")`.
 fn python_version() -> (u32, u32, String) {
-    let full = pyo3_ffi_version_string();
+    let full = crate::embed::version();
     let number = full.split_whitespace().next().unwrap_or("").to_owned();
     let mut parts = number.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0), number)
-}
-
-#[allow(unsafe_code)] // the one FFI call outside `ffi`: it is needed on every build
-fn pyo3_ffi_version_string() -> String {
-    // SAFETY: Py_GetVersion returns a static NUL-terminated string; it may be called before
-    // Py_Initialize and from any thread.
-    unsafe { std::ffi::CStr::from_ptr(pyo3_ffi::Py_GetVersion()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 impl WorkerType for Subinterpreters {
@@ -164,6 +156,8 @@ pub(crate) struct Shared {
     pub(crate) interpreter: Mutex<Option<ffi::InterpreterHandle>>,
 }
 
+// Made only by `start` and ended only by the worker thread: neither exists without `Py_3_13`.
+#[cfg(Py_3_13)]
 impl Shared {
     fn new() -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -288,6 +282,7 @@ fn live_count() -> &'static (Mutex<usize>, Condvar) {
     &LIVE
 }
 
+#[cfg(Py_3_13)]
 fn count_started() {
     let (lock, _) = live_count();
     *lock.lock().unwrap_or_else(PoisonError::into_inner) += 1;
@@ -342,14 +337,14 @@ pub fn wait_all_ended(timeout: Option<Duration>) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{REFUSALS, WORKER_LOOP_SOURCE};
+    use super::REFUSALS;
 
     #[test]
     fn the_worker_loop_knows_every_refusal() {
         // The worker loop has its own copy, to tell a refusal while a job runs from its errors.
         for marker in REFUSALS {
             assert!(
-                WORKER_LOOP_SOURCE.contains(&format!("    {marker:?},\n")),
+                include_str!("worker_loop.py").contains(&format!("    {marker:?},\n")),
                 "worker_loop.py's REFUSALS lacks {marker:?}"
             );
         }

@@ -25,15 +25,46 @@ None for other exceptions: with the type name and message, what AUTO's refusal c
 (``src/auto.rs``).
 """
 
-import _pickle as pickle  # the C pickler: pickle.py imports re, struct, ... (~4 ms per worker)
 import sys
-from array import array
-from operator import methodcaller
+from _operator import methodcaller  # operator.py is this plus Python fallbacks
 
+
+def _import_pickle():
+    """The C pickler (``pickle.py`` imports re, struct, ...: ~4 ms per new worker), imported
+    without ``functools`` where this interpreter has none yet. ``_pickle`` reads only
+    ``functools.partial`` at import, which is ``_functools.partial``; the whole of functools would
+    cost a new worker ``collections``, ``reprlib``, ``keyword``, ... (~2 ms). Only this thread runs
+    here while the stand-in is in ``sys.modules``; should a CPython read more of it, the import
+    fails and is done again with the real functools."""
+    if "functools" in sys.modules:
+        import _pickle
+
+        return _pickle
+    import _functools
+
+    stand_in = type(sys)("functools")
+    stand_in.partial = _functools.partial
+    sys.modules["functools"] = stand_in
+    try:
+        import _pickle
+    except Exception:
+        del sys.modules["functools"]
+        import _pickle
+    finally:
+        if sys.modules.get("functools") is stand_in:
+            del sys.modules["functools"]
+    return _pickle
+
+
+pickle = _import_pickle()
 HIGHEST_PROTOCOL = 5  # pickle.HIGHEST_PROTOCOL, which _pickle does not name
 _MAX_CHAIN = 32
 _SCANNED_ITEMS = 16
-_WRAPPABLE = frozenset((bytes, bytearray, array, memoryview))
+# array.array once this interpreter has imported ``array`` (``_know_array``): importing it costs a
+# new worker ``collections`` (~2 ms; the module registers its type as a MutableSequence), and a
+# value is an array only if something here imported the module.
+array = None
+_WRAPPABLE = frozenset((bytes, bytearray, memoryview))
 _SCANNED = frozenset((tuple, list, dict))
 # Values of these types hold no PickleBuffer (large bytes are _WRAPPABLE, checked by size).
 _PLAIN = frozenset((int, float, str, bool, type(None), complex))
@@ -72,6 +103,14 @@ class _OutOfBand:
         return kind, (pickle.PickleBuffer(obj),)
 
 
+def _know_array():
+    global array, _WRAPPABLE
+    module = sys.modules.get("array")
+    if module is not None:
+        array = module.array
+        _WRAPPABLE = _WRAPPABLE | {array}
+
+
 def _out_of_band(obj, wrapped):
     kind = type(obj)
     if kind is bytes or kind is bytearray or kind is array:
@@ -97,6 +136,8 @@ def _dumps_value(value):
             return pickle.dumps(value, 5), None
         except Exception:
             return _dumps(value), None  # pickle again, then cloudpickle
+    if array is None:
+        _know_array()
     if kind in _WRAPPABLE:
         value = _out_of_band(value, {})
         if type(value) is not _OutOfBand and kind is not memoryview:
@@ -328,6 +369,60 @@ class _ParentMain:
         return getattr(module, name)
 
 
+def _take_authkey(authkey):
+    """Makes ``authkey`` this process's ``multiprocessing`` authkey: now if ``multiprocessing``
+    is loaded here, else as soon as it is (``_AuthkeyOnImport``); importing it up front would cost
+    every new worker ~12 ms (threading, signal, ...) for jobs that may never use it."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = authkey
+    else:
+        sys.meta_path.insert(0, _AuthkeyOnImport(authkey))
+
+
+class _AuthkeyOnImport:
+    """A meta path finder that finds nothing itself: when ``multiprocessing.process`` is first
+    imported here (a Manager proxy connects while its job unpickles, so not later), it leaves
+    ``sys.meta_path``, finds the module's spec with the finders after it, and wraps the spec's
+    loader so that the authkey is set once the module has run, before the import returns."""
+
+    def __init__(self, authkey):
+        self.authkey = authkey
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "multiprocessing.process":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = None if find is None else find(name, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _SettingAuthkey(spec.loader, self.authkey)
+                return spec
+        return None
+
+
+class _SettingAuthkey:
+    """The real loader of ``multiprocessing.process``, and the authkey set after it ran; the
+    module and its spec get the real loader back."""
+
+    def __init__(self, loader, authkey):
+        self.loader, self.authkey = loader, authkey
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self.loader
+        self.loader.exec_module(module)
+        module.current_process().authkey = self.authkey
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
 def setup(config):
     """Prepares the interpreter; returns None, or ``(SETUP_FAILED | INIT_FAILED, reason,
     exception_records)`` if it cannot serve jobs. ``config`` is ``pickle((sys_path, argv,
@@ -354,9 +449,7 @@ def setup(config):
         if main_kind is not None and "__mp_main__" not in sys.modules:
             sys.modules["__main__"].__getattr__ = _ParentMain(main_kind, main_ref)
         if authkey is not None:
-            import multiprocessing.process
-
-            multiprocessing.process.current_process().authkey = authkey
+            _take_authkey(authkey)
         stage = SETUP_FAILED, "unpickling init or retire failed"
         init, _retire = pickle.loads(init), pickle.loads(retire)
         stage = INIT_FAILED, "the worker's init raised an exception"
