@@ -200,12 +200,12 @@ class _Trio:
         the limiter's queued turns: see :meth:`serve`."""
         if turn is None or turn.state is Turn.SERVED:
             limiter.release()
-        queue = self._turns.get(limiter)
-        if queue:
-            self.serve(limiter, queue)
+        if self._turns:  # a limiter's queue goes once it is empty: a lone call reads no queue
+            queue = self._turns.get(limiter)
+            if queue is not None:
+                self.serve(limiter, queue)
 
-    @staticmethod
-    def serve(limiter: trio.CapacityLimiter, queue: collections.deque[Turn]) -> None:
+    def serve(self, limiter: trio.CapacityLimiter, queue: collections.deque[Turn]) -> None:
         """Runs queued calls' jobs in this pass of the loop, while the limiter hands their tasks
         its tokens.
 
@@ -225,6 +225,7 @@ class _Trio:
             while queue and queue[0].state is not Turn.WAITING:
                 queue.popleft()  # cancelled, or woken with a token nobody used for it
             if not queue:
+                del self._turns[limiter]
                 return
             turn = queue[0]
             if turn.task not in limiter.statistics().borrowers:
