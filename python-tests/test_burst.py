@@ -8,6 +8,7 @@ cancelled while it waits for a token never runs, and every token comes back.
 """
 
 import asyncio
+import contextlib
 import os
 
 import _funcs
@@ -143,6 +144,18 @@ class Blocked:
         self._release.send(b"r" * n)
 
 
+@contextlib.asynccontextmanager
+async def two_blocked_calls(ctx, limiter):
+    """A nursery in which two calls hold both tokens of ``limiter`` (see :class:`Blocked`),
+    within the hang guard."""
+    with _helpers.Fifo() as started, _helpers.Fifo() as release:
+        with trio.fail_after(_helpers.HANG_GUARD):
+            async with trio.open_nursery() as nursery:
+                blocked = Blocked(ctx, limiter, nursery, started, release)
+                await blocked.start()
+                yield nursery, blocked
+
+
 async def queue_calls(ctx, directory, limiter, nursery, indices, results, **kwargs):
     """Starts a call per index and returns once all of them wait for a token; each cancel
     scope (by index) covers its call only."""
@@ -166,21 +179,15 @@ async def queue_calls(ctx, directory, limiter, nursery, indices, results, **kwar
 async def test_calls_cancelled_while_queued_never_run_and_the_rest_run_once(ctx, tmp_path, kwargs):
     limiter = trio.CapacityLimiter(2)
     results = {}
-    with _helpers.Fifo() as started, _helpers.Fifo() as release:
-        with trio.fail_after(_helpers.HANG_GUARD):
-            async with trio.open_nursery() as nursery:
-                blocked = Blocked(ctx, limiter, nursery, started, release)
-                await blocked.start()
-                indices = range(QUEUED)
-                scopes = await queue_calls(
-                    ctx, tmp_path, limiter, nursery, indices, results, **kwargs
-                )
-                for i in indices[1::2]:
-                    scopes[i].cancel()
-                await trio.testing.wait_all_tasks_blocked()
-                assert limiter.statistics().tasks_waiting == QUEUED // 2
-                assert claimed(tmp_path) == []
-                blocked.release(2)
+    async with two_blocked_calls(ctx, limiter) as (nursery, blocked):
+        indices = range(QUEUED)
+        scopes = await queue_calls(ctx, tmp_path, limiter, nursery, indices, results, **kwargs)
+        for i in indices[1::2]:
+            scopes[i].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.statistics().tasks_waiting == QUEUED // 2
+        assert claimed(tmp_path) == []
+        blocked.release(2)
     kept = list(indices[::2])
     assert results == {i: i for i in kept}
     assert claimed(tmp_path) == kept
@@ -193,30 +200,26 @@ async def test_calls_cancelled_while_queued_never_run_and_the_rest_run_once(ctx,
 async def test_a_resized_limiter_mid_burst_hands_out_what_it_has(ctx, tmp_path):
     limiter = trio.CapacityLimiter(2)
     results = Counted()
-    with _helpers.Fifo() as started, _helpers.Fifo() as release:
-        with trio.fail_after(_helpers.HANG_GUARD):
-            async with trio.open_nursery() as nursery:
-                blocked = Blocked(ctx, limiter, nursery, started, release)
-                await blocked.start()
-                first = range(QUEUED)
-                await queue_calls(ctx, tmp_path, limiter, nursery, first, results)
-                # Two more tokens: the queued calls all run on them, beside the blocked two.
-                limiter.total_tokens = 4
-                await results.wait_for_size(QUEUED)
-                assert results == {i: i for i in first}
-                assert limiter.borrowed_tokens == 2
-                assert limiter.statistics().tasks_waiting == 0
-                # One token, two still out: queued calls wait until both are back.
-                limiter.total_tokens = 1
-                second = range(QUEUED, 2 * QUEUED)
-                await queue_calls(ctx, tmp_path, limiter, nursery, second, results)
-                blocked.release()
-                await blocked.values.wait_for_size(1)  # its call gave its token back
-                await trio.testing.wait_all_tasks_blocked()
-                assert limiter.borrowed_tokens == 1
-                assert limiter.statistics().tasks_waiting == QUEUED
-                assert claimed(tmp_path) == list(first)
-                blocked.release()
+    async with two_blocked_calls(ctx, limiter) as (nursery, blocked):
+        first = range(QUEUED)
+        await queue_calls(ctx, tmp_path, limiter, nursery, first, results)
+        # Two more tokens: the queued calls all run on them, beside the blocked two.
+        limiter.total_tokens = 4
+        await results.wait_for_size(QUEUED)
+        assert results == {i: i for i in first}
+        assert limiter.borrowed_tokens == 2
+        assert limiter.statistics().tasks_waiting == 0
+        # One token, two still out: queued calls wait until both are back.
+        limiter.total_tokens = 1
+        second = range(QUEUED, 2 * QUEUED)
+        await queue_calls(ctx, tmp_path, limiter, nursery, second, results)
+        blocked.release()
+        await blocked.values.wait_for_size(1)  # its call gave its token back
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.borrowed_tokens == 1
+        assert limiter.statistics().tasks_waiting == QUEUED
+        assert claimed(tmp_path) == list(first)
+        blocked.release()
     assert results == {i: i for i in range(2 * QUEUED)}
     assert claimed(tmp_path) == list(range(2 * QUEUED))
     assert_tokens_back(limiter)
@@ -228,22 +231,18 @@ async def test_a_task_parked_on_the_limiter_by_other_code_gets_its_turn(ctx, tmp
     limiter = trio.CapacityLimiter(2)
     results = {}
     entered = []
-    with _helpers.Fifo() as started, _helpers.Fifo() as release:
-        with trio.fail_after(_helpers.HANG_GUARD):
-            async with trio.open_nursery() as nursery:
-                blocked = Blocked(ctx, limiter, nursery, started, release)
-                await blocked.start()
-                await queue_calls(ctx, tmp_path, limiter, nursery, range(10), results)
+    async with two_blocked_calls(ctx, limiter) as (nursery, blocked):
+        await queue_calls(ctx, tmp_path, limiter, nursery, range(10), results)
 
-                async def other_code():
-                    async with limiter:
-                        entered.append(limiter.borrowed_tokens)
-                        await trio.sleep(0)
+        async def other_code():
+            async with limiter:
+                entered.append(limiter.borrowed_tokens)
+                await trio.sleep(0)
 
-                nursery.start_soon(other_code)
-                await trio.testing.wait_all_tasks_blocked()
-                await queue_calls(ctx, tmp_path, limiter, nursery, range(10, 20), results)
-                blocked.release(2)
+        nursery.start_soon(other_code)
+        await trio.testing.wait_all_tasks_blocked()
+        await queue_calls(ctx, tmp_path, limiter, nursery, range(10, 20), results)
+        blocked.release(2)
     assert entered and entered[0] >= 1
     assert results == {i: i for i in range(20)}
     assert claimed(tmp_path) == list(range(20))
