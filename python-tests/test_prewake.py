@@ -29,6 +29,17 @@ def _ids(kwargs):
     return ",".join(kwargs) or "default"
 
 
+async def _release_once_blocked(release):
+    await trio.testing.wait_all_tasks_blocked()
+    release.send()
+
+
+async def _release_once_parked(started, release):
+    """Releases the job once it has started and its caller is parked."""
+    await started.wait_started()
+    await _release_once_blocked(release)
+
+
 async def _learn(ctx, **kwargs):
     for _ in range(3):
         assert await ctx.run_sync(_funcs.learned_job, "busy", LEARNED_RUN, **kwargs) == "busy"
@@ -40,13 +51,7 @@ async def test_a_job_much_longer_than_learned_returns_its_value(ctx, kwargs):
     with _helpers.Fifo() as started, _helpers.Fifo() as release:
         with trio.fail_after(_helpers.HANG_GUARD):
             async with trio.open_nursery() as nursery:
-
-                async def release_once_parked():
-                    await started.wait_started()
-                    await trio.testing.wait_all_tasks_blocked()
-                    release.send()
-
-                nursery.start_soon(release_once_parked)
+                nursery.start_soon(_release_once_parked, started, release)
                 value = await ctx.run_sync(
                     _funcs.learned_job, "block", started.w, release.r, "late", **kwargs
                 )
@@ -168,13 +173,7 @@ async def test_an_ordered_map_of_learned_chunks_returns_every_value_also_a_late_
         items = [*learned, ("block", started.w, release.r, "late"), ("busy", 0.0)]
         with trio.fail_after(_helpers.HANG_GUARD):
             async with trio.open_nursery() as nursery:
-
-                async def release_once_parked():
-                    await started.wait_started()
-                    await trio.testing.wait_all_tasks_blocked()
-                    release.send()
-
-                nursery.start_soon(release_once_parked)
+                nursery.start_soon(_release_once_parked, started, release)
                 results = interpool.astarmap(
                     _funcs.learned_job, items, max_in_flight=1, context=ctx
                 )
@@ -212,8 +211,3 @@ async def test_leaving_an_ordered_map_of_learned_chunks_ends_its_running_chunk(c
     assert got == ["busy"] * 4
     assert ctx.statistics().running_workers == 0
     assert await ctx.run_sync(_funcs.learned_job, "busy", 0.0) == "busy"
-
-
-async def _release_once_blocked(release):
-    await trio.testing.wait_all_tasks_blocked()
-    release.send()

@@ -804,13 +804,16 @@ impl Future for InFlight<'_> {
             lease.observe_quick_return(this.spin);
         } else {
             if let (Some((plan, timed)), true) = (this.plan, completion.take_prewoken()) {
-                // Woken before the job is due: spin the last stretch (blocking this executor
-                // thread, as the first spin does).
+                // Woken before the job is due (sampled even if the outcome came meanwhile, as
+                // `run_sync`'s are): spin the last stretch, blocking this executor thread as the
+                // first spin does.
                 if let (true, Some((durations, _))) = (timed, this.prewake) {
                     durations.observe_wake(plan.at, Instant::now());
                 }
-                let _spinning = Spinning::start();
-                completion.spin(plan.spin);
+                if !completion.is_done() {
+                    let _spinning = Spinning::start();
+                    completion.spin(plan.spin);
+                }
             }
             if completion.poll_done(cx).is_pending() {
                 if first_poll {
@@ -821,9 +824,12 @@ impl Future for InFlight<'_> {
                 return Poll::Pending;
             }
         }
-        let completed_at = completion.completed_at();
-        if let (Some((durations, key)), Some(completed_at)) = (this.prewake, completed_at) {
-            durations.observe_run(key, lease.submitted(), completed_at);
+        // Run times are learned from calls that parked, as `run_sync`'s are: a quick call
+        // needs no wake-up, and its hot path stays as it was.
+        if let (Some((durations, key)), false) = (this.prewake, spun_to_done) {
+            if let Some(completed_at) = completion.completed_at() {
+                durations.observe_run(key, lease.submitted(), completed_at);
+            }
         }
         let finished = lease.finish().expect("the completion is done");
         Poll::Ready(finished)

@@ -587,15 +587,18 @@ impl Call {
     fn woken(&self, py: Python<'_>, spin: bool) -> PyResult<bool> {
         let completion = self.lease()?.completion();
         completion.drain_fd();
+        // Sampled whether or not the outcome came meanwhile: the late wake-ups are the ones it
+        // beats, and leaving them out would teach a lead too short.
+        let prewoken = completion.take_prewoken();
+        if let (Some(plan), true, true) = (self.plan, self.timed, prewoken) {
+            self.durations.observe_wake(plan.at, Instant::now());
+        }
         if completion.is_done() {
             return Ok(true);
         }
-        let (Some(plan), true) = (self.plan, completion.take_prewoken()) else {
+        let (Some(plan), true) = (self.plan, prewoken) else {
             return Ok(false);
         };
-        if self.timed {
-            self.durations.observe_wake(plan.at, Instant::now());
-        }
         Ok(spin
             && py.detach(|| {
                 let _spinning = prewake::Spinning::start();

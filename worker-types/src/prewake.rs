@@ -12,8 +12,15 @@
 //! The lead is learned too: how late the caller actually resumed after its alarm.
 //!
 //! Spinning costs a core, so the alarm does nothing unless one is free (the system's runnable
-//! thread count, read when the alarm fires, leaves room for the spinner): on a machine whose cores
-//! are all busy, or under a CPU-bound burst of interpool's own jobs, the caller stays parked.
+//! thread count, read when the alarm fires, leaves room for the spinner; this process's own
+//! spinners, [`Spinning`], count as free, since yielding spinners share a core): on a machine
+//! whose cores are all busy, or under a CPU-bound burst of interpool's own jobs, the caller stays
+//! parked.
+//!
+//! The same learning and the same check serve the workers' side (`mailbox`): a worker learns the
+//! gaps between its jobs in a [`Durations`] of its own and waits for the next one by its
+//! [`Plan`] ([`Plan::wait`]), and a process worker's thread waits for an outcome by the plan the
+//! caller recorded in the completion ([`Completion::expect`]).
 //!
 //! One alarm thread per process serves every caller; it holds only weak references, so a call
 //! that ends or is dropped first is simply skipped.
