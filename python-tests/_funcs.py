@@ -84,6 +84,13 @@ def identity(x):
     return x
 
 
+def claim(directory, i):
+    """Create ``directory/i`` and return ``i``: a job run twice raises FileExistsError, so the
+    files left say which jobs ran, each at most once."""
+    os.close(os.open(os.path.join(directory, str(i)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    return i
+
+
 def pid_and_interpreter():
     return os.getpid(), interpreter_id()
 

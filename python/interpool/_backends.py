@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import sniffio
 
+from . import _outcome
+
 
 class DeferredModule:
     """Stands for a module until the first attribute access, which imports it and puts the
@@ -86,6 +88,31 @@ def current() -> _Trio | _Asyncio:
 
 # --- trio ----------------------------------------------------------------------------------------
 
+# How long a caller spins for the outcome before parking (see ``_call.py``).
+SPIN_MICROSECONDS = 30
+# The most queued jobs one token holder runs for other calls in one pass of trio's loop: bounds
+# how long serving them keeps the loop from its other tasks (each job at most the spin).
+SERVE_AT_MOST = 64
+# Outcomes that end a call; any other (a load error) may be re-run elsewhere under its token.
+_FINAL_KINDS = (_outcome.VALUE, _outcome.VALUE_BUFFERS, _outcome.RAISED)
+
+
+class Turn:
+    """A call parked on a ``trio.CapacityLimiter`` with its job ready, for a token holder to run
+    (:meth:`_Trio.serve`). ``state``: ``WAITING`` (parked); ``SERVED`` (its task holds a token
+    and ``call`` is its submitted job, ``outcome`` possibly taken already); ``DONE`` (``outcome``
+    taken and the token given back); ``OWN`` (its task got a token nobody used: it runs the call
+    itself); ``GONE`` (cancelled while parked: the job never ran)."""
+
+    __slots__ = ("cache", "call", "core", "outcome", "payload", "state", "task")
+    WAITING, SERVED, DONE, OWN, GONE = "waiting", "served", "done", "own", "gone"
+
+    def __init__(self, task: object, core: Any, cache: Any, payload: Any) -> None:
+        self.task, self.core, self.cache, self.payload = task, core, cache, payload
+        self.state = Turn.WAITING
+        self.call: Any = None
+        self.outcome: tuple[int, Any, Any] | None = None
+
 
 class _Trio:
     """Made on the first use under trio (trio is imported then)."""
@@ -110,6 +137,10 @@ class _Trio:
         self._default_limiter: trio.lowlevel.RunVar[trio.CapacityLimiter] = trio.lowlevel.RunVar(
             "interpool_default_limiter"
         )
+        # Per limiter, the calls parked on it whose jobs a token holder may run (see serve).
+        self._turns: weakref.WeakKeyDictionary[trio.CapacityLimiter, collections.deque[Turn]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def default_limiter(self) -> trio.CapacityLimiter:
         """The default worker limiter of this ``trio.run`` (``os.cpu_count()`` tokens)."""
@@ -132,21 +163,92 @@ class _Trio:
             return False
         return True
 
-    @staticmethod
-    async def take_token(limiter: trio.CapacityLimiter) -> None:
-        """Takes a token among other calls: yields before taking it, and once more before
-        parking on the limiter. Yielding with a token held makes every call that runs meanwhile
-        park on the limiter, and trio wakes those one per pass of its loop, several times what a
-        trivial job costs; calls that merely yielded all take a token in turn in the next pass."""
+    async def take_token(
+        self, limiter: trio.CapacityLimiter, core: Any, cache: Any, payload: Any
+    ) -> Turn | None:
+        """Takes a token among other calls: yields before taking it (a task never yields with a
+        token held, see :meth:`after_submit`), and if none is free then, parks on the limiter
+        with its job in the limiter's queue of turns (:class:`Turn`), for a token holder to serve
+        (:meth:`release_token`). Returns the turn if its job was submitted for it (it holds the
+        token unless the turn is ``DONE``); None if the call holds a token and runs as usual."""
         await trio.lowlevel.checkpoint()
         try:
             limiter.acquire_nowait()
+            return None
         except trio.WouldBlock:
-            await trio.lowlevel.checkpoint()
+            pass
+        queue = self._turns.get(limiter)
+        if queue is None:
+            queue = self._turns[limiter] = collections.deque()
+        turn = Turn(trio.lowlevel.current_task(), core, cache, payload)
+        # The turns of a queue are in the order of their tasks in the limiter's parking lot: both
+        # are appended here, with no yield in between (the limiter's own acquire_nowait, inside
+        # acquire, fails as ours did).
+        queue.append(turn)
+        try:
+            await limiter.acquire()
+        except BaseException:
+            turn.state = Turn.GONE
+            raise
+        if turn.state is Turn.SERVED or turn.state is Turn.DONE:
+            return turn
+        turn.state = Turn.OWN  # the limiter gave it the token; nobody submitted its job
+        return None
+
+    def release_token(self, limiter: trio.CapacityLimiter, turn: Turn | None) -> None:
+        """Gives back the call's token (unless the holder that served its turn did), then serves
+        the limiter's queued turns: see :meth:`serve`."""
+        if turn is None or turn.state is Turn.SERVED:
+            limiter.release()
+        if self._turns:  # a limiter's queue goes once it is empty: a lone call reads no queue
+            queue = self._turns.get(limiter)
+            if queue is not None:
+                self.serve(limiter, queue)
+
+    def serve(self, limiter: trio.CapacityLimiter, queue: collections.deque[Turn]) -> None:
+        """Runs queued calls' jobs in this pass of the loop, while the limiter hands their tasks
+        its tokens.
+
+        ``release`` gives a freed token to the first task parked on the limiter, which would run
+        only in the next pass of trio's loop: in a burst each token would then carry one job per
+        pass (a convoy: ~5,000 passes for 10k jobs on 2 tokens). Instead, as long as the first
+        waiting turn's task got the token, this submits its job, spins for it and takes its
+        outcome, then gives the token back on that task's behalf, which hands it to the next
+        turn: up to SERVE_AT_MOST jobs in one pass, each on a worker still hot from the last.
+        The served tasks wake in the next pass with their outcome in (``DONE``). A job that
+        does not finish within the spin (or an outcome AUTO may re-run) stays with its turn
+        (``SERVED``): the task holds the token, waits for the job itself and serves the queue
+        when it gives the token back. A token the limiter gave elsewhere (a task parked on it
+        by other code, a resize) ends the serving; every task given a token wakes in any case,
+        and an unserved turn runs its call itself (``OWN``), so no call waits on this."""
+        for _ in range(SERVE_AT_MOST):
+            while queue and queue[0].state is not Turn.WAITING:
+                queue.popleft()  # cancelled, or woken with a token nobody used for it
+            if not queue:
+                del self._turns[limiter]
+                return
+            turn = queue[0]
+            if turn.task not in limiter.statistics().borrowers:
+                return
+            core = turn.core
+            if core.closed:
+                return  # its task raises ClosedResourceError itself
+            queue.popleft()
+            turn.state = Turn.SERVED
+            core.running.append(None)  # popped by the turn's task, as for its own calls
             try:
-                limiter.acquire_nowait()
-            except trio.WouldBlock:
-                await limiter.acquire()
+                call = turn.call = turn.cache.submit(turn.payload)
+            except Exception:  # noqa: BLE001 (not this call's: its task tries again and raises it)
+                core.running.pop()
+                turn.state = Turn.OWN
+                return
+            if not call.spin(SPIN_MICROSECONDS):
+                return
+            outcome = turn.outcome = call.result()
+            if outcome[0] not in _FINAL_KINDS:
+                return
+            turn.state = Turn.DONE
+            limiter.release_on_behalf_of(turn.task)
 
     @staticmethod
     async def wait_readable_shielded(fd: int, timeout: float = math.inf) -> None:
@@ -245,9 +347,13 @@ class _Asyncio:
         return limiter.try_acquire()
 
     @staticmethod
-    async def take_token(limiter: CapacityLimiter) -> None:
+    async def take_token(limiter: CapacityLimiter, core: Any, cache: Any, payload: Any) -> None:
         """Waits for a token of ``limiter``, first come first served."""
         await limiter.acquire()
+
+    @staticmethod
+    def release_token(limiter: CapacityLimiter, turn: None) -> None:
+        limiter.release()
 
     @staticmethod
     async def wait_readable(fd: int, timeout: float | None = None) -> None:

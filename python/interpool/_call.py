@@ -48,7 +48,7 @@ T = TypeVar("T")
 # How long a caller spins for the outcome before parking. Warm trivial jobs come back in a few
 # microseconds, so this saves the two cross-thread wake-ups that parking costs; longer jobs pay
 # at most this much CPU once.
-SPIN_MICROSECONDS = 30
+SPIN_MICROSECONDS = _backends.SPIN_MICROSECONDS
 # After interrupting a job on cancellation, how long to wait before abandoning its worker (the
 # interrupt needs the worker's GIL, which takes up to a switch interval, 5 ms).
 ABANDON_AFTER = 1.0
@@ -101,13 +101,18 @@ async def run_sync(
     if type(limiter) is backend.limiter_type:
         if backend.try_take_token(limiter):
             after_submit = backend.after_submit
+            turn = None
         else:
-            await backend.take_token(limiter)
-            after_submit = None  # the call made its schedule point before the token
+            # Its schedule point comes before the token; under trio, a token holder may have
+            # submitted the job for it meanwhile (the turn).
+            turn = await backend.take_token(limiter, core, cache, payload)
+            after_submit = None
         try:
-            return await _run(core, backend, cache, payload, kill_on_cancel, sync_fn, after_submit)  # type: ignore[no-any-return]
+            return await _run(  # type: ignore[no-any-return]
+                core, backend, cache, payload, kill_on_cancel, sync_fn, after_submit, turn
+            )
         finally:
-            limiter.release()
+            backend.release_token(limiter, turn)
     async with limiter:
         return await _run(  # type: ignore[no-any-return]
             core, backend, cache, payload, kill_on_cancel, sync_fn, backend.after_submit
@@ -122,24 +127,33 @@ async def _run(
     kill_on_cancel: bool,
     fn: object,
     after_submit: Callable[[], Awaitable[None]] | None,
+    turn: _backends.Turn | None = None,
 ) -> Any:
     """Submits the job, waits for its outcome and returns it (or raises it); re-runs it once
-    where AUTO says if it could not load."""
-    if core.closed:
-        raise trio.ClosedResourceError("this worker context is closed")
+    where AUTO says if it could not load. A ``turn`` is a job a token holder submitted for this
+    call (counted as running already), with its outcome taken if the job was quick."""
     running = core.running
-    running.append(None)
+    if turn is None:
+        if core.closed:
+            raise trio.ClosedResourceError("this worker context is closed")
+        running.append(None)
+        call = outcome = None
+    else:
+        call, outcome = turn.call, turn.outcome
     load_error = None  # the records of a subinterpreter's load error being retried
     try:
         while True:
-            call = cache.submit(payload)
-            if after_submit is not None:
-                await after_submit()
-            if not call.spin(SPIN_MICROSECONDS):
-                if core.auto is not None:
-                    core.auto.note_parked()
-                await wait_for(backend, call, kill_on_cancel, id(fn))
-            kind, data, reason = call.result()
+            if outcome is None:
+                if call is None:
+                    call = cache.submit(payload)
+                    if after_submit is not None:
+                        await after_submit()
+                if not call.spin(SPIN_MICROSECONDS):
+                    if core.auto is not None:
+                        core.auto.note_parked()
+                    await wait_for(backend, call, kill_on_cancel, id(fn))
+                outcome = call.result()
+            kind, data, reason = outcome
             if load_error is not None:
                 core.loaded_elsewhere(fn, kind, load_error)
                 load_error = None
@@ -156,6 +170,7 @@ async def _run(
             # for it); a second load error there is the call's.
             load_error = data if kind == _outcome.LOAD_ERROR else None
             cache = retry
+            call = outcome = None
     finally:
         running.pop()
         if core.on_drained is not None and not running:

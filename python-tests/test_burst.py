@@ -1,0 +1,249 @@
+"""Bursts: many more calls than tokens at once, under trio and asyncio, on every worker type.
+
+Under trio the calls that find every token of a ``trio.CapacityLimiter`` out park on it with
+their job ready, and a call giving its token back runs the queued jobs for them (``_Trio.serve``
+in ``_backends.py``). What these tests hold to, whatever path a call took: every call returns
+its own value, each job runs exactly once (``_funcs.claim`` refuses a second run), a call
+cancelled while it waits for a token never runs, and every token comes back.
+"""
+
+import asyncio
+import contextlib
+import os
+
+import _funcs
+import _helpers
+import pytest
+import trio
+import trio.testing
+
+import interpool
+
+pytestmark = [
+    pytest.mark.needs_subinterpreters,
+    pytest.mark.contract,
+    pytest.mark.usefixtures("worker_type"),
+]
+
+BURST = 300
+QUEUED = 40
+
+
+def claimed(directory):
+    return sorted(int(name) for name in os.listdir(directory))
+
+
+def assert_tokens_back(limiter):
+    assert limiter.borrowed_tokens == 0
+    assert limiter.statistics().tasks_waiting == 0
+
+
+async def burst(ctx, directory, limiter, jobs=BURST):
+    results = {}
+
+    async def one(i):
+        results[i] = await ctx.run_sync(_funcs.claim, str(directory), i, limiter=limiter)
+
+    with trio.fail_after(_helpers.HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            for i in range(jobs):
+                nursery.start_soon(one, i)
+    return results
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 3])
+async def test_a_burst_returns_every_value_and_runs_each_job_once(ctx, tmp_path, tokens):
+    limiter = trio.CapacityLimiter(tokens)
+    results = await burst(ctx, tmp_path, limiter)
+    assert results == {i: i for i in range(BURST)}
+    assert claimed(tmp_path) == list(range(BURST))
+    assert_tokens_back(limiter)
+    assert ctx.statistics().running_workers == 0
+
+
+async def test_a_burst_on_the_default_limiter(ctx, tmp_path):
+    limiter = interpool.current_default_worker_limiter()
+    limiter.total_tokens = 2
+    results = await burst(ctx, tmp_path, None)
+    assert results == {i: i for i in range(BURST)}
+    assert claimed(tmp_path) == list(range(BURST))
+    assert_tokens_back(limiter)
+
+
+async def test_a_burst_on_a_limiter_that_is_no_capacity_limiter(ctx, tmp_path):
+    semaphore = trio.Semaphore(2)
+    results = await burst(ctx, tmp_path, semaphore)
+    assert results == {i: i for i in range(BURST)}
+    assert claimed(tmp_path) == list(range(BURST))
+    assert semaphore.value == 2
+
+
+def test_a_burst_under_asyncio(worker_type, tmp_path):
+    async def main():
+        async with interpool.open_worker_context(worker_type=worker_type) as ctx:
+            limiter = interpool.AsyncioCapacityLimiter(2)
+            results = {}
+
+            async def one(i):
+                results[i] = await ctx.run_sync(_funcs.claim, str(tmp_path), i, limiter=limiter)
+
+            async with asyncio.TaskGroup() as group:
+                for i in range(BURST):
+                    group.create_task(one(i))
+            assert limiter.borrowed_tokens == 0
+        _helpers.assert_no_workers(ctx)
+        return results
+
+    assert _helpers.run("asyncio", main) == {i: i for i in range(BURST)}
+    assert claimed(tmp_path) == list(range(BURST))
+
+
+class Counted(dict):
+    """A dict of results whose size a test can wait for (jobs finish in workers: a task waiting
+    for one counts as blocked for ``wait_all_tasks_blocked``)."""
+
+    def __init__(self):
+        super().__init__()
+        self._waiting = []
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        for size, event in self._waiting:
+            if len(self) >= size:
+                event.set()
+
+    async def wait_for_size(self, size):
+        event = trio.Event()
+        self._waiting.append((size, event))
+        if len(self) >= size:
+            event.set()
+        await event.wait()
+
+
+class Blocked:
+    """Two calls holding both tokens of ``limiter`` with jobs blocked until :meth:`release`."""
+
+    def __init__(self, ctx, limiter, nursery, started, release):
+        self.ctx, self.limiter, self.nursery = ctx, limiter, nursery
+        self.started, self._release = started, release
+        self.values = Counted()
+
+    async def start(self, n=2):
+        for i in range(n):
+            self.nursery.start_soon(self._hold, i)
+        for _ in range(n):
+            await self.started.wait_started()
+        assert self.limiter.borrowed_tokens == n
+
+    async def _hold(self, i):
+        # kill_on_cancel: a failed assertion cancels the nursery, which must not wait for them.
+        args = (_funcs.signal_and_block, self.started.w, self._release.r, i)
+        self.values[i] = await self.ctx.run_sync(*args, limiter=self.limiter, kill_on_cancel=True)
+
+    def release(self, n=1):
+        self._release.send(b"r" * n)
+
+
+@contextlib.asynccontextmanager
+async def two_blocked_calls(ctx, limiter):
+    """A nursery in which two calls hold both tokens of ``limiter`` (see :class:`Blocked`),
+    within the hang guard."""
+    with _helpers.Fifo() as started, _helpers.Fifo() as release:
+        with trio.fail_after(_helpers.HANG_GUARD):
+            async with trio.open_nursery() as nursery:
+                blocked = Blocked(ctx, limiter, nursery, started, release)
+                await blocked.start()
+                yield nursery, blocked
+
+
+async def queue_calls(ctx, directory, limiter, nursery, indices, results, **kwargs):
+    """Starts a call per index and returns once all of them wait for a token; each cancel
+    scope (by index) covers its call only."""
+    scopes = {i: trio.CancelScope() for i in indices}
+
+    async def one(i):
+        with scopes[i]:
+            results[i] = await ctx.run_sync(
+                _funcs.claim, str(directory), i, limiter=limiter, **kwargs
+            )
+
+    waiting = limiter.statistics().tasks_waiting
+    for i in indices:
+        nursery.start_soon(one, i)
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.statistics().tasks_waiting == waiting + len(indices)
+    return scopes
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"kill_on_cancel": True}], ids=["default", "kill"])
+async def test_calls_cancelled_while_queued_never_run_and_the_rest_run_once(ctx, tmp_path, kwargs):
+    limiter = trio.CapacityLimiter(2)
+    results = {}
+    async with two_blocked_calls(ctx, limiter) as (nursery, blocked):
+        indices = range(QUEUED)
+        scopes = await queue_calls(ctx, tmp_path, limiter, nursery, indices, results, **kwargs)
+        for i in indices[1::2]:
+            scopes[i].cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.statistics().tasks_waiting == QUEUED // 2
+        assert claimed(tmp_path) == []
+        blocked.release(2)
+    kept = list(indices[::2])
+    assert results == {i: i for i in kept}
+    assert claimed(tmp_path) == kept
+    assert all(scopes[i].cancelled_caught for i in indices[1::2])
+    assert blocked.values == {0: 0, 1: 1}
+    assert_tokens_back(limiter)
+    assert ctx.statistics().running_workers == 0
+
+
+async def test_a_resized_limiter_mid_burst_hands_out_what_it_has(ctx, tmp_path):
+    limiter = trio.CapacityLimiter(2)
+    results = Counted()
+    async with two_blocked_calls(ctx, limiter) as (nursery, blocked):
+        first = range(QUEUED)
+        await queue_calls(ctx, tmp_path, limiter, nursery, first, results)
+        # Two more tokens: the queued calls all run on them, beside the blocked two.
+        limiter.total_tokens = 4
+        await results.wait_for_size(QUEUED)
+        assert results == {i: i for i in first}
+        assert limiter.borrowed_tokens == 2
+        assert limiter.statistics().tasks_waiting == 0
+        # One token, two still out: queued calls wait until both are back.
+        limiter.total_tokens = 1
+        second = range(QUEUED, 2 * QUEUED)
+        await queue_calls(ctx, tmp_path, limiter, nursery, second, results)
+        blocked.release()
+        await blocked.values.wait_for_size(1)  # its call gave its token back
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.borrowed_tokens == 1
+        assert limiter.statistics().tasks_waiting == QUEUED
+        assert claimed(tmp_path) == list(first)
+        blocked.release()
+    assert results == {i: i for i in range(2 * QUEUED)}
+    assert claimed(tmp_path) == list(range(2 * QUEUED))
+    assert_tokens_back(limiter)
+
+
+async def test_a_task_parked_on_the_limiter_by_other_code_gets_its_turn(ctx, tmp_path):
+    # A token the limiter hands to a task that is no call ends the serving; the calls queued
+    # behind that task still run once it gives the token back.
+    limiter = trio.CapacityLimiter(2)
+    results = {}
+    entered = []
+    async with two_blocked_calls(ctx, limiter) as (nursery, blocked):
+        await queue_calls(ctx, tmp_path, limiter, nursery, range(10), results)
+
+        async def other_code():
+            async with limiter:
+                entered.append(limiter.borrowed_tokens)
+                await trio.sleep(0)
+
+        nursery.start_soon(other_code)
+        await trio.testing.wait_all_tasks_blocked()
+        await queue_calls(ctx, tmp_path, limiter, nursery, range(10, 20), results)
+        blocked.release(2)
+    assert entered and entered[0] >= 1
+    assert results == {i: i for i in range(20)}
+    assert claimed(tmp_path) == list(range(20))
+    assert_tokens_back(limiter)
