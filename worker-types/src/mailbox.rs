@@ -319,7 +319,7 @@ impl Mailbox {
                 }
                 Wait::ParkThenSpin(plan) => {
                     let until = deadline.map_or(plan.at, |d| d.min(plan.at));
-                    std::thread::park_timeout(until.saturating_duration_since(Instant::now()));
+                    prewake::park_precisely(until.saturating_duration_since(Instant::now()));
                     let woke = Instant::now();
                     if woke < plan.at {
                         Wait::ParkThenSpin(plan)
