@@ -11,11 +11,21 @@ import textwrap
 import _funcs
 import sniffio
 import trio
+import trio.testing
 
 import interpool
 
 # Generous bound that only turns a hang into a failure; no test asserts timings.
 HANG_GUARD = 60
+
+# The ways a call can be made cancellable, and with the default: the cancellation tests run
+# each of them (``kwargs_id`` names them in test ids).
+KILL_KWARGS = [{"kill_on_cancel": True}, {"cancellable": True}]
+ALL_KWARGS = [{}, *KILL_KWARGS]
+
+
+def kwargs_id(kwargs):
+    return ",".join(kwargs) or "default"
 
 
 def run_script(tmp_path, source, *args):
@@ -207,3 +217,29 @@ def interpool_threads(excluding: tuple[str, ...] = ()) -> list[str]:
         if name.startswith("interpool-") and not name.startswith(excluding):
             names.append(name)
     return sorted(names)
+
+
+async def cancel_without_kill_returns_the_value(ctx, job, *args):
+    """Runs ``job(*args, started, release, "value")`` in ``ctx`` (``started`` and ``release``:
+    fifos; the job signals the first once it runs, then blocks reading the second) and cancels
+    the call once it started, without ``kill_on_cancel``: the call must still wait for the job
+    (checked before releasing it), return its value, and be cancelled at the next checkpoint."""
+    result = []
+    with Fifo() as started, Fifo() as release:
+        with trio.fail_after(HANG_GUARD):
+            async with trio.open_nursery() as nursery:
+
+                async def cancel_then_release(cs):
+                    await cancel_when_started(cs, started)
+                    # The call must keep waiting for the job despite the cancel.
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert not result
+                    release.send()
+
+                with trio.CancelScope() as cs:
+                    nursery.start_soon(cancel_then_release, cs)
+                    result.append(await ctx.run_sync(job, *args, started.w, release.r, "value"))
+                    await trio.lowlevel.checkpoint()
+                    raise AssertionError("Cancelled was not delivered at the next checkpoint")
+    assert result == ["value"]
+    assert cs.cancelled_caught

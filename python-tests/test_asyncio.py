@@ -20,13 +20,6 @@ from interpool import _context
 SUB = interpool.WorkerType.SUBINTERPRETER
 pytestmark = pytest.mark.needs_subinterpreters
 
-KILL_KWARGS = [{"kill_on_cancel": True}, {"cancellable": True}]
-ALL_KWARGS = [{}, *KILL_KWARGS]
-
-
-def _ids(kwargs):
-    return ",".join(kwargs) or "default"
-
 
 def arun(async_fn, *args):
     return _helpers.run("asyncio", async_fn, *args)
@@ -115,7 +108,7 @@ def test_context_exit_finishes_despite_a_cancellation_then_raises_it():
 # --- cancellation ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", ALL_KWARGS, ids=_ids)
+@pytest.mark.parametrize("kwargs", _helpers.ALL_KWARGS, ids=_helpers.kwargs_id)
 def test_timeout_zero_never_runs_the_job(tmp_path, kwargs):
     path = tmp_path / "should-not-exist"
 
@@ -151,7 +144,7 @@ def test_cancel_without_kill_waits_for_the_job_then_raises():
     arun(main)
 
 
-@pytest.mark.parametrize("kwargs", KILL_KWARGS, ids=_ids)
+@pytest.mark.parametrize("kwargs", _helpers.KILL_KWARGS, ids=_helpers.kwargs_id)
 def test_kill_on_cancel_interrupts_and_keeps_the_interpreter(kwargs):
     async def main():
         async with _helpers.checked_context() as ctx:

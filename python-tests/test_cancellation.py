@@ -14,18 +14,11 @@ pytestmark = [
     pytest.mark.usefixtures("worker_type"),
 ]
 
-KILL_KWARGS = [{"kill_on_cancel": True}, {"cancellable": True}]
-ALL_KWARGS = [{}, *KILL_KWARGS]
-
-
-def _ids(kwargs):
-    return ",".join(kwargs) or "default"
-
 
 # --- entry is a checkpoint --------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs", ALL_KWARGS, ids=_ids)
+@pytest.mark.parametrize("kwargs", _helpers.ALL_KWARGS, ids=_helpers.kwargs_id)
 async def test_cancelled_before_entry_never_runs_the_job(ctx, tmp_path, kwargs):
     path = tmp_path / "should-not-exist"
     reached = False
@@ -50,7 +43,7 @@ async def test_module_level_run_sync_in_cancelled_scope_never_runs_the_job(tmp_p
     assert not path.exists()
 
 
-@pytest.mark.parametrize("kwargs", ALL_KWARGS, ids=_ids)
+@pytest.mark.parametrize("kwargs", _helpers.ALL_KWARGS, ids=_helpers.kwargs_id)
 async def test_call_is_a_checkpoint(ctx, kwargs):
     # Once with no worker started, once with a warm worker.
     for _ in range(2):
@@ -67,27 +60,7 @@ async def test_module_level_call_is_a_checkpoint():
 
 
 async def test_cancel_without_kill_returns_the_value_then_cancels(ctx):
-    result = []
-    with _helpers.Fifo() as started, _helpers.Fifo() as release:
-        with trio.fail_after(_helpers.HANG_GUARD):
-            async with trio.open_nursery() as nursery:
-
-                async def cancel_then_release(cs):
-                    await _helpers.cancel_when_started(cs, started)
-                    # The call must keep waiting for the job despite the cancel.
-                    await trio.testing.wait_all_tasks_blocked()
-                    assert not result
-                    release.send()
-
-                with trio.CancelScope() as cs:
-                    nursery.start_soon(cancel_then_release, cs)
-                    result.append(
-                        await ctx.run_sync(_funcs.signal_and_block, started.w, release.r, "value")
-                    )
-                    await trio.lowlevel.checkpoint()
-                    pytest.fail("Cancelled was not delivered at the next checkpoint")
-    assert result == ["value"]
-    assert cs.cancelled_caught
+    await _helpers.cancel_without_kill_returns_the_value(ctx, _funcs.signal_and_block)
     # The worker was not harmed: it is reused.
     stats = ctx.statistics()
     assert stats.running_workers == 0
@@ -107,7 +80,7 @@ async def test_uncancelled_kill_on_cancel_call_returns_value(ctx):
 # --- with kill_on_cancel: the job is interrupted ------------------------------
 
 
-@pytest.mark.parametrize("kwargs", KILL_KWARGS, ids=_ids)
+@pytest.mark.parametrize("kwargs", _helpers.KILL_KWARGS, ids=_helpers.kwargs_id)
 async def test_kill_on_cancel_interrupts_python_code_and_keeps_a_subinterpreter(ctx, kwargs):
     warm = await ctx.run_sync(_funcs.worker_id, **kwargs)  # AUTO: on the type it kills on
     reached = False

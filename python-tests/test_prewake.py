@@ -19,14 +19,8 @@ pytestmark = [
     pytest.mark.usefixtures("worker_type"),
 ]
 
-KILL_KWARGS = [{"kill_on_cancel": True}, {"cancellable": True}]
-ALL_KWARGS = [{}, *KILL_KWARGS]
 # Runs of this length park the caller (they outlast its spin), so they are learned.
 LEARNED_RUN = 0.002
-
-
-def _ids(kwargs):
-    return ",".join(kwargs) or "default"
 
 
 async def _release_once_blocked(release):
@@ -45,7 +39,7 @@ async def _learn(ctx, **kwargs):
         assert await ctx.run_sync(_funcs.learned_job, "busy", LEARNED_RUN, **kwargs) == "busy"
 
 
-@pytest.mark.parametrize("kwargs", ALL_KWARGS, ids=_ids)
+@pytest.mark.parametrize("kwargs", _helpers.ALL_KWARGS, ids=_helpers.kwargs_id)
 async def test_a_job_much_longer_than_learned_returns_its_value(ctx, kwargs):
     await _learn(ctx, **kwargs)
     with _helpers.Fifo() as started, _helpers.Fifo() as release:
@@ -59,7 +53,7 @@ async def test_a_job_much_longer_than_learned_returns_its_value(ctx, kwargs):
     assert ctx.statistics().running_workers == 0
 
 
-@pytest.mark.parametrize("kwargs", ALL_KWARGS, ids=_ids)
+@pytest.mark.parametrize("kwargs", _helpers.ALL_KWARGS, ids=_helpers.kwargs_id)
 async def test_jobs_much_shorter_than_learned_return_their_outcome(ctx, kwargs):
     await _learn(ctx, **kwargs)
     assert await ctx.run_sync(_funcs.learned_job, "busy", 0.0, **kwargs) == "busy"
@@ -71,32 +65,11 @@ async def test_jobs_much_shorter_than_learned_return_their_outcome(ctx, kwargs):
 
 async def test_cancel_without_kill_after_learning_returns_the_value_then_cancels(ctx):
     await _learn(ctx)
-    result = []
-    with _helpers.Fifo() as started, _helpers.Fifo() as release:
-        with trio.fail_after(_helpers.HANG_GUARD):
-            async with trio.open_nursery() as nursery:
-
-                async def cancel_then_release(cs):
-                    await _helpers.cancel_when_started(cs, started)
-                    await trio.testing.wait_all_tasks_blocked()
-                    assert not result
-                    release.send()
-
-                with trio.CancelScope() as cs:
-                    nursery.start_soon(cancel_then_release, cs)
-                    result.append(
-                        await ctx.run_sync(
-                            _funcs.learned_job, "block", started.w, release.r, "value"
-                        )
-                    )
-                    await trio.lowlevel.checkpoint()
-                    pytest.fail("Cancelled was not delivered at the next checkpoint")
-    assert result == ["value"]
-    assert cs.cancelled_caught
+    await _helpers.cancel_without_kill_returns_the_value(ctx, _funcs.learned_job, "block")
     assert ctx.statistics().running_workers == 0
 
 
-@pytest.mark.parametrize("kwargs", KILL_KWARGS, ids=_ids)
+@pytest.mark.parametrize("kwargs", _helpers.KILL_KWARGS, ids=_helpers.kwargs_id)
 async def test_kill_on_cancel_after_learning_interrupts_the_job(ctx, kwargs):
     await _learn(ctx, **kwargs)
     reached = False
@@ -142,7 +115,7 @@ def test_asyncio_a_job_much_longer_or_shorter_than_learned_returns_its_value(wor
     _arun(worker_type, body)
 
 
-@pytest.mark.parametrize("kwargs", ALL_KWARGS, ids=_ids)
+@pytest.mark.parametrize("kwargs", _helpers.ALL_KWARGS, ids=_helpers.kwargs_id)
 def test_asyncio_cancel_after_learning(worker_type, kwargs):
     async def body(ctx):
         with _helpers.Fifo() as started, _helpers.Fifo() as release:
