@@ -297,7 +297,8 @@ fn main() {
                 }
                 let next = (i + 1) % PAIRS.len();
                 s.next_way.store(PAIRS[next].1.code(), Ordering::Release);
-                s.next_gap.store(last_gap[next].unwrap_or(0), Ordering::Release);
+                s.next_gap
+                    .store(last_gap[next].unwrap_or(0), Ordering::Release);
                 let cpu0 = thread_cpu_ns();
                 seq += 1;
                 s.outcome.way.store(caller_way.code(), Ordering::Release);
