@@ -10,7 +10,9 @@
 //!
 //! A subinterpreter worker also *lends* memory: an immutable result object stays alive in its
 //! interpreter until the caller has copied it (see [`Loans`]), so that a returned `bytes` is
-//! copied once, from the worker's object straight into the caller's.
+//! copied once, from the worker's object straight into the caller's; or, once nothing of the
+//! worker reaches the object any more, *gives* it: the caller takes the object itself
+//! ([`Loans::mark_given_up`], [`Buffer::take_given_up`]).
 
 #![allow(unsafe_code)]
 
