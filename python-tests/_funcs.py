@@ -457,6 +457,20 @@ def make_buffer(kind, size):
     raise ValueError(kind)
 
 
+_KEPT = []
+
+
+def make_kept_bytes(size):
+    """``make_buffer("bytes", size)``, also kept by the worker (a global), which therefore cannot
+    give it to the caller; ``release_kept`` lets go of it."""
+    _KEPT.append(make_buffer("bytes", size))
+    return _KEPT[-1]
+
+
+def release_kept():
+    _KEPT.clear()
+
+
 def describe(value):
     """``(type name, contents as bytes)`` of a buffer of any kind."""
     if isinstance(value, Blob):

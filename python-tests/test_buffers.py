@@ -66,6 +66,29 @@ def memfds_of_this_process():
     return fds, mapped
 
 
+async def cancel_once_started(ctx, tmp_path, *args):
+    """Runs ``spin_with_buffer_after_signal(started, *args)`` with ``kill_on_cancel`` and cancels
+    it once the job has started (it says so through a FIFO): mid-job, its buffers in use."""
+    started = tmp_path / "started"
+    os.mkfifo(started)
+    fd = os.open(started, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        with trio.CancelScope() as scope:
+
+            async def cancel_when_started():
+                await trio.lowlevel.wait_readable(fd)
+                scope.cancel()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(cancel_when_started)
+                await ctx.run_sync(
+                    _funcs.spin_with_buffer_after_signal, str(started), *args, kill_on_cancel=True
+                )
+        assert scope.cancelled_caught
+    finally:
+        os.close(fd)
+
+
 def test_the_job_pickle_carries_large_buffers_out_of_band_from_the_threshold_on():
     for size, expected in [(0, 0), (THRESHOLD - 1, 0), (THRESHOLD, 1)]:
         payload = _outcome.dumps_job(_funcs.identity, (b"x" * size,))
@@ -110,16 +133,32 @@ async def test_a_large_value_comes_back_in_host_memory_without_another_copy(bctx
     assert value[0] == 7
 
 
-async def test_a_returned_bytes_is_copied_once_from_the_workers_own_object(bctx):
-    # A subinterpreter lends the worker's bytes: the caller copied it straight into its own bytes,
-    # and the worker keeps its object until its next job (or its end: see the fixture).
+async def test_a_returned_bytes_is_the_workers_own_object_or_copied_once_from_it(bctx):
+    expected = _funcs.make_buffer("bytes", 2 * THRESHOLD)
+    # Nothing of the worker reaches its bytes once the job is over: a subinterpreter gives the
+    # object itself to the caller (no copy, nothing kept in the worker); a process worker's comes
+    # through shared memory.
     value = await bctx.run_sync(_funcs.make_buffer, "bytes", 2 * THRESHOLD)
-    assert type(value) is bytes and value == _funcs.make_buffer("bytes", 2 * THRESHOLD)
+    assert type(value) is bytes and value == expected
+    assert _interpool.lent_buffers() == 0
+    # The same when the result is the job's argument itself (an echo): its one copy is the
+    # worker's bytes of it.
+    sent = os.urandom(2 * THRESHOLD)
+    echoed = await bctx.run_sync(_funcs.identity, sent)
+    assert type(echoed) is bytes and echoed == sent and echoed is not sent
+    assert _interpool.lent_buffers() == 0
+    # A bytes the worker keeps: a subinterpreter lends it, the caller copies it straight into its
+    # own bytes, and the worker keeps lending until its next job (or its end: see the fixture).
+    kept = await bctx.run_sync(_funcs.make_kept_bytes, 2 * THRESHOLD)
+    assert type(kept) is bytes and kept == expected
     lends = bctx.worker_type is interpool.WorkerType.SUBINTERPRETER
     assert _interpool.lent_buffers() == (1 if lends else 0)
-    assert await bctx.run_sync(_funcs.identity, 1) == 1
+    await bctx.run_sync(_funcs.release_kept)
     assert _interpool.lent_buffers() == 0
-    assert value == _funcs.make_buffer("bytes", 2 * THRESHOLD)
+    # Every value stays valid and whole: given, copied, or after its worker let go of its own.
+    assert value == expected and kept == expected and echoed == sent
+    del value, echoed
+    assert await bctx.run_sync(_funcs.identity, 1) == 1
 
 
 async def test_a_bytes_made_from_a_memoryview_argument_comes_back_as_bytes(bctx):
@@ -169,29 +208,9 @@ async def test_a_large_value_outlives_its_context(worker_type=None):
 
 @pytest.mark.parametrize("worker_type", TYPES, ids=lambda t: t.value)
 async def test_a_cancelled_call_releases_its_buffers(worker_type, tmp_path):
-    started = tmp_path / "started"
-    os.mkfifo(started)
-    fd = os.open(started, os.O_RDWR | os.O_NONBLOCK)
     data = bytearray(b"c" * (2 * THRESHOLD))
-    try:
-        async with interpool.open_worker_context(worker_type=worker_type) as ctx:
-            with trio.CancelScope() as scope:
-
-                async def cancel_when_started():
-                    await trio.lowlevel.wait_readable(fd)
-                    scope.cancel()
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(cancel_when_started)
-                    await ctx.run_sync(
-                        _funcs.spin_with_buffer_after_signal,
-                        str(started),
-                        data,
-                        kill_on_cancel=True,
-                    )
-            assert scope.cancelled_caught
-    finally:
-        os.close(fd)
+    async with interpool.open_worker_context(worker_type=worker_type) as ctx:
+        await cancel_once_started(ctx, tmp_path, data)
     # The interrupted worker ended with the context, and with it the job that read `data`.
     assert _interpool.release_buffers() == 0
     data.extend(b"!")  # resizable: nothing exports it any more
@@ -202,32 +221,13 @@ async def test_a_cancelled_call_releases_its_buffers(worker_type, tmp_path):
     "worker_type", [interpool.WorkerType.FORKSERVER, interpool.WorkerType.SPAWN], ids=str
 )
 async def test_a_killed_process_worker_leaves_no_shared_memory_behind(worker_type, tmp_path):
-    started = tmp_path / "started"
-    os.mkfifo(started)
-    fd = os.open(started, os.O_RDWR | os.O_NONBLOCK)
-    try:
-        async with interpool.open_worker_context(worker_type=worker_type) as ctx:
-            # A value in shared memory first: it is ours now, and freed with it.
-            value = await ctx.run_sync(_funcs.make_buffer, "bytes", 2 * THRESHOLD)
-            assert len(value) == 2 * THRESHOLD
-            del value
-            with trio.CancelScope() as scope:
-
-                async def cancel_when_started():
-                    await trio.lowlevel.wait_readable(fd)
-                    scope.cancel()  # kill_on_cancel: SIGKILL, mid-job, its buffers mapped
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(cancel_when_started)
-                    await ctx.run_sync(
-                        _funcs.spin_with_buffer_after_signal,
-                        str(started),
-                        b"k" * (4 * THRESHOLD),
-                        kill_on_cancel=True,
-                    )
-            assert scope.cancelled_caught
-    finally:
-        os.close(fd)
+    async with interpool.open_worker_context(worker_type=worker_type) as ctx:
+        # A value in shared memory first: it is ours now, and freed with it.
+        value = await ctx.run_sync(_funcs.make_buffer, "bytes", 2 * THRESHOLD)
+        assert len(value) == 2 * THRESHOLD
+        del value
+        # kill_on_cancel: SIGKILL, mid-job, its buffers mapped.
+        await cancel_once_started(ctx, tmp_path, b"k" * (4 * THRESHOLD))
     assert memfds_of_this_process() == ([], [])
 
 
@@ -273,26 +273,9 @@ async def test_large_copies_are_exact_around_their_thresholds_both_ways(bctx, si
 
 async def test_a_cancelled_call_whose_large_copy_ran_releases_its_buffers(bctx, tmp_path):
     big = os.urandom(SPLIT_FROM + 1)
-    assert await bctx.run_sync(_funcs.identity, big) == big  # a lent result, copied
-    started = tmp_path / "started"
-    os.mkfifo(started)
-    fd = os.open(started, os.O_RDWR | os.O_NONBLOCK)
-    try:
-        with trio.CancelScope() as scope:
-
-            async def cancel_when_started():
-                await trio.lowlevel.wait_readable(fd)
-                scope.cancel()
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(cancel_when_started)
-                # The worker has copied `big` into its own bytes when the job starts.
-                await bctx.run_sync(
-                    _funcs.spin_with_buffer_after_signal, str(started), big, kill_on_cancel=True
-                )
-        assert scope.cancelled_caught
-    finally:
-        os.close(fd)
+    assert await bctx.run_sync(_funcs.identity, big) == big  # a result given or copied
+    # The worker has copied `big` into its own bytes when the job starts.
+    await cancel_once_started(bctx, tmp_path, big)
     assert await bctx.run_sync(_funcs.identity, 1) == 1  # a new worker; the old one is gone
     assert _interpool.release_buffers() == 0
     assert _interpool.lent_buffers() == 0

@@ -135,10 +135,11 @@ fn lent_buffers() -> usize {
 }
 
 /// `(pickle, [buffer, ...])` for a value with out-of-band buffers: a `memoryview` of a
-/// [`HostBuffer`](python_buffers::HostBuffer) for host memory, or a `bytes` copied straight from
-/// memory a worker lent or a process worker's whole `bytes` (the one copy of a returned `bytes`
-/// in this process: its pickle rebuilds it with `bytes(buffer)`, which returns a `bytes` as it
-/// is). Dropping the lent buffer hands it back to its worker.
+/// [`HostBuffer`](python_buffers::HostBuffer) for host memory, or a `bytes` for memory a worker
+/// lent or a process worker's whole `bytes`: the subinterpreter worker's own `bytes` when it gave
+/// it up, else copied straight from that memory (the one copy of a returned `bytes` in this
+/// process: its pickle rebuilds it with `bytes(buffer)`, which returns a `bytes` as it is).
+/// Dropping the lent buffer hands it back to its worker.
 fn value_with_buffers<'py>(
     py: Python<'py>,
     data: &[u8],
@@ -148,9 +149,7 @@ fn value_with_buffers<'py>(
         .into_iter()
         .map(|buffer| {
             if buffer.is_lent() || buffer.is_rebuilt_as_bytes() {
-                return Ok(buffer
-                    .read(|bytes| python_buffers::new_bytes(py, bytes))?
-                    .into_any());
+                return Ok(python_buffers::lent_bytes(py, buffer)?.into_any());
             }
             Ok(python_buffers::host_view(py, buffer)?.into_any())
         })

@@ -10,14 +10,16 @@
 //!
 //! A subinterpreter worker also *lends* memory: an immutable result object stays alive in its
 //! interpreter until the caller has copied it (see [`Loans`]), so that a returned `bytes` is
-//! copied once, from the worker's object straight into the caller's.
+//! copied once, from the worker's object straight into the caller's; or, once nothing of the
+//! worker reaches the object any more, *gives* it: the caller takes the object itself
+//! ([`Loans::mark_given_up`], [`Buffer::take_given_up`]).
 
 #![allow(unsafe_code)]
 
 use std::{
     fmt,
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
     },
 };
@@ -146,6 +148,28 @@ impl Buffer {
         self.loan.is_some()
     }
 
+    /// For lent memory whose lender gave its object up ([`Loans::mark_given_up`]) and that no
+    /// other buffer shares: takes the object out of the loan, so that neither the lender nor this
+    /// buffer touches it again, and returns its token, which the caller now owns. Otherwise the
+    /// buffer, unchanged.
+    pub fn take_given_up(self) -> Result<usize, Self> {
+        let Some(handle) = &self.loan else {
+            return Err(self);
+        };
+        // Two references per buffer (`_owner` and `loan`): more means a clone shares the loan,
+        // which would then find its memory gone. Only the holder of `self` could clone it.
+        if Arc::strong_count(handle) != 2 || !handle.loan.given_up.load(Ordering::Acquire) {
+            return Err(self);
+        }
+        let lent = handle.loan.memory().take();
+        let Some(lent) = lent else {
+            return Err(self); // taken back (copied) by a lender that ended meanwhile
+        };
+        LENT.fetch_sub(1, Ordering::AcqRel);
+        handle.book.forget(&handle.loan);
+        Ok(lent.token)
+    }
+
     /// This buffer, or for lent memory a writable copy of it in host memory (the loan is then
     /// handed back).
     pub fn into_owned(self) -> Self {
@@ -207,6 +231,11 @@ impl Clone for Buffer {
 
 impl PartialEq for Buffer {
     fn eq(&self, other: &Self) -> bool {
+        if let (Some(mine), Some(theirs)) = (&self.loan, &other.loan) {
+            if Arc::ptr_eq(&mine.loan, &theirs.loan) {
+                return true; // one loan: reading both would take its lock twice
+            }
+        }
         self.read(|mine| other.read(|theirs| mine == theirs))
     }
 }
@@ -250,6 +279,10 @@ struct Loan {
     /// The bytes, copied out of the lender's memory if someone needed them after it was taken
     /// back, or needed a stable pointer ([`Buffer::as_slice`]).
     copy: OnceLock<Box<[u8]>>,
+    /// Set by the lender once the token is the only thing left in its interpreter that reaches
+    /// the memory's object ([`Loans::mark_given_up`]): the object may then be given to the
+    /// reader outright instead of copied ([`Buffer::take_given_up`]).
+    given_up: AtomicBool,
 }
 
 // SAFETY: `ptr` is read only under `memory`'s lock, while the lender keeps it valid (the `Lent`
@@ -369,6 +402,14 @@ impl Loans {
         }
     }
 
+    /// Drops `loan` from the outstanding ones: its memory was given to its reader.
+    fn forget(&self, loan: &Arc<Loan>) {
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|other| !Arc::ptr_eq(other, loan));
+    }
+
     fn returned(&self, token: usize) {
         self.returned
             .lock()
@@ -387,6 +428,7 @@ impl Loans {
             len,
             memory: Mutex::new(Some(Lent { ptr, token })),
             copy: OnceLock::new(),
+            given_up: AtomicBool::new(false),
         });
         LENT.fetch_add(1, Ordering::AcqRel);
         self.outstanding
@@ -404,6 +446,31 @@ impl Loans {
             _owner: handle.clone(),
             loan: Some(handle),
             as_bytes: false,
+        }
+    }
+
+    /// Marks every outstanding block whose token `sole` says is the last reference to its object
+    /// as given up: a reader holding the only buffer over it may then take the token itself
+    /// ([`Buffer::take_given_up`]) and never give it back.
+    ///
+    /// # Safety
+    /// A token `sole` accepts must be the lender's last reference to its object, so that nothing
+    /// of the lender can reach it again, and an object that its taker may own and free in its own
+    /// interpreter: for a subinterpreter worker, a large exact `bytes` (`ffi.rs`, rule 12).
+    pub unsafe fn mark_given_up(&self, mut sole: impl FnMut(usize) -> bool) {
+        let outstanding = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for loan in outstanding.iter() {
+            if loan.given_up.load(Ordering::Relaxed) {
+                continue;
+            }
+            if let Some(lent) = &*loan.memory() {
+                if sole(lent.token) {
+                    loan.given_up.store(true, Ordering::Release);
+                }
+            }
         }
     }
 
@@ -443,5 +510,67 @@ impl Loans {
             }
         }
         self.release_returned(release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lends `data` (kept alive by the test) under `token`.
+    fn lend(book: &Arc<Loans>, data: &[u8], token: usize) -> Buffer {
+        // SAFETY: `data` outlives every buffer and book of the test and is never written.
+        unsafe { book.lend(data.as_ptr(), data.len(), token) }
+    }
+
+    fn released(book: &Loans) -> Vec<usize> {
+        let mut tokens = Vec::new();
+        book.release_returned(|token| tokens.push(token));
+        tokens
+    }
+
+    #[test]
+    fn a_given_up_block_is_taken_once_by_its_only_reader_and_never_returned() {
+        let data = vec![7u8; 100];
+        let book = Arc::new(Loans::new());
+        let (mine, shared, kept) = (
+            lend(&book, &data, 1),
+            lend(&book, &data, 2),
+            lend(&book, &data, 3),
+        );
+        // Not given up yet: the buffer comes back as it was.
+        let mine = mine.take_given_up().unwrap_err();
+        // SAFETY: the test's tokens are no objects; nobody else reaches them.
+        unsafe { book.mark_given_up(|token| token != 3) };
+        assert_eq!(mine.take_given_up().ok(), Some(1));
+        // A clone shares the loan: neither may take it (the other would lose its memory).
+        let clone = shared.clone();
+        let shared = shared.take_given_up().unwrap_err();
+        assert!(shared.read(|bytes| bytes == &data[..]) && clone == shared);
+        // A block the lender still reaches is only ever copied.
+        let kept = kept.take_given_up().unwrap_err();
+        assert!(kept.read(|bytes| bytes == &data[..]));
+        drop((kept, clone, shared));
+        // Token 1 went to its reader: the lender never releases it, and forgets it.
+        let mut tokens = released(&book);
+        tokens.sort_unstable();
+        assert_eq!(tokens, [2, 3]);
+        let mut ended = Vec::new();
+        book.take_back(|token| ended.push(token));
+        assert!(ended.is_empty());
+    }
+
+    #[test]
+    fn a_block_taken_back_by_an_ending_lender_is_copied_not_given() {
+        let data: Vec<u8> = (0..=255).collect();
+        let book = Arc::new(Loans::new());
+        let buffer = lend(&book, &data, 9);
+        // SAFETY: as above.
+        unsafe { book.mark_given_up(|_| true) };
+        let mut ended = Vec::new();
+        book.take_back(|token| ended.push(token));
+        assert_eq!(ended, [9]);
+        let buffer = buffer.take_given_up().unwrap_err();
+        assert!(buffer.read(|bytes| bytes == &data[..]));
     }
 }

@@ -136,6 +136,21 @@ pub fn new_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyByt
     }
 }
 
+/// The caller's `bytes` of a lent buffer (or of a process worker's whole `bytes`): the worker's
+/// own object if its worker gave it up ([`Buffer::take_given_up`]: nothing is copied), else a copy
+/// ([`new_bytes`]).
+pub fn lent_bytes(py: Python<'_>, buffer: Buffer) -> PyResult<Bound<'_, PyBytes>> {
+    match buffer.take_given_up() {
+        // SAFETY: attached (`py`); a given-up token is the only reference left to a large exact
+        // `bytes` that any interpreter may own (`Loans::mark_given_up`, ffi.rs rule 12), and it is
+        // ours now: adopted here as a new reference of this interpreter.
+        Ok(token) => Ok(unsafe {
+            Bound::from_owned_ptr(py, token as *mut ffi::PyObject).cast_into_unchecked()
+        }),
+        Err(buffer) => buffer.read(|bytes| new_bytes(py, bytes)),
+    }
+}
+
 /// An outcome buffer in host memory, exported to the caller without a copy: writable when the
 /// caller holds it alone (always, for outcomes).
 #[pyclass(module = "interpool._interpool", frozen)]

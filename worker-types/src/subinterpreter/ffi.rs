@@ -32,6 +32,8 @@
 //!    the worker's interpreter; outcomes leave as bytes copied out before detaching. The only
 //!    object of another interpreter used here is `PyExc_KeyboardInterrupt`, a static immortal type.
 //!    Out-of-band buffers are the exception to the copy, not to this rule: see rules 9 and 10.
+//!    A large `bytes` result that its worker no longer reaches is the one exception to the rule
+//!    itself: it changes owner instead of being copied (rule 12).
 //! 4. **No lock of ours is held across interpreter creation**, which takes the *main* GIL inside
 //!    CPython (3.13 loads single-phase builtins through the main interpreter); a lock held there
 //!    by a thread that also holds the main GIL deadlocks.
@@ -92,6 +94,22 @@
 //!     the function itself made was cut short. Only then is it reused; an exception that escaped
 //!     the loop itself ends it. Ending an interpreter costs 1.7–8.6 MiB of arenas on 3.13
 //!     (docs/limits.md).
+//! 12. **A lent `bytes` that only its token still reaches is given to the caller, not copied.**
+//!     After each job, once the job's own references are gone (its loaded tuple, its result, the
+//!     worker loop's frames), the worker marks every lent `bytes` whose refcount is 1 (the token)
+//!     and whose size is at least `BUFFER_THRESHOLD` as given up (`Loans::mark_given_up`). Nothing
+//!     of its interpreter can reach such an object again: a `bytes` is found only through a
+//!     reference (it is not tracked by the GC and takes no weak references). The caller, holding
+//!     the only buffer over it, then takes the token out of the loan (`Buffer::take_given_up`,
+//!     under the loan's lock, so neither the worker's release nor its `take_back` sees it again)
+//!     and adopts the reference in its own interpreter (`python_buffers::lent_bytes`). That is
+//!     sound because an exact `bytes` has no state of its interpreter: its type is the static,
+//!     immortal `PyBytes_Type` that all interpreters share, it holds no other object, and from
+//!     512 bytes on (pymalloc's largest block) it is one block of raw memory (`PyMem_RawMalloc`),
+//!     which any interpreter's `PyObject_Free` hands back to `PyMem_RawFree`. Only the allocator's
+//!     per-interpreter block counts (`sys.getallocatedblocks()`) see it move: one block more in the
+//!     worker's, one less in the caller's. A result the caller does not take this way (a clone of
+//!     its buffer lives, the worker ended first, a Rust caller reads it) is copied as in rule 10.
 
 #![allow(unsafe_code)]
 
@@ -696,6 +714,22 @@ impl AttachedWorker<'_> {
         }
     }
 
+    /// Gives up the lent results that nothing of this interpreter reaches any more but their
+    /// token, so that their callers take them instead of copying them (rule 12). Called once the
+    /// job's own references are gone: its loaded tuple, its result, the worker loop's frames.
+    fn give_up_sole_results(&self) {
+        // SAFETY: attached (`self`); each token is a strong reference to an exact `bytes` of this
+        // interpreter (`take_out_buffers`), whose refcount we may read. Accepted only when ours
+        // is the last reference and it is large enough to be one block of raw memory (rule 12).
+        unsafe {
+            self.loans.mark_given_up(|token| {
+                let bytes = token as *mut ffi::PyObject;
+                ffi::Py_REFCNT(bytes) == 1
+                    && ffi::PyBytes_Size(bytes) as usize >= protocol::BUFFER_THRESHOLD
+            })
+        }
+    }
+
     /// Drops the results whose callers have copied them (rule 10).
     fn release_returned(&self) {
         // SAFETY: attached (`self`); each token is a strong reference of this interpreter, given
@@ -1095,6 +1129,7 @@ impl Serve for WorkerThread<'_> {
         // An interrupt that raced with the job's end is dropped here, under the GIL, so it cannot
         // hit a later job (rule 11; cpython#139622: 3.13 may deliver it late).
         worker.clear_pending_interrupt();
+        worker.give_up_sole_results();
         // An interrupt claimed from now on cannot inject any more: checked only if one was
         // claimed before (rule 11).
         self.intact = !completion.interrupt_claimed() || worker.intact();
