@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 import interpool
+from interpool import _backends
 
 pytestmark = [
     pytest.mark.needs_subinterpreters,
@@ -129,11 +130,12 @@ class Blocked:
         self.values = Counted()
 
     async def start(self, n=2):
+        borrowed = self.limiter.borrowed_tokens
         for i in range(n):
             self.nursery.start_soon(self._hold, i)
         for _ in range(n):
             await self.started.wait_started()
-        assert self.limiter.borrowed_tokens == n
+        assert self.limiter.borrowed_tokens == borrowed + n
 
     async def _hold(self, i):
         # kill_on_cancel: a failed assertion cancels the nursery, which must not wait for them.
@@ -246,4 +248,81 @@ async def test_a_task_parked_on_the_limiter_by_other_code_gets_its_turn(ctx, tmp
     assert entered and entered[0] >= 1
     assert results == {i: i for i in range(20)}
     assert claimed(tmp_path) == list(range(20))
+    assert_tokens_back(limiter)
+
+
+@pytest.fixture
+def turns(monkeypatch):
+    """Every ``Turn`` the trio backend makes during the test (a call that queued for a token)."""
+    made = []
+
+    class Recorded(_backends.Turn):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(_backends, "Turn", Recorded)
+    return made
+
+
+async def test_token_holders_serve_the_queue_without_reading_the_borrowers(
+    ctx, tmp_path, turns, monkeypatch
+):
+    # 998 of the limiter's 1000 tokens are out to other borrowers: reading its borrowers
+    # (statistics() copies them) would cost each served job 1000 steps. Nothing reads them, and
+    # still every queued call is served by the holder that passes a token on, in order: none
+    # finds a token nobody used for it (OWN), every job runs once.
+    limiter = trio.CapacityLimiter(1000)
+    others = [object() for _ in range(998)]
+    for borrower in others:
+        limiter.acquire_on_behalf_of_nowait(borrower)
+    async with two_blocked_calls(ctx, limiter) as (nursery, blocked):
+        results = {}
+        await queue_calls(ctx, tmp_path, limiter, nursery, range(QUEUED), results)
+        reads = []
+        statistics = trio.CapacityLimiter.statistics
+        monkeypatch.setattr(
+            trio.CapacityLimiter, "statistics", lambda self: reads.append(self) or statistics(self)
+        )
+        blocked.release(2)
+    assert reads == []
+    assert results == {i: i for i in range(QUEUED)}
+    assert claimed(tmp_path) == list(range(QUEUED))
+    assert len(turns) == QUEUED
+    assert {turn.state for turn in turns} <= {_backends.Turn.SERVED, _backends.Turn.DONE}
+    for borrower in others:
+        limiter.release_on_behalf_of(borrower)
+    assert_tokens_back(limiter)
+
+
+async def test_a_queued_call_cancelled_before_a_token_reaches_it_is_passed_over(
+    ctx, tmp_path, turns
+):
+    # The test's task holds the only token, as a call would, and gives it back the way a call
+    # does right after the first queued call was cancelled (its task woken, not yet run): the
+    # token goes to the second call, which is served in its place, and so are the rest.
+    limiter = trio.CapacityLimiter(1)
+    results, scopes, indices = {}, {}, {}
+
+    async def one(i):
+        indices[trio.lowlevel.current_task()] = i
+        with trio.CancelScope() as scopes[i]:
+            results[i] = await ctx.run_sync(_funcs.claim, str(tmp_path), i, limiter=limiter)
+
+    with trio.fail_after(_helpers.HANG_GUARD):
+        async with trio.open_nursery() as nursery:
+            await limiter.acquire()
+            for i in range(10):
+                nursery.start_soon(one, i)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(turns) == 10
+            first = indices[turns[0].task]
+            scopes[first].cancel()
+            _backends.current().release_token(limiter, None)
+    assert scopes[first].cancelled_caught
+    kept = sorted(set(range(10)) - {first})
+    assert results == {i: i for i in kept}
+    assert claimed(tmp_path) == kept
+    assert turns[0].state is _backends.Turn.GONE
+    assert {turn.state for turn in turns[1:]} <= {_backends.Turn.SERVED, _backends.Turn.DONE}
     assert_tokens_back(limiter)

@@ -99,15 +99,17 @@ _FINAL_KINDS = (_outcome.VALUE, _outcome.VALUE_BUFFERS, _outcome.RAISED)
 
 class Turn:
     """A call parked on a ``trio.CapacityLimiter`` with its job ready, for a token holder to run
-    (:meth:`_Trio.serve`). ``state``: ``WAITING`` (parked); ``SERVED`` (its task holds a token
-    and ``call`` is its submitted job, ``outcome`` possibly taken already); ``DONE`` (``outcome``
-    taken and the token given back); ``OWN`` (its task got a token nobody used: it runs the call
-    itself); ``GONE`` (cancelled while parked: the job never ran)."""
+    (:meth:`_Trio.serve`). ``state``: ``WAITING`` (parked); ``HANDED`` (a release by one of our
+    token holders woke its task with the token, and nobody submitted its job yet); ``SERVED``
+    (its task holds a token and ``call`` is its submitted job, ``outcome`` possibly taken
+    already); ``DONE`` (``outcome`` taken and the token given back); ``OWN`` (its task got a
+    token nobody used: it runs the call itself); ``GONE`` (cancelled while parked: the job never
+    ran)."""
 
     __slots__ = ("cache", "call", "core", "outcome", "payload", "state", "task")
-    WAITING, SERVED, DONE, OWN, GONE = "waiting", "served", "done", "own", "gone"
+    WAITING, HANDED, SERVED, DONE, OWN, GONE = "waiting", "handed", "served", "done", "own", "gone"
 
-    def __init__(self, task: object, core: Any, cache: Any, payload: Any) -> None:
+    def __init__(self, task: trio.lowlevel.Task, core: Any, cache: Any, payload: Any) -> None:
         self.task, self.core, self.cache, self.payload = task, core, cache, payload
         self.state = Turn.WAITING
         self.call: Any = None
@@ -180,11 +182,15 @@ class _Trio:
         queue = self._turns.get(limiter)
         if queue is None:
             queue = self._turns[limiter] = collections.deque()
-        turn = Turn(trio.lowlevel.current_task(), core, cache, payload)
+        task = trio.lowlevel.current_task()
+        turn = Turn(task, core, cache, payload)
         # The turns of a queue are in the order of their tasks in the limiter's parking lot: both
         # are appended here, with no yield in between (the limiter's own acquire_nowait, inside
         # acquire, fails as ours did).
         queue.append(turn)
+        # Non-None until trio reschedules the task (its documented contract), so while the turn
+        # is WAITING this says whether its task still sleeps in the limiter's lot (see _release).
+        task.custom_sleep_data = turn
         try:
             await limiter.acquire()
         except BaseException:
@@ -192,18 +198,21 @@ class _Trio:
             raise
         if turn.state is Turn.SERVED or turn.state is Turn.DONE:
             return turn
-        turn.state = Turn.OWN  # the limiter gave it the token; nobody submitted its job
+        turn.state = Turn.OWN  # it holds the token (HANDED or not); nobody submitted its job
         return None
 
     def release_token(self, limiter: trio.CapacityLimiter, turn: Turn | None) -> None:
         """Gives back the call's token (unless the holder that served its turn did), then serves
         the limiter's queued turns: see :meth:`serve`."""
+        # A limiter's queue goes once it is empty: a lone call reads no queue.
+        queue = self._turns.get(limiter) if self._turns else None
         if turn is None or turn.state is Turn.SERVED:
-            limiter.release()
-        if self._turns:  # a limiter's queue goes once it is empty: a lone call reads no queue
-            queue = self._turns.get(limiter)
-            if queue is not None:
-                self.serve(limiter, queue)
+            if queue is None:
+                limiter.release()
+                return
+            _release(limiter, queue)
+        if queue is not None:
+            self.serve(limiter, queue)
 
     def serve(self, limiter: trio.CapacityLimiter, queue: collections.deque[Turn]) -> None:
         """Runs queued calls' jobs in this pass of the loop, while the limiter hands their tasks
@@ -212,24 +221,26 @@ class _Trio:
         ``release`` gives a freed token to the first task parked on the limiter, which would run
         only in the next pass of trio's loop: in a burst each token would then carry one job per
         pass (a convoy: ~5,000 passes for 10k jobs on 2 tokens). Instead, as long as the first
-        waiting turn's task got the token, this submits its job, spins for it and takes its
-        outcome, then gives the token back on that task's behalf, which hands it to the next
-        turn: up to SERVE_AT_MOST jobs in one pass, each on a worker still hot from the last.
-        The served tasks wake in the next pass with their outcome in (``DONE``). A job that
-        does not finish within the spin (or an outcome AUTO may re-run) stays with its turn
-        (``SERVED``): the task holds the token, waits for the job itself and serves the queue
-        when it gives the token back. A token the limiter gave elsewhere (a task parked on it
-        by other code, a resize) ends the serving; every task given a token wakes in any case,
-        and an unserved turn runs its call itself (``OWN``), so no call waits on this."""
+        waiting turn's task got the token from one of our releases (``HANDED``, see
+        :func:`_release`), this submits its job, spins for it and takes its outcome, then gives
+        the token back on that task's behalf, which hands it to the next turn: up to
+        SERVE_AT_MOST jobs in one pass, each on a worker still hot from the last. The served
+        tasks wake in the next pass with their outcome in (``DONE``). A job that does not finish
+        within the spin (or an outcome AUTO may re-run) stays with its turn (``SERVED``): the
+        task holds the token, waits for the job itself and serves the queue when it gives the
+        token back. A token the limiter gave elsewhere (a task parked on it by other code, a
+        resize) ends the serving; every task given a token wakes in any case, and an unserved
+        turn runs its call itself (``OWN``), so no call waits on this. Each step is O(1): no
+        look at the limiter's borrowers (``statistics()`` copies them)."""
         for _ in range(SERVE_AT_MOST):
-            while queue and queue[0].state is not Turn.WAITING:
+            while queue and not _may_serve(queue[0]):
                 queue.popleft()  # cancelled, or woken with a token nobody used for it
             if not queue:
                 del self._turns[limiter]
                 return
             turn = queue[0]
-            if turn.task not in limiter.statistics().borrowers:
-                return
+            if turn.state is not Turn.HANDED:
+                return  # its task still sleeps: the token went to another task, or to none
             core = turn.core
             if core.closed:
                 return  # its task raises ClosedResourceError itself
@@ -248,7 +259,7 @@ class _Trio:
             if outcome[0] not in _FINAL_KINDS:
                 return
             turn.state = Turn.DONE
-            limiter.release_on_behalf_of(turn.task)
+            _release(limiter, queue, turn.task)
 
     @staticmethod
     async def wait_readable_shielded(fd: int, timeout: float = math.inf) -> None:
@@ -277,6 +288,42 @@ class _Trio:
     @staticmethod
     async def run_in_thread(fn: Callable[..., Any], *args: object) -> Any:
         return await trio.to_thread.run_sync(fn, *args)
+
+
+def _may_serve(turn: Turn) -> bool:
+    """Whether a token holder may yet serve ``turn``: it was ``HANDED`` a token, or is
+    ``WAITING`` with its task still asleep on the limiter. A ``WAITING`` turn whose task trio
+    rescheduled otherwise (cancelled, or given a token by a resize) runs, or drops, its call
+    itself."""
+    state = turn.state
+    return state is Turn.HANDED or (
+        state is Turn.WAITING and turn.task.custom_sleep_data is not None
+    )
+
+
+def _release(
+    limiter: trio.CapacityLimiter, queue: collections.deque[Turn], borrower: object = None
+) -> None:
+    """Gives back a token of ``limiter`` (the current task's, or ``borrower``'s), whose queue of
+    turns is ``queue``, and marks ``HANDED`` the queued turn whose task that woke with it.
+
+    The first ``WAITING`` turn whose task still sleeps (``custom_sleep_data`` not None: trio
+    clears it whenever it reschedules a task) is the first of the queue's tasks in the limiter's
+    parking lot. A release wakes the lot's first task with the token, synchronously; if that
+    task is this turn's, it was asleep before the release and is rescheduled after it, and
+    nothing else can have woken it in between. So the holders know who holds the token they
+    passed on without reading the limiter's borrowers."""
+    first = None
+    for turn in queue:
+        if turn.state is Turn.WAITING and turn.task.custom_sleep_data is not None:
+            first = turn
+            break
+    if borrower is None:
+        limiter.release()
+    else:
+        limiter.release_on_behalf_of(borrower)
+    if first is not None and first.task.custom_sleep_data is None:
+        first.state = Turn.HANDED
 
 
 # --- asyncio -------------------------------------------------------------------------------------
