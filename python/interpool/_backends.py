@@ -195,6 +195,7 @@ class _Trio:
             await limiter.acquire()
         except BaseException:
             turn.state = Turn.GONE
+            task.custom_sleep_data = None  # cancelled before it parked: let go of the payload
             raise
         if turn.state is Turn.SERVED or turn.state is Turn.DONE:
             return turn
@@ -295,10 +296,13 @@ def _may_serve(turn: Turn) -> bool:
     ``WAITING`` with its task still asleep on the limiter. A ``WAITING`` turn whose task trio
     rescheduled otherwise (cancelled, or given a token by a resize) runs, or drops, its call
     itself."""
-    state = turn.state
-    return state is Turn.HANDED or (
-        state is Turn.WAITING and turn.task.custom_sleep_data is not None
-    )
+    return turn.state is Turn.HANDED or _parked(turn)
+
+
+def _parked(turn: Turn) -> bool:
+    """Whether ``turn`` is ``WAITING`` with its task still asleep on the limiter (trio clears
+    ``custom_sleep_data`` whenever it reschedules a task)."""
+    return turn.state is Turn.WAITING and turn.task.custom_sleep_data is not None
 
 
 def _release(
@@ -307,17 +311,12 @@ def _release(
     """Gives back a token of ``limiter`` (the current task's, or ``borrower``'s), whose queue of
     turns is ``queue``, and marks ``HANDED`` the queued turn whose task that woke with it.
 
-    The first ``WAITING`` turn whose task still sleeps (``custom_sleep_data`` not None: trio
-    clears it whenever it reschedules a task) is the first of the queue's tasks in the limiter's
-    parking lot. A release wakes the lot's first task with the token, synchronously; if that
+    The first :func:`_parked` turn is the first of the queue's tasks in the limiter's parking
+    lot. A release wakes the lot's first task with the token, synchronously; if that
     task is this turn's, it was asleep before the release and is rescheduled after it, and
     nothing else can have woken it in between. So the holders know who holds the token they
     passed on without reading the limiter's borrowers."""
-    first = None
-    for turn in queue:
-        if turn.state is Turn.WAITING and turn.task.custom_sleep_data is not None:
-            first = turn
-            break
+    first = next((turn for turn in queue if _parked(turn)), None)
     if borrower is None:
         limiter.release()
     else:
