@@ -502,6 +502,29 @@ class Blob:
         return Blob, (bytes(self.data),)
 
 
+def memfds_mapped_with(buffer):
+    """How many of interpool's memfds this worker has mapped while ``buffer`` (an argument) is
+    alive: how the argument arrived in a process worker (0: written by the parent itself)."""
+    with open("/proc/self/maps") as maps:
+        return sum("/memfd:interpool" in line for line in maps)
+
+
+_OVERWRITTEN = []
+
+
+def view_overwritten_on_retire(size):
+    """A view of a ``size``-byte ``bytearray`` of ``b"k"`` kept here; ``overwrite_on_retire``, a
+    ``retire`` hook, overwrites it with ``b"X"`` once the job is over."""
+    _OVERWRITTEN[:] = [bytearray(b"k" * size)]
+    return memoryview(_OVERWRITTEN[0])
+
+
+def overwrite_on_retire():
+    for kept in _OVERWRITTEN:
+        kept[:] = b"X" * len(kept)
+    return False
+
+
 def spin_with_buffer_after_signal(path, buffer):
     signal_started_at(path)
     while True:

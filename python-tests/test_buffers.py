@@ -36,9 +36,28 @@ KINDS = ["bytes", "bytearray", "memoryview", "array", "numpy", "picklebuffer"]
 SIZES = [0, THRESHOLD - 1, THRESHOLD, 3 * THRESHOLD + 5]
 
 
-@pytest.fixture(params=TYPES, ids=lambda t: t.value)
-async def bctx(request):
-    async with interpool.open_worker_context(worker_type=request.param) as context:
+# A process worker's buffers go by peer memory where the system allows it, else by memfds
+# (process/channel.rs): the forkserver runs every test both ways.
+TRANSPORTS = [(worker_type, "peer") for worker_type in TYPES] + [
+    (interpool.WorkerType.FORKSERVER, "memfd")
+]
+
+
+def peer_memory_refused():
+    """Whether this system refuses a parent ``process_vm_readv`` of its own child (Yama)."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as scope:
+            return int(scope.read()) >= 2
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=TRANSPORTS, ids=lambda p: p[0].value + ("-memfd" if p[1] == "memfd" else ""))
+async def bctx(request, monkeypatch):
+    worker_type, transport = request.param
+    if transport == "memfd":
+        monkeypatch.setenv("INTERPOOL_PEER_MEMORY", "0")  # read when each worker starts
+    async with interpool.open_worker_context(worker_type=worker_type) as context:
         yield context
     assert _interpool.release_buffers() == 0, "a finished job still pins caller buffers"
     assert _interpool.lent_buffers() == 0, "a closed worker still keeps a result alive"
@@ -120,9 +139,33 @@ async def test_a_large_memoryview_argument_is_read_in_place_or_from_shared_memor
     if bctx.worker_type is interpool.WorkerType.SUBINTERPRETER:
         assert exporter == "CallerBuffer"  # the caller's memory itself, read-only
     else:
-        assert exporter == "mmap"  # a private mapping of the memfd
+        assert exporter == "mmap"  # a private mapping: anonymous, or of the memfd
     small = memoryview(bytearray(b"m" * 10))
     assert await bctx.run_sync(_funcs.exporter_of, small) in ("bytes", "bytearray")
+
+
+async def test_process_buffers_go_by_peer_memory_unless_it_is_refused_or_turned_off(bctx):
+    if bctx.worker_type is interpool.WorkerType.SUBINTERPRETER:
+        pytest.skip("a process transport")
+    mapped = await bctx.run_sync(_funcs.memfds_mapped_with, b"p" * THRESHOLD)
+    turned_off = os.environ.get("INTERPOOL_PEER_MEMORY") == "0"  # the fixture's memfd variant
+    if not turned_off and not peer_memory_refused():
+        assert mapped == 0, "the parent wrote the argument into the worker's own memory"
+    else:
+        assert mapped == 1, "the argument arrived in a memfd"
+
+
+async def test_a_retire_hook_runs_only_once_the_caller_has_the_value():
+    # The hook overwrites the array that the value is a view of: the caller must get it intact,
+    # so the hook waits until the parent has read the value out of the worker.
+    size = SPLIT_FROM + 1
+    for worker_type in TYPES:
+        async with interpool.open_worker_context(
+            worker_type=worker_type, retire=_funcs.overwrite_on_retire
+        ) as ctx:
+            for _ in range(3):
+                value = await ctx.run_sync(_funcs.view_overwritten_on_retire, size)
+                assert bytes(value) == b"k" * size, worker_type
 
 
 async def test_a_large_value_comes_back_in_host_memory_without_another_copy(bctx):

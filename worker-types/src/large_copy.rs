@@ -11,6 +11,11 @@
 //! core just takes fewer of them. Huge pages are deliberately not asked for: in a long-lived
 //! process the kernel compacts memory on the fault (docs/payloads.md, "Fresh memory").
 //!
+//! The same chunks move a process worker's buffers without shared memory: [`read_from_process`]
+//! and [`write_to_process`] copy straight between this process and a worker process's memory
+//! (`process_vm_readv`/`process_vm_writev`, one call per chunk), populated and split alike (the
+//! pages of a write fault in the worker's address space, which this process cannot populate).
+//!
 //! **Lifetimes do not change:** [`copy_to_fresh`] returns only once every chunk is copied and the
 //! helper has let go of the copy; the helper never holds a pointer past that. The helper is
 //! pure Rust (no Python, no interpreter attached, no lock of the caller's held), started with the
@@ -21,8 +26,9 @@
 #![allow(unsafe_code)]
 
 use std::{
+    io,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering},
         Condvar, Mutex, MutexGuard, OnceLock, PoisonError,
     },
     time::{Duration, Instant},
@@ -45,33 +51,141 @@ const FINISH_SPIN: Duration = Duration::from_millis(2);
 /// `dst` must be valid for writes of `src.len()` bytes, not overlap `src`, and not be read or
 /// written by anyone else until this returns.
 pub unsafe fn copy_to_fresh(dst: *mut u8, src: &[u8]) {
-    // SAFETY: per the caller.
-    unsafe { copy_split_if(dst, src, src.len() >= SPLIT_FROM && crate::cores::fit(1)) }
+    let (dst, src, len) = (dst as usize, src.as_ptr() as usize, src.len());
+    // SAFETY: per the caller; a local copy cannot fail.
+    let _ = unsafe { copy_chunked(dst, src, len, Peer::Local, splits(len)) };
 }
 
-/// [`copy_to_fresh`], split with the helper if `split` and the helper is there and free.
+/// Copies `len` bytes at `remote` in process `pid` into a new vector (fresh memory: see the
+/// module docs). An error is the first that `process_vm_readv` reported (`ESRCH`: the process is
+/// gone; `EFAULT`: the range is not mapped there; `EPERM`: not allowed), or `OutOfMemory`.
+pub(crate) fn read_from_process(
+    pid: libc::pid_t,
+    remote: usize,
+    len: usize,
+) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    data.try_reserve_exact(len)
+        .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+    let dst = data.as_mut_ptr() as usize;
+    // SAFETY: `data` has room for `len` bytes, which nobody else sees until we return; they are
+    // all initialized once the copy succeeded.
+    unsafe {
+        copy_chunked(dst, remote, len, Peer::ReadFrom(pid), splits(len))?;
+        data.set_len(len);
+    }
+    Ok(data)
+}
+
+/// Copies `src` to `remote` in process `pid` (`process_vm_writev`), split like a local copy. An
+/// error is the first the kernel reported, as for [`read_from_process`].
+pub(crate) fn write_to_process(pid: libc::pid_t, remote: usize, src: &[u8]) -> io::Result<()> {
+    let (src, len) = (src.as_ptr() as usize, src.len());
+    // SAFETY: `src` is ours to read for the call; the destination is the other process's memory,
+    // which the kernel checks.
+    unsafe { copy_chunked(remote, src, len, Peer::WriteTo(pid), splits(len)) }
+}
+
+/// Whether a copy of `len` bytes is shared with the helper: long enough, and a core is free.
+fn splits(len: usize) -> bool {
+    len >= SPLIT_FROM && crate::cores::fit(1)
+}
+
+/// Which side of a copy is another process's memory.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// Neither: a `memcpy`.
+    Local,
+    /// The source is in this process (`process_vm_readv`).
+    ReadFrom(libc::pid_t),
+    /// The destination is in this process (`process_vm_writev`).
+    WriteTo(libc::pid_t),
+}
+
+/// Copies `len` bytes from `src` to `dst` (addresses in the processes `peer` says) in chunks,
+/// populated as the module docs say, and split with the helper if `split` and the helper is there
+/// and free.
 ///
 /// # Safety
-/// As [`copy_to_fresh`].
-unsafe fn copy_split_if(dst: *mut u8, src: &[u8], split: bool) {
-    let len = src.len();
+/// Whichever of `dst` and `src` is local memory must be valid for the copy (writes to `dst`,
+/// reads of `src`), not overlap the other, and not be touched by anyone else until this returns.
+unsafe fn copy_chunked(
+    dst: usize,
+    src: usize,
+    len: usize,
+    peer: Peer,
+    split: bool,
+) -> io::Result<()> {
     if len < POPULATE_FROM {
         // SAFETY: per the caller.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, len) };
-        return;
+        return unsafe { copy_one(dst, src, len, peer) };
     }
     let copy = ChunkedCopy {
-        dst: dst as usize,
-        src: src.as_ptr() as usize,
+        dst,
+        src,
         len,
-        lead: (page_size() - dst as usize % page_size()) % page_size(),
+        lead: (page_size() - dst % page_size()) % page_size(),
         next: AtomicUsize::new(0),
+        peer,
+        failed: AtomicI32::new(0),
     };
     match split.then(helper).flatten() {
         Some(helper) => helper.share(&copy),
         // SAFETY: per the caller, on this thread alone.
         None => unsafe { copy.work() },
     }
+    match copy.failed.load(Ordering::Acquire) {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+/// One piece of a copy, without populating.
+///
+/// # Safety
+/// As [`copy_chunked`], for these `len` bytes.
+unsafe fn copy_one(dst: usize, src: usize, len: usize, peer: Peer) -> io::Result<()> {
+    let (pid, read) = match peer {
+        Peer::Local => {
+            // SAFETY: per the caller.
+            unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+            return Ok(());
+        }
+        Peer::ReadFrom(pid) => (pid, true),
+        Peer::WriteTo(pid) => (pid, false),
+    };
+    let mut done = 0;
+    while done < len {
+        let local = libc::iovec {
+            iov_base: ((if read { dst } else { src }) + done) as *mut libc::c_void,
+            iov_len: len - done,
+        };
+        let remote = libc::iovec {
+            iov_base: ((if read { src } else { dst }) + done) as *mut libc::c_void,
+            iov_len: len - done,
+        };
+        // SAFETY: `local` is the caller's memory, valid for this copy's direction; the kernel
+        // checks the other process's range and only reads the two iovecs.
+        let n = unsafe {
+            if read {
+                libc::process_vm_readv(pid, &local, 1, &remote, 1, 0)
+            } else {
+                libc::process_vm_writev(pid, &local, 1, &remote, 1, 0)
+            }
+        };
+        match n {
+            // A partial copy stops at a range the kernel could not touch: retrying says why.
+            1.. => done += n as usize,
+            0 => return Err(io::Error::from_raw_os_error(libc::EFAULT)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One copy in chunks: chunk 0 runs to the first page boundary of `dst` past `CHUNK`, every later
@@ -85,6 +199,9 @@ struct ChunkedCopy {
     lead: usize,
     /// The next chunk to take.
     next: AtomicUsize,
+    peer: Peer,
+    /// The first error (an `errno`), 0 while there is none; once set, no chunk is started.
+    failed: AtomicI32,
 }
 
 impl ChunkedCopy {
@@ -95,24 +212,31 @@ impl ChunkedCopy {
         }
     }
 
-    /// Copies chunks until none is left.
+    /// Copies chunks until none is left or one failed.
     ///
     /// # Safety
-    /// As [`copy_to_fresh`]'s, for `dst..dst + len` and `src..src + len`; every thread working on
+    /// As [`copy_chunked`]'s, for `dst..dst + len` and `src..src + len`; every thread working on
     /// this copy takes distinct chunks (`next`).
     unsafe fn work(&self) {
-        loop {
+        while self.failed.load(Ordering::Relaxed) == 0 {
             let index = self.next.fetch_add(1, Ordering::Relaxed);
             let start = self.chunk_start(index);
             if start >= self.len {
                 return;
             }
             let end = self.chunk_start(index + 1);
-            let dst = (self.dst + start) as *mut u8;
+            let (dst, src) = (self.dst + start, self.src + start);
+            if !matches!(self.peer, Peer::WriteTo(_)) {
+                // SAFETY: `dst..dst + (end - start)` is local memory of the caller's, and this
+                // thread alone took the chunk.
+                unsafe { populate(dst as *mut u8, end - start) };
+            }
             // SAFETY: `start..end` lies in both ranges, and this thread alone took the chunk.
-            unsafe {
-                populate(dst, end - start);
-                std::ptr::copy_nonoverlapping((self.src + start) as *const u8, dst, end - start);
+            if let Err(e) = unsafe { copy_one(dst, src, end - start, self.peer) } {
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let _ = self
+                    .failed
+                    .compare_exchange(0, errno, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
     }
@@ -300,8 +424,9 @@ mod tests {
             .collect();
         let src = &source[src_offset..];
         let mut dst = vec![0xAAu8; len + offset + 1];
+        let dst_at = dst.as_mut_ptr() as usize + offset;
         // SAFETY: `dst[offset..offset + len]` is ours and does not overlap `src`.
-        unsafe { copy_split_if(dst.as_mut_ptr().add(offset), src, split) };
+        unsafe { copy_chunked(dst_at, src.as_ptr() as usize, len, Peer::Local, split) }.unwrap();
         assert!(
             dst[offset..offset + len] == *src,
             "{len} bytes at +{offset}/+{src_offset}"
@@ -348,6 +473,8 @@ mod tests {
                 len,
                 lead: (page - dst % page) % page,
                 next: AtomicUsize::new(0),
+                peer: Peer::Local,
+                failed: AtomicI32::new(0),
             };
             let mut covered = 0;
             for index in 0.. {
@@ -379,8 +506,9 @@ mod tests {
         // leaves with `_exit`.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
+            let (to, from) = (dst.as_mut_ptr() as usize, src.as_ptr() as usize);
             // SAFETY: `dst` is the child's own copy, as long as `src`.
-            unsafe { copy_split_if(dst.as_mut_ptr(), &src, true) };
+            let _ = unsafe { copy_chunked(to, from, src.len(), Peer::Local, true) };
             let exact = dst == src;
             // SAFETY: ends the child at once, running nothing of the parent's.
             unsafe { libc::_exit(if exact { 0 } else { 1 }) };
@@ -393,6 +521,24 @@ mod tests {
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
             "{status:#x}"
         );
+    }
+
+    #[test]
+    fn copies_from_and_to_a_process_are_exact_and_report_the_kernels_errors() {
+        let pid = std::process::id() as libc::pid_t; // this process: the same system calls
+        for len in [0, 1, POPULATE_FROM + 1, SPLIT_FROM + CHUNK + 4095] {
+            let source: Vec<u8> = (0..len).map(|i| (i * 31 + i / 4096) as u8).collect();
+            let read = read_from_process(pid, source.as_ptr() as usize, len).unwrap();
+            assert!(read == source, "{len} bytes read");
+            let mut written = vec![0u8; len];
+            write_to_process(pid, written.as_mut_ptr() as usize, &source).unwrap();
+            assert!(written == source, "{len} bytes written");
+        }
+        let unmapped = read_from_process(pid, 8, POPULATE_FROM); // the first page
+        assert_eq!(unmapped.unwrap_err().raw_os_error(), Some(libc::EFAULT));
+        let mut dst = [0u8];
+        let gone = write_to_process(libc::pid_t::MAX, dst.as_mut_ptr() as usize, &[1]);
+        assert_eq!(gone.unwrap_err().raw_os_error(), Some(libc::ESRCH));
     }
 
     #[test]

@@ -78,6 +78,23 @@ wire_constants! {
     /// job soon, and the worker spins for its next frame for as many microseconds as the length's
     /// low 32 bits say before it polls (see `mailbox`, the worker's wait).
     NUDGE: u64 = 1 << 62;
+    /// Set in a process job frame's length by a parent that reads and writes the worker's memory
+    /// itself (`process_vm_readv`/`process_vm_writev`: see `process/channel.rs`): with
+    /// [`HAS_BUFFERS`], the buffers' sizes follow the header instead of memfds, and the worker
+    /// answers with their addresses ([`BUFFER_ADDRESSES`]) before the payload comes; a value's
+    /// buffers go back as addresses too, held until [`RELEASE`].
+    PEER_MEMORY: u64 = 1 << 61;
+    /// Set in a process frame's length for a *release*, which has no payload: the parent has
+    /// read the buffers of the worker's last value, which the worker may now free.
+    RELEASE: u64 = 1 << 60;
+    /// Set in a buffer's size or length on the wire (peer memory): it is a whole `bytes`.
+    WHOLE_BYTES: u64 = 1 << 63;
+    /// A process worker's answer to a job frame with [`PEER_MEMORY`] buffers: data is one `<Q`
+    /// address per buffer, where the parent writes it.
+    BUFFER_ADDRESSES: u8 = 14;
+    /// What a process worker's `SETUP_OK` points at (data: `<QQ` address, length): the parent
+    /// reads it there to learn whether it can reach the worker's memory.
+    PEER_PROBE: &str = "interpool peer memory probe";
     /// The `struct` format of a process worker's message header: kind, verdict, `len(data)`,
     /// `len(records)`.
     MESSAGE_HEADER: &str = "<BBQQ";

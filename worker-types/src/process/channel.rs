@@ -9,17 +9,34 @@
 //! verdict follows (`AFTER_JOB`), while the caller already has the outcome and the worker is not
 //! ready for another job. The worker's side is `process_loop.py`.
 //!
-//! **Shared memory.** A job's out-of-band buffers (pickle protocol 5) do not cross the socket:
-//! each is copied once into a fresh `memfd`, whose descriptor rides on one byte (`SCM_RIGHTS`)
+//! **Peer memory.** A job's out-of-band buffers (pickle protocol 5) do not cross the socket. When
+//! the parent may reach the worker's memory (probed once per worker: the worker's `SETUP_OK`
+//! points at [`PEER_PROBE`] in its memory, which the parent reads back there), it copies them
+//! itself, each once, with [`large_copy::write_to_process`] (`process_vm_writev`): every job frame
+//! is flagged [`PEER_MEMORY`]; one with buffers is followed by their sizes, the worker makes each
+//! (a `bytes` for a whole `bytes`, else a private anonymous mapping) and answers
+//! [`BUFFER_ADDRESSES`], the parent writes them there, then sends the payload. A value's buffers
+//! come back as addresses after a [`VALUE_BUFFERS`] header; the parent copies each once into host
+//! memory with [`large_copy::read_from_process`] (`process_vm_readv`), then sends [`RELEASE`],
+//! until which the worker keeps them unchanged (its `retire` hook waits for it). Nothing is
+//! shared, so nothing outlives either process. A worker that dies meanwhile fails the copy
+//! (`ESRCH`), and its job breaks as for any broken channel; its pid cannot have been reused, as
+//! the worker answered on the channel just before and its thread here has not reaped it (a
+//! forkserver child is reaped by the server after it died: only a pid recycled within that
+//! window could be mistaken, and then the copy fails on the other process's memory or permissions).
+//!
+//! **Shared memory**, where peer memory is refused (Yama's `ptrace_scope` 2 or 3, a seccomp
+//! filter, a worker of another user, or `INTERPOOL_PEER_MEMORY=0`): each buffer is copied once
+//! into a fresh `memfd`, whose descriptor rides on one byte (`SCM_RIGHTS`)
 //! right after a frame header flagged [`HAS_BUFFERS`]; the worker maps it privately (copy on
 //! write: a job may write its numpy argument without touching anything of ours) and closes the
 //! descriptor. A value with buffers comes back the same way, as kind [`VALUE_BUFFERS`] whose
 //! header is followed by the byte carrying the worker's memfds; the parent maps them privately and
 //! the caller reads the mappings in place. The memfd of a whole `bytes` comes sealed against
 //! writes (`F_SEAL_WRITE`): the caller then copies it once into its own `bytes` with
-//! [`large_copy`](crate::large_copy) (otherwise its pickle would copy it, page fault by page fault). A memfd is freed with its last descriptor and mapping,
-//! so a killed worker leaves no segment behind, and the parent's descriptors are closed as soon
-//! as they are sent or mapped.
+//! [`large_copy`] (otherwise its pickle would copy it, page fault by page fault). A memfd is freed
+//! with its last descriptor and mapping, so a killed worker leaves no segment behind, and the
+//! parent's descriptors are closed as soon as they are sent or mapped.
 
 use std::{
     io::{self, IoSlice, Read, Write},
@@ -27,21 +44,30 @@ use std::{
         fd::{AsFd, AsRawFd},
         unix::net::UnixStream,
     },
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use super::sys;
 use crate::{
+    large_copy,
     prewake::{self, Plan, Spinning, Wait},
-    protocol::{self, HAS_BUFFERS, MAX_BUFFERS, MESSAGE_HEADER_LEN, NUDGE, VALUE_BUFFERS},
+    protocol::{
+        self, BUFFER_ADDRESSES, HAS_BUFFERS, MAX_BUFFERS, MESSAGE_HEADER_LEN, NUDGE, PEER_MEMORY,
+        PEER_PROBE, RELEASE, VALUE_BUFFERS, WHOLE_BYTES,
+    },
     Buffer, Job,
 };
+
+/// Set to `0` in the environment, workers started from then on use memfds, not peer memory.
+pub(super) const PEER_MEMORY_VAR: &str = "INTERPOOL_PEER_MEMORY";
 
 /// The parent's end of a worker's channel (non-blocking).
 #[derive(Debug)]
 pub(super) struct Channel {
     pub(super) sock: Arc<UnixStream>,
+    /// The worker's pid, once the probe showed that we reach its memory (see the module docs).
+    peer: OnceLock<libc::pid_t>,
 }
 
 impl Channel {
@@ -49,7 +75,27 @@ impl Channel {
         sock.set_nonblocking(true)?;
         Ok(Self {
             sock: Arc::new(sock),
+            peer: OnceLock::new(),
         })
+    }
+
+    /// Probes the memory of the worker `pid` at the place its `SETUP_OK` named (`probe`: `<QQ`
+    /// address, length); if it holds [`PEER_PROBE`] there, its buffers go by peer memory from
+    /// now on. Returns whether they do.
+    pub(super) fn probe_peer_memory(&self, pid: u32, probe: &[u8]) -> bool {
+        let allowed = std::env::var_os(PEER_MEMORY_VAR).is_none_or(|v| v != "0");
+        let (Ok(pid), Some(&[address, len])) =
+            (libc::pid_t::try_from(pid), words(probe).as_deref())
+        else {
+            return false;
+        };
+        let reached = allowed
+            && usize::try_from(address).is_ok_and(|address| {
+                len == PEER_PROBE.len() as u64
+                    && large_copy::read_from_process(pid, address, PEER_PROBE.len())
+                        .is_ok_and(|read| read == PEER_PROBE.as_bytes())
+            });
+        reached && self.peer.set(pid).is_ok()
     }
 
     fn wait(&self, write: bool) -> io::Result<()> {
@@ -62,20 +108,25 @@ impl Channel {
         self.write_all(&mut [IoSlice::new(&header), IoSlice::new(data)])
     }
 
-    /// Writes a job's frame; its out-of-band buffers go in fresh memfds (see the module docs).
+    /// Writes a job's frame; its out-of-band buffers go by peer memory or in fresh memfds (see
+    /// the module docs).
     pub(super) fn send_job(&self, job: &Job) -> io::Result<()> {
-        if job.buffers.is_empty() {
-            return self.send_frame(&job.payload);
-        }
         if job.buffers.len() > MAX_BUFFERS {
             return Err(io::Error::other("too many out-of-band buffers"));
+        }
+        let len = job.payload.len() as u64;
+        if let Some(&pid) = self.peer.get() {
+            return self.send_job_by_peer_memory(job, pid);
+        }
+        if job.buffers.is_empty() {
+            return self.send_frame(&job.payload);
         }
         let memfds = job
             .buffers
             .iter()
             .map(|b| sys::memfd_with(b.as_slice()))
             .collect::<io::Result<Vec<_>>>()?;
-        let header = (job.payload.len() as u64 | HAS_BUFFERS).to_le_bytes();
+        let header = (len | HAS_BUFFERS).to_le_bytes();
         self.write_all(&mut [IoSlice::new(&header)])?;
         let raw: Vec<_> = memfds.iter().map(|fd| fd.as_raw_fd()).collect();
         loop {
@@ -86,6 +137,39 @@ impl Channel {
             }
         }
         drop(memfds); // the worker holds its own descriptors now
+        self.write_all(&mut [IoSlice::new(&job.payload)])
+    }
+
+    /// [`Channel::send_job`] to a worker whose memory we reach: the sizes, the worker's
+    /// addresses for them, our copies there, then the payload.
+    fn send_job_by_peer_memory(&self, job: &Job, pid: libc::pid_t) -> io::Result<()> {
+        let len = job.payload.len() as u64 | PEER_MEMORY;
+        if job.buffers.is_empty() {
+            let header = len.to_le_bytes();
+            return self.write_all(&mut [IoSlice::new(&header), IoSlice::new(&job.payload)]);
+        }
+        let mut head = Vec::with_capacity(8 * (2 + job.buffers.len()));
+        head.extend((len | HAS_BUFFERS).to_le_bytes());
+        head.extend((job.buffers.len() as u64).to_le_bytes());
+        for buffer in &job.buffers {
+            let whole = if buffer.is_rebuilt_as_bytes() {
+                WHOLE_BYTES
+            } else {
+                0
+            };
+            head.extend((buffer.len() as u64 | whole).to_le_bytes());
+        }
+        self.write_all(&mut [IoSlice::new(&head)])?;
+        let (kind, _, addresses, _, _) = self.receive(Duration::ZERO, &|| None)?;
+        let addresses = words(&addresses).unwrap_or_default();
+        if kind != BUFFER_ADDRESSES || addresses.len() != job.buffers.len() {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        for (buffer, &address) in job.buffers.iter().zip(&addresses) {
+            let address = usize::try_from(address)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            buffer.read(|bytes| large_copy::write_to_process(pid, address, bytes))?;
+        }
         self.write_all(&mut [IoSlice::new(&job.payload)])
     }
 
@@ -189,14 +273,46 @@ impl Channel {
         let mut header = [0u8; MESSAGE_HEADER_LEN];
         self.read_exact(&mut header, spin, expected)?;
         let (kind, retire, data_len, error_len) = protocol::parse_message_header(&header);
-        let buffers = if kind == VALUE_BUFFERS {
-            self.receive_buffers()?
-        } else {
-            Vec::new()
+        let buffers = match (kind, self.peer.get()) {
+            (VALUE_BUFFERS, Some(&pid)) => self.read_peer_buffers(pid)?,
+            (VALUE_BUFFERS, None) => self.receive_buffers()?,
+            _ => Vec::new(),
         };
         let data = self.read_vec(data_len)?;
         let error = self.read_vec(error_len)?;
         Ok((kind, retire, data, error, buffers))
+    }
+
+    /// The buffers described after a [`VALUE_BUFFERS`] header, each copied once from the worker
+    /// into host memory; then the worker may free them ([`RELEASE`]).
+    fn read_peer_buffers(&self, pid: libc::pid_t) -> io::Result<Vec<Buffer>> {
+        let mut count = [0u8; 8];
+        self.read_exact(&mut count, Duration::ZERO, &|| None)?;
+        let count = u64::from_le_bytes(count);
+        if count == 0 || count > MAX_BUFFERS as u64 {
+            return Err(io::ErrorKind::InvalidData.into());
+        }
+        let mut described = vec![0u8; 16 * count as usize];
+        self.read_exact(&mut described, Duration::ZERO, &|| None)?;
+        let buffers = words(&described)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map(|entry| {
+                let (address, len) = (entry[0], entry[1] & !WHOLE_BYTES);
+                let (Ok(address), Ok(len)) = (usize::try_from(address), usize::try_from(len))
+                else {
+                    return Err(io::Error::from(io::ErrorKind::InvalidData));
+                };
+                let buffer = Buffer::from_vec(large_copy::read_from_process(pid, address, len)?);
+                Ok(if entry[1] & WHOLE_BYTES != 0 {
+                    buffer.rebuilt_as_bytes()
+                } else {
+                    buffer
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        self.write_all(&mut [IoSlice::new(&RELEASE.to_le_bytes())])?;
+        Ok(buffers)
     }
 
     /// The worker's memfds after a [`VALUE_BUFFERS`] header, mapped privately; one sealed against
@@ -219,6 +335,16 @@ impl Channel {
             })
             .collect()
     }
+}
+
+/// `bytes` as little-endian `u64`s; `None` unless its length is a multiple of 8.
+fn words(bytes: &[u8]) -> Option<Vec<u64>> {
+    let words = bytes.chunks_exact(8);
+    words.remainder().is_empty().then(|| {
+        words
+            .map(|word| u64::from_le_bytes(word.try_into().expect("8 bytes")))
+            .collect()
+    })
 }
 
 /// One message from a worker: `(kind, retire, data, retire_error, buffers)`.

@@ -9,8 +9,8 @@
 //! checks to stay import-safe).
 //!
 //! The parts, one job each:
-//! - `channel`: the parent's end of the worker's socket (frames, and shared memory for
-//!   out-of-band buffers);
+//! - `channel`: the parent's end of the worker's socket (frames, and peer memory or shared
+//!   memory for out-of-band buffers);
 //! - `child`: starting the process, killing and reaping it;
 //! - `thread`: the parent-side thread that owns one worker process and serves its jobs through
 //!   the [`Mailbox`]'s serve loop;

@@ -10,14 +10,44 @@
 #                     (kind AFTER_JOB, retire KEEP, RETIRE or RETIRE_FAILED with the records).
 # End of file from the parent means "end": the worker exits 0. A worker also exits after a job
 # whose retire verdict is not KEEP, and after a failed setup.
-# Out-of-band buffers travel in memfds (see process/mod.rs): a job frame whose length has bit 63
-# set is followed by one byte carrying their descriptors (SCM_RIGHTS), then the payload; a value
-# with buffers is kind VALUE_BUFFERS, its header followed by such a byte. The numbers and header
-# formats are the wire protocol's (worker-types/src/protocol.rs), put in front of this source.
+# Out-of-band buffers (see process/channel.rs) are copied by the parent straight from and into
+# this process's memory when it can (PEER_MEMORY in every job frame's length), else they travel in
+# memfds. Peer memory: a job frame with HAS_BUFFERS is followed by ``<Q count`` and one ``<Q`` size
+# per buffer (WHOLE_BYTES set for a ``bytes``); the worker makes each buffer, answers
+# BUFFER_ADDRESSES with their addresses, and reads the payload once the parent has written them.
+# A value with buffers is kind VALUE_BUFFERS, its header followed by ``<Q count`` and ``<QQ``
+# (address, length | WHOLE_BYTES) per buffer; the worker keeps them until the parent's RELEASE
+# frame (bit 60, no payload). Memfds: a job frame with HAS_BUFFERS (bit 63) is followed by one
+# byte carrying their descriptors (SCM_RIGHTS), then the payload; a value's header by such a byte.
+# The numbers and header formats are the wire protocol's (worker-types/src/protocol.rs), put in
+# front of this source.
 # A frame whose length has bit 62 set (NUDGE) is a nudge, with no payload: the parent expects a
 # job soon, and the worker spins for its next frame for the microseconds in the low 32 bits.
 
 _SPIN_SECONDS = 50e-6
+# Where a ``bytes`` object's data starts, from its address (``id``): the offset of ``ob_sval``.
+_BYTES_DATA = bytes.__basicsize__ - 1
+_PROBE = PEER_PROBE.encode()
+
+
+def _probe():
+    """SETUP_OK's data: where the parent finds PEER_PROBE in this process's memory."""
+    return (id(_PROBE) + _BYTES_DATA).to_bytes(8, "little") + len(_PROBE).to_bytes(8, "little")
+
+
+def _address(buffer):
+    """The address of a buffer's first byte: a ``bytes``'s from its ``id``, any other contiguous
+    buffer's from the buffer protocol (ctypes, imported on the first use)."""
+    if type(buffer) is bytes:
+        return id(buffer) + _BYTES_DATA
+    import ctypes
+
+    view = (ctypes.c_char * 128)()  # room for a Py_buffer, whose first field is the address
+    ctypes.pythonapi.PyObject_GetBuffer(ctypes.py_object(buffer), ctypes.byref(view), 0)
+    try:
+        return ctypes.c_void_p.from_buffer(view).value or 0
+    finally:
+        ctypes.pythonapi.PyBuffer_Release(ctypes.byref(view))
 
 
 class _Channel:
@@ -28,6 +58,9 @@ class _Channel:
         import select
 
         self.fd, self._os = fd, os
+        # Whether the last job frame said PEER_MEMORY, and the last value's buffers until the
+        # parent's RELEASE.
+        self.peer, self._lent = False, None
         os.set_blocking(fd, False)
         self._poll = select.poll()
         self._poll.register(fd, select.POLLIN)
@@ -96,6 +129,30 @@ class _Channel:
                 self._os.close(fd)
         return views
 
+    def _receive_peer_buffers(self):
+        """The job's buffers after a PEER_MEMORY header: made here, written by the parent. A
+        ``bytes`` starts as zeros it never touches (a large one is fresh memory, paged in as the
+        parent writes it), any other buffer is a private anonymous mapping."""
+        import mmap
+
+        count = bytearray(8)
+        if not self._readinto(memoryview(count), 0):
+            return None
+        sizes = bytearray(8 * int.from_bytes(count, "little"))
+        if not self._readinto(memoryview(sizes), 0):
+            return None
+        buffers, addresses = [], bytearray()
+        for size in memoryview(sizes).cast("Q"):
+            length = size & ~WHOLE_BYTES
+            if size & WHOLE_BYTES:
+                buffer = bytes(length)
+            else:
+                buffer = memoryview(mmap.mmap(-1, length) if length else bytearray())
+            buffers.append(buffer)
+            addresses += _address(buffer).to_bytes(8, "little")
+        self.send(BUFFER_ADDRESSES, KEEP, addresses)
+        return buffers
+
     def receive(self):
         """The next frame as ``(bytearray, buffers | None)``, or None at end of file."""
         header = bytearray(8)  # "<Q"
@@ -104,18 +161,33 @@ class _Channel:
             if not self._readinto(memoryview(header), spin):
                 return None
             size, buffers = int.from_bytes(header, "little"), None
+            if size & RELEASE:
+                self._lent = None
+                continue
             if not size & NUDGE:
                 break
             spin = (size & 0xFFFFFFFF) / 1e6
+        self.peer = bool(size & PEER_MEMORY)
         if size & HAS_BUFFERS:
-            size &= ~HAS_BUFFERS
-            buffers = self._receive_buffers()
+            buffers = self._receive_peer_buffers() if self.peer else self._receive_buffers()
             if buffers is None:
                 return None
-        data = bytearray(size)
+        data = bytearray(size & ~(HAS_BUFFERS | PEER_MEMORY))
         if not self._readinto(memoryview(data), 0):
             return None
         return data, buffers
+
+    def wait_released(self):
+        """Waits for the parent's RELEASE of the last value's buffers; False at end of file or if
+        another frame comes first."""
+        header = bytearray(8)
+        while self._lent is not None:
+            if not self._readinto(memoryview(header), 0):
+                return False
+            if not int.from_bytes(header, "little") & RELEASE:
+                return False
+            self._lent = None
+        return True
 
     def _send_buffers(self, buffers):
         """Sends ``buffers`` as fresh memfds on one byte (the worker's descriptors are closed).
@@ -155,6 +227,15 @@ class _Channel:
         import struct
 
         header = struct.pack(MESSAGE_HEADER, kind, retire, len(data), len(retire_error))
+        if buffers and self.peer:
+            described = bytearray(len(buffers).to_bytes(8, "little"))
+            for buffer in buffers:
+                whole = type(buffer) is bytes
+                length = len(buffer) | WHOLE_BYTES if whole else memoryview(buffer).nbytes
+                described += struct.pack("<QQ", _address(buffer), length)
+            self._lent = buffers
+            self._write([header, described, data, retire_error])
+            return
         if buffers:
             self._write([header])
             self._send_buffers(buffers)
@@ -195,7 +276,7 @@ def _serve(channel):
         kind, reason, records = failed
         channel.send(kind, KEEP, reason.encode("utf-8", "replace"), records)
         return 0
-    channel.send(SETUP_OK, KEEP, b"")
+    channel.send(SETUP_OK, KEEP, _probe())
     config = None
     while True:
         frame = channel.receive()
@@ -206,6 +287,9 @@ def _serve(channel):
         channel.send(kind, retire, data, b"", buffers)
         data = buffers = None
         if retire == RETIRE_PENDING:
+            # The hook must not touch a value the parent is still reading.
+            if not channel.wait_released():
+                return 0
             retire, records = after_job()
             channel.send(AFTER_JOB, retire, b"", records or b"")
             if retire != KEEP:

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     mailbox::{check_memory, Ran, Serve},
-    protocol::{self, AfterJob, AFTER_JOB},
+    protocol::{self, AfterJob, AFTER_JOB, SETUP_OK},
     Broken, Completion, Job, Stage, WorkerConfig,
 };
 
@@ -72,7 +72,7 @@ impl<'a> Process<'a> {
         };
         process.startup = match child::launch(shared, python, forkserver, &config.setup) {
             Ok(running) => {
-                let outcome = handshake(&running, &config.setup, forkserver);
+                let outcome = handshake(shared, &running, &config.setup, forkserver);
                 process.running = Some(running);
                 match outcome {
                     Ok(()) => Ok(()),
@@ -199,8 +199,9 @@ impl Serve for Process<'_> {
 }
 
 /// The loop's source (spawned workers load it; forkserver children have it) and the worker's
-/// setup, sent and acknowledged.
+/// setup, sent and acknowledged; then the probe of the worker's memory (see `channel`).
 fn handshake(
+    shared: &Shared,
     running: &Running,
     setup: &[u8],
     forkserver: bool,
@@ -215,13 +216,21 @@ fn handshake(
         .channel
         .send_frame(setup)
         .map_err(|_| Handshake::Died)?;
-    let reply = running
-        .channel
-        .receive(Duration::ZERO, &|| None)
-        .ok()
+    let reply = running.channel.receive(Duration::ZERO, &|| None).ok();
+    let probe = match &reply {
+        Some((SETUP_OK, _, probe, _, _)) => Some(probe.clone()),
+        _ => None,
+    };
+    let reply = reply
         .and_then(|(kind, _, reason, records, _)| protocol::setup_reply(kind, &reason, records));
     match reply {
-        Some(Ok(())) => Ok(()),
+        Some(Ok(())) => {
+            let pid = shared.child().pid();
+            if let (Some(pid), Some(probe)) = (pid, probe) {
+                running.channel.probe_peer_memory(pid, &probe);
+            }
+            Ok(())
+        }
         Some(Err(broken)) => Err(Handshake::Failed(broken)),
         None => Err(Handshake::Died),
     }

@@ -9,7 +9,8 @@ this module in ``sys.modules`` and stays import-safe for user scripts that ``imp
 
 Large buffers travel out of band (pickle protocol 5, shared with ``interpool/_outcome.py``): a
 job arrives as ``run(payload, buffers)``, ``buffers`` being memoryviews over the caller's memory
-(subinterpreters: read-only, in place) or over a private mapping of shared memory (processes),
+(subinterpreters: read-only, in place) or, in a process, ``bytes`` and memoryviews of private
+mappings that the parent wrote (peer memory) or of shared memory,
 and a value holding large buffers leaves as its pickle plus a list of its buffers
 (``_dumps_value``).
 
