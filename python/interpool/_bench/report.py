@@ -55,9 +55,10 @@ def _copies_note() -> str | None:
     out = [label for label, size in PAYLOADS.items() if size >= threshold]
     return (
         f"payloads of {threshold // KiB} KiB and more ({', '.join(out)}, {NUMPY_PAYLOAD[0]}) "
-        "travel beside the pickle: interpool on subinterpreters copies a bytes echo twice "
-        "(not 9: into the worker's bytes, then straight from it into yours), a numpy echo on "
-        "processes twice (into each memfd), and never pickles their data (docs/payloads.md)."
+        "travel beside the pickle: interpool copies a bytes echo once on subinterpreters (into "
+        "the worker's bytes, which comes back as yours) and 3 times on processes (into the "
+        "worker's bytes, out of it into host memory, into yours), a numpy echo on processes "
+        "twice (once each way), and never pickles their data (was 9 copies; docs/payloads.md)."
     )
 
 
