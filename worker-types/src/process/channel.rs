@@ -380,6 +380,45 @@ mod tests {
     }
 
     #[test]
+    fn peer_memory_is_used_only_where_the_probe_reads_back_the_probe_string() {
+        let pid = std::process::id(); // this process: the same system call as for a worker's
+        let probe_of = |bytes: &[u8], len: usize| {
+            let mut probe = (bytes.as_ptr() as u64).to_le_bytes().to_vec();
+            probe.extend((len as u64).to_le_bytes());
+            probe
+        };
+        let channel = || Channel::new(UnixStream::pair().unwrap().0).unwrap();
+        let right = PEER_PROBE.as_bytes().to_vec();
+        let mut wrong = right.clone();
+        wrong[0] ^= 1;
+        let probe = probe_of(&right, right.len());
+        assert!(
+            !channel().probe_peer_memory(pid, &probe[..12]),
+            "a short probe"
+        );
+        assert!(
+            !channel().probe_peer_memory(pid, &probe_of(&right, 3)),
+            "a wrong length"
+        );
+        assert!(
+            !channel().probe_peer_memory(pid, &probe_of(&wrong, wrong.len())),
+            "wrong bytes"
+        );
+        assert!(
+            !channel().probe_peer_memory(pid, &probe_of(&[0; 0][..], 0)),
+            "nothing"
+        );
+        let unmapped = [8u64.to_le_bytes(), (right.len() as u64).to_le_bytes()].concat();
+        assert!(
+            !channel().probe_peer_memory(pid, &unmapped),
+            "an unmapped address"
+        );
+        let reached = channel();
+        assert!(reached.probe_peer_memory(pid, &probe));
+        assert_eq!(reached.peer.get(), Some(&(pid as libc::pid_t)));
+    }
+
+    #[test]
     fn a_nudged_worker_loop_serves_its_next_frame_and_a_planned_wait_reads_it() {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let mut child = echo_child(theirs.as_raw_fd());
