@@ -8,9 +8,13 @@ figures are medians over rounds of jobs per second; the ratios are taken round b
 median of those), which is what docs/benchmarks.md quotes.
 
 Each round also runs the same nursery / ``TaskGroup`` of N tasks with one schedule point instead
-of a call ("bare trio", "bare asyncio"): what the event loop's own tasks cost. The last lines give
-interpool's own cost per job under each loop, its time per job minus the bare loop's, which is
-the part interpool can change (trio's tasks cost about twice asyncio's here).
+of a call ("bare trio", "bare asyncio"): what the event loop's own tasks cost; and once more with
+each task holding a token of the same kind of limiter over that schedule point ("limited trio",
+"limited asyncio"): what the loop and its limiter cost with no call at all. "limited trio /
+interpool asyncio" is therefore the most interpool under trio could reach against interpool under
+asyncio if its calls cost nothing. The last lines give the cost per job of each row beyond the
+one below it: interpool's own cost beyond the bare loop, the limiter's beyond the bare loop, and
+interpool's beyond the loop and its limiter, which is the part interpool can change.
 
     python benches/bench_burst.py [--jobs 10000] [--workers 2] [--rounds 9]
                                   [--type subinterpreter] [--no-peer]
@@ -60,6 +64,37 @@ async def bare_trio_burst(jobs: int) -> float:
     return jobs / (time.perf_counter() - t0)
 
 
+async def limited_trio_burst(jobs: int, workers: int) -> float:
+    """The bare trio burst, each task holding a token of a ``trio.CapacityLimiter(workers)``
+    over its schedule point: what the loop and its limiter cost, with no call at all."""
+    limiter = trio.CapacityLimiter(workers)
+
+    async def one() -> None:
+        async with limiter:
+            await trio.lowlevel.checkpoint()
+
+    t0 = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(jobs):
+            nursery.start_soon(one)
+    return jobs / (time.perf_counter() - t0)
+
+
+async def limited_asyncio_burst(jobs: int, workers: int) -> float:
+    """As ``limited_trio_burst``, under asyncio with ``interpool.AsyncioCapacityLimiter``."""
+    limiter = interpool.AsyncioCapacityLimiter(workers)
+
+    async def one() -> None:
+        async with limiter:
+            await asyncio.sleep(0)
+
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(jobs):
+            group.create_task(one())
+    return jobs / (time.perf_counter() - t0)
+
+
 async def bare_asyncio_burst(jobs: int) -> float:
     t0 = time.perf_counter()
     async with asyncio.TaskGroup() as group:
@@ -84,6 +119,8 @@ def main() -> None:
         "interpool asyncio": lambda n: asyncio.run(asyncio_burst(n, args.workers)),
         "bare trio": lambda n: trio.run(bare_trio_burst, n),
         "bare asyncio": lambda n: asyncio.run(bare_asyncio_burst(n)),
+        "limited trio": lambda n: trio.run(limited_trio_burst, n, args.workers),
+        "limited asyncio": lambda n: asyncio.run(limited_asyncio_burst(n, args.workers)),
     }
     if not args.no_peer:
         import trio_parallel
@@ -108,15 +145,20 @@ def main() -> None:
     ratio("interpool trio", "interpool asyncio")
     ratio("interpool trio", "trio-parallel")
     ratio("bare trio", "bare asyncio")
+    ratio("limited trio", "interpool asyncio")
 
     def own_cost(a: str, bare: str) -> None:
         cost = statistics.median(
             1e6 / x - 1e6 / y for x, y in zip(rates[a], rates[bare], strict=True)
         )
-        print(f"  {a}: {cost:.1f} µs per job beyond the bare loop's tasks (median of rounds)")
+        print(f"  {a}: {cost:.1f} µs per job beyond {bare}'s (median of rounds)")
 
     own_cost("interpool trio", "bare trio")
     own_cost("interpool asyncio", "bare asyncio")
+    own_cost("limited trio", "bare trio")
+    own_cost("limited asyncio", "bare asyncio")
+    own_cost("interpool trio", "limited trio")
+    own_cost("interpool asyncio", "limited asyncio")
 
 
 if __name__ == "__main__":
