@@ -20,10 +20,12 @@
 //! memory with [`large_copy::read_from_process`] (`process_vm_readv`), then sends [`RELEASE`],
 //! until which the worker keeps them unchanged (its `retire` hook waits for it). Nothing is
 //! shared, so nothing outlives either process. A worker that dies meanwhile fails the copy
-//! (`ESRCH`), and its job breaks as for any broken channel; its pid cannot have been reused, as
-//! the worker answered on the channel just before and its thread here has not reaped it (a
-//! forkserver child is reaped by the server after it died: only a pid recycled within that
-//! window could be mistaken, and then the copy fails on the other process's memory or permissions).
+//! (`ESRCH`), and its job breaks as for any broken channel. A spawned worker's pid names no
+//! other process while its thread here runs (it is reaped only after). A forkserver child is
+//! reaped by the server as soon as it dies; a copy then fails, unless, within the microseconds
+//! between the worker's answer and the copy, it was killed, reaped, and its pid taken by a new
+//! process of the same user with memory mapped at that address: a window this design accepts
+//! (`process_vm_*` take no pidfd).
 //!
 //! **Shared memory**, where peer memory is refused (Yama's `ptrace_scope` 2 or 3, a seccomp
 //! filter, a worker of another user, or `INTERPOOL_PEER_MEMORY=0`): each buffer is copied once
@@ -60,7 +62,7 @@ use crate::{
 };
 
 /// Set to `0` in the environment, workers started from then on use memfds, not peer memory.
-pub(super) const PEER_MEMORY_VAR: &str = "INTERPOOL_PEER_MEMORY";
+const PEER_MEMORY_VAR: &str = "INTERPOOL_PEER_MEMORY";
 
 /// The parent's end of a worker's channel (non-blocking).
 #[derive(Debug)]
