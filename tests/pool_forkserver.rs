@@ -18,7 +18,7 @@ async fn values_cross_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buffers_cross_both_ways_through_shared_memory() {
+async fn buffers_cross_both_ways_into_a_private_mapping_of_the_worker() {
     let pool = support::pool(KIND, 1);
     support::buffers_cross_both_ways(&pool, "mmap").await;
     pool.shutdown(support::GRACE).await.unwrap();
