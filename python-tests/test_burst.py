@@ -326,3 +326,61 @@ async def test_a_queued_call_cancelled_before_a_token_reaches_it_is_passed_over(
     assert turns[0].state is _backends.Turn.GONE
     assert {turn.state for turn in turns[1:]} <= {_backends.Turn.SERVED, _backends.Turn.DONE}
     assert_tokens_back(limiter)
+
+
+async def test_a_burst_beside_a_borrower_that_is_no_call_gets_the_free_token(ctx, tmp_path):
+    # One of two tokens is out to another borrower (no call: it never gives it back meanwhile),
+    # so the burst's first call cannot take the other at once and yields for it; the calls after
+    # it, finding that token spoken for, park at once. The free token must still reach a call
+    # (no call holds one to pass it on), whichever of them trio runs first: every call returns,
+    # every job runs once.
+    limiter = trio.CapacityLimiter(2)
+    other = object()
+    limiter.acquire_on_behalf_of_nowait(other)
+    results = await burst(ctx, tmp_path, limiter, jobs=QUEUED)
+    assert results == {i: i for i in range(QUEUED)}
+    assert claimed(tmp_path) == list(range(QUEUED))
+    limiter.release_on_behalf_of(other)
+    assert_tokens_back(limiter)
+
+
+class StepCounter(trio.abc.Instrument):
+    """How many steps trio ran of each task."""
+
+    def __init__(self):
+        self.steps = {}
+
+    def before_task_step(self, task):
+        self.steps[task] = self.steps.get(task, 0) + 1
+
+
+async def test_calls_finding_every_free_token_spoken_for_park_without_yielding_first(
+    ctx, tmp_path, monkeypatch
+):
+    # The burst's first call yields once to take the free token (one is out to another
+    # borrower, so it cannot take it at once); the others, started in the same pass, find that
+    # token spoken for and queue their turn in their first step instead of yielding only to
+    # find it taken. At most one turn (the first call's, if a parked call took the token inside
+    # the limiter's own acquire meanwhile) is queued later.
+    counter = StepCounter()
+    queued_at_step = []
+
+    class Counted(_backends.Turn):
+        def __init__(self, task, *args):
+            super().__init__(task, *args)
+            queued_at_step.append(counter.steps.get(task, 0))
+
+    monkeypatch.setattr(_backends, "Turn", Counted)
+    limiter = trio.CapacityLimiter(2)
+    other = object()
+    limiter.acquire_on_behalf_of_nowait(other)
+    trio.lowlevel.add_instrument(counter)
+    try:
+        results = await burst(ctx, tmp_path, limiter, jobs=QUEUED)
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert results == {i: i for i in range(QUEUED)}
+    assert len(queued_at_step) >= QUEUED - 2
+    assert sum(step > 1 for step in queued_at_step) <= 1, queued_at_step
+    limiter.release_on_behalf_of(other)
+    assert_tokens_back(limiter)

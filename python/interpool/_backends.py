@@ -143,6 +143,10 @@ class _Trio:
         self._turns: weakref.WeakKeyDictionary[trio.CapacityLimiter, collections.deque[Turn]] = (
             weakref.WeakKeyDictionary()
         )
+        # Per limiter, the calls yielding in take_token to take a free token afterwards.
+        self._approaching: weakref.WeakKeyDictionary[trio.CapacityLimiter, int] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def default_limiter(self) -> trio.CapacityLimiter:
         """The default worker limiter of this ``trio.run`` (``os.cpu_count()`` tokens)."""
@@ -169,16 +173,25 @@ class _Trio:
         self, limiter: trio.CapacityLimiter, core: Any, cache: Any, payload: Any
     ) -> Turn | None:
         """Takes a token among other calls: yields before taking it (a task never yields with a
-        token held, see :meth:`after_submit`), and if none is free then, parks on the limiter
+        token held, see :meth:`after_submit`) if one is free that calls yielding for a token do
+        not already count on (``_approaching``), and if none is free then, parks on the limiter
         with its job in the limiter's queue of turns (:class:`Turn`), for a token holder to serve
         (:meth:`release_token`). Returns the turn if its job was submitted for it (it holds the
         token unless the turn is ``DONE``); None if the call holds a token and runs as usual."""
-        await trio.lowlevel.checkpoint()
-        try:
-            limiter.acquire_nowait()
-            return None
-        except trio.WouldBlock:
-            pass
+        approaching = self._approaching.get(limiter, 0)
+        if limiter.available_tokens > approaching:
+            self._approaching[limiter] = approaching + 1
+            try:
+                await trio.lowlevel.checkpoint()
+            finally:
+                self._approaching[limiter] -= 1
+            try:
+                limiter.acquire_nowait()
+                return None
+            except trio.WouldBlock:
+                pass
+        # No token is left for this call (free ones are spoken for by calls that yielded to take
+        # them): parking on the limiter is its schedule point and its check for cancellation.
         queue = self._turns.get(limiter)
         if queue is None:
             queue = self._turns[limiter] = collections.deque()
