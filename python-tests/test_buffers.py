@@ -148,11 +148,20 @@ async def test_process_buffers_go_by_peer_memory_unless_it_is_refused_or_turned_
     if bctx.worker_type is interpool.WorkerType.SUBINTERPRETER:
         pytest.skip("a process transport")
     mapped = await bctx.run_sync(_funcs.memfds_mapped_with, b"p" * THRESHOLD)
-    turned_off = os.environ.get("INTERPOOL_PEER_MEMORY") == "0"  # the fixture's memfd variant
+    turned_off = os.environ.get("INTERPOOL_PEER_MEMORY", "1") != "1"  # the fixture's memfd variant
     if not turned_off and not peer_memory_refused():
         assert mapped == 0, "the parent wrote the argument into the worker's own memory"
     else:
         assert mapped == 1, "the argument arrived in a memfd"
+
+
+@pytest.mark.parametrize("value", ["off", "yes", ""])
+async def test_any_peer_memory_setting_but_1_means_memfds(value, monkeypatch):
+    monkeypatch.setenv("INTERPOOL_PEER_MEMORY", value)
+    for worker_type in (interpool.WorkerType.FORKSERVER, interpool.WorkerType.SPAWN):
+        async with interpool.open_worker_context(worker_type=worker_type) as ctx:
+            mapped = await ctx.run_sync(_funcs.memfds_mapped_with, b"p" * THRESHOLD)
+        assert mapped == 1, (worker_type, value)
 
 
 async def test_a_retire_hook_runs_only_once_the_caller_has_the_value():

@@ -28,7 +28,7 @@
 //! (`process_vm_*` take no pidfd).
 //!
 //! **Shared memory**, where peer memory is refused (Yama's `ptrace_scope` 2 or 3, a seccomp
-//! filter, a worker of another user, or `INTERPOOL_PEER_MEMORY=0`): each buffer is copied once
+//! filter, a worker of another user, or `INTERPOOL_PEER_MEMORY` set to anything but `1`): each buffer is copied once
 //! into a fresh `memfd`, whose descriptor rides on one byte (`SCM_RIGHTS`)
 //! right after a frame header flagged [`HAS_BUFFERS`]; the worker maps it privately (copy on
 //! write: a job may write its numpy argument without touching anything of ours) and closes the
@@ -61,7 +61,8 @@ use crate::{
     Buffer, Job,
 };
 
-/// Set to `0` in the environment, workers started from then on use memfds, not peer memory.
+/// Unset or `1` in the environment, workers started from then on may use peer memory; any
+/// other value (`0`, `off`, a typo) makes them use memfds, the path that needs no permission.
 const PEER_MEMORY_VAR: &str = "INTERPOOL_PEER_MEMORY";
 
 /// The parent's end of a worker's channel (non-blocking).
@@ -85,7 +86,7 @@ impl Channel {
     /// address, length); if it holds [`PEER_PROBE`] there, its buffers go by peer memory from
     /// now on. Returns whether they do.
     pub(super) fn probe_peer_memory(&self, pid: u32, probe: &[u8]) -> bool {
-        let allowed = std::env::var_os(PEER_MEMORY_VAR).is_none_or(|v| v != "0");
+        let allowed = std::env::var_os(PEER_MEMORY_VAR).is_none_or(|v| v == "1");
         let (Ok(pid), Some(&[address, len])) =
             (libc::pid_t::try_from(pid), words(probe).as_deref())
         else {
@@ -116,7 +117,6 @@ impl Channel {
         if job.buffers.len() > MAX_BUFFERS {
             return Err(io::Error::other("too many out-of-band buffers"));
         }
-        let len = job.payload.len() as u64;
         if let Some(&pid) = self.peer.get() {
             return self.send_job_by_peer_memory(job, pid);
         }
@@ -128,7 +128,7 @@ impl Channel {
             .iter()
             .map(|b| sys::memfd_with(b.as_slice()))
             .collect::<io::Result<Vec<_>>>()?;
-        let header = (len | HAS_BUFFERS).to_le_bytes();
+        let header = (job.payload.len() as u64 | HAS_BUFFERS).to_le_bytes();
         self.write_all(&mut [IoSlice::new(&header)])?;
         let raw: Vec<_> = memfds.iter().map(|fd| fd.as_raw_fd()).collect();
         loop {

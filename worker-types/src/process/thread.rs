@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     mailbox::{check_memory, Ran, Serve},
-    protocol::{self, AfterJob, AFTER_JOB, SETUP_OK},
+    protocol::{self, AfterJob, AFTER_JOB},
     Broken, Completion, Job, Stage, WorkerConfig,
 };
 
@@ -216,18 +216,14 @@ fn handshake(
         .channel
         .send_frame(setup)
         .map_err(|_| Handshake::Died)?;
-    let reply = running.channel.receive(Duration::ZERO, &|| None).ok();
-    let probe = match &reply {
-        Some((SETUP_OK, _, probe, _, _)) => Some(probe.clone()),
-        _ => None,
+    let Ok((kind, _, data, records, _)) = running.channel.receive(Duration::ZERO, &|| None) else {
+        return Err(Handshake::Died);
     };
-    let reply = reply
-        .and_then(|(kind, _, reason, records, _)| protocol::setup_reply(kind, &reason, records));
-    match reply {
+    match protocol::setup_reply(kind, &data, records) {
         Some(Ok(())) => {
-            let pid = shared.child().pid();
-            if let (Some(pid), Some(probe)) = (pid, probe) {
-                running.channel.probe_peer_memory(pid, &probe);
+            // SETUP_OK's data is where the probe lies.
+            if let Some(pid) = shared.child().pid() {
+                running.channel.probe_peer_memory(pid, &data);
             }
             Ok(())
         }
