@@ -37,9 +37,11 @@ SIZES = [0, THRESHOLD - 1, THRESHOLD, 3 * THRESHOLD + 5]
 
 
 # A process worker's buffers go by peer memory where the system allows it, else by memfds
-# (process/channel.rs): the forkserver runs every test both ways.
+# (process/channel.rs): the forkserver runs every test both ways. AUTO runs them too (on
+# subinterpreters, or on a process for numpy).
 TRANSPORTS = [(worker_type, "peer") for worker_type in TYPES] + [
-    (interpool.WorkerType.FORKSERVER, "memfd")
+    (interpool.WorkerType.FORKSERVER, "memfd"),
+    (interpool.WorkerType.AUTO, "peer"),
 ]
 
 
@@ -61,6 +63,12 @@ async def bctx(request, monkeypatch):
         yield context
     assert _interpool.release_buffers() == 0, "a finished job still pins caller buffers"
     assert _interpool.lent_buffers() == 0, "a closed worker still keeps a result alive"
+
+
+def on_subinterpreters(ctx):
+    """Whether ``ctx`` runs these tests' jobs (builtins and ``_funcs``: nothing refuses to load)
+    on subinterpreters: SUBINTERPRETER, and AUTO, which picks them for such jobs."""
+    return ctx.worker_type in (interpool.WorkerType.SUBINTERPRETER, interpool.WorkerType.AUTO)
 
 
 def skip_numpy_on_subinterpreters(kind, ctx):
@@ -136,7 +144,7 @@ async def test_buffers_go_to_the_worker_and_back(bctx, kind, size):
 async def test_a_large_memoryview_argument_is_read_in_place_or_from_shared_memory(bctx):
     view = memoryview(bytearray(b"m" * THRESHOLD))
     exporter = await bctx.run_sync(_funcs.exporter_of, view)
-    if bctx.worker_type is interpool.WorkerType.SUBINTERPRETER:
+    if on_subinterpreters(bctx):
         assert exporter == "CallerBuffer"  # the caller's memory itself, read-only
     else:
         assert exporter == "mmap"  # a private mapping: anonymous, or of the memfd
@@ -145,7 +153,7 @@ async def test_a_large_memoryview_argument_is_read_in_place_or_from_shared_memor
 
 
 async def test_process_buffers_go_by_peer_memory_unless_it_is_refused_or_turned_off(bctx):
-    if bctx.worker_type is interpool.WorkerType.SUBINTERPRETER:
+    if on_subinterpreters(bctx):
         pytest.skip("a process transport")
     mapped = await bctx.run_sync(_funcs.memfds_mapped_with, b"p" * THRESHOLD)
     turned_off = os.environ.get("INTERPOOL_PEER_MEMORY", "1") != "1"  # the fixture's memfd variant
@@ -203,7 +211,7 @@ async def test_a_returned_bytes_is_the_workers_own_object_or_copied_once_from_it
     # own bytes, and the worker keeps lending until its next job (or its end: see the fixture).
     kept = await bctx.run_sync(_funcs.make_kept_bytes, 2 * THRESHOLD)
     assert type(kept) is bytes and kept == expected
-    lends = bctx.worker_type is interpool.WorkerType.SUBINTERPRETER
+    lends = on_subinterpreters(bctx)
     assert _interpool.lent_buffers() == (1 if lends else 0)
     await bctx.run_sync(_funcs.release_kept)
     assert _interpool.lent_buffers() == 0
